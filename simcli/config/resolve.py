@@ -1,0 +1,192 @@
+"""Resolve a run spec from its layers: method defaults < preset < config file < flags and --set.
+
+Each layer is a nested dict. The result is a validated RunSpec plus the provenance of every leaf key,
+so `--dry-run` can say where each value came from. Errors are UsageError with the offending key named.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from simcli.config.methods import METHOD_DEFAULTS
+from simcli.config.presets import PRESETS, auto_preset
+from simcli.config.spec import RunSpec
+from simcli.errors import UsageError
+
+_EXCLUSIVE = {("training", "duration_kimg"): ("training", "duration_steps")}
+_EXCLUSIVE.update({v: k for k, v in _EXCLUSIVE.items()})
+
+
+def parse_set_option(item: str) -> dict[str, Any]:
+    """Turn 'a.b.c=value' into {'a': {'b': {'c': value}}}; the value is parsed as YAML (numbers, null, lists)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UsageError(f"--set expects key=value, got {item!r}", hint="for example --set online.optimizer.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text)
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise UsageError(f"config file {path} must end in .yaml, .yml, .toml or .json")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"config file {path} could not be parsed: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a mapping of spec keys")
+    return data
+
+
+def _leaves(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out += _leaves(v, prefix + (k,))
+        else:
+            out.append((prefix + (k,), v))
+    return out
+
+
+def _set_path(d: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        nxt = d.get(part)
+        if not isinstance(nxt, dict):
+            nxt = d[part] = {}
+        d = nxt
+    d[path[-1]] = value
+
+
+def _drop_path(d: dict[str, Any], path: tuple[str, ...]) -> None:
+    for part in path[:-1]:
+        d = d.get(part, {})
+        if not isinstance(d, dict):
+            return
+    d.pop(path[-1], None)
+
+
+def merge_layers(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge named layers in order; later layers win per leaf. Returns (merged, provenance of each leaf)."""
+    merged: dict[str, Any] = {}
+    provenance: dict[str, str] = {}
+    for source, layer in layers:
+        leaves = _leaves(layer)
+        keys = {path for path, _ in leaves}
+        for path, value in leaves:
+            other = _EXCLUSIVE.get(path)
+            if other is not None and other not in keys:
+                _drop_path(merged, other)  # a duration set here replaces the other kind from lower layers
+                provenance.pop(".".join(other), None)
+            # A noise distribution of another kind replaces the whole sub-mapping, not just its keys.
+            if path[-1] == "kind":
+                _set_path(merged, path[:-1], {})
+                for key in [k for k in provenance if k.startswith(".".join(path[:-1]) + ".")]:
+                    provenance.pop(key)
+            _set_path(merged, path, copy.deepcopy(value))
+            provenance[".".join(path)] = source
+    return merged, provenance
+
+
+def _format_validation_error(exc: ValidationError) -> UsageError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+    if err["type"] == "extra_forbidden":
+        parent = key.rpartition(".")[0]
+        return UsageError(f"unknown spec key '{key}'", hint=_known_keys_hint(parent))
+    if err["type"] == "missing":
+        return UsageError(f"spec key '{key}' is required")
+    msg = err["msg"].removeprefix("Value error, ")
+    where = f"spec key '{key}'" if key else "spec"
+    value = err.get("input")
+    got = "" if isinstance(value, dict) or not key else f" (got {value!r})"
+    return UsageError(f"{where}: {msg}{got}")
+
+
+def _known_keys_hint(parent: str) -> str:
+    model: Any = RunSpec
+    for part in [p for p in parent.split(".") if p]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if annotation is None or not hasattr(annotation, "model_fields"):
+            return "run 'simcli distill --dry-run' to see every key"
+        model = annotation
+    where = f"under '{parent}'" if parent else "at the top level"
+    return f"known keys {where}: {', '.join(model.model_fields)}"
+
+
+def resolve_spec(
+    teacher: str | None,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> tuple[RunSpec, dict[str, str]]:
+    """Build the RunSpec from its layers; returns the spec and the provenance of each leaf key."""
+    file_layer = load_config_file(config_file) if config_file else {}
+    flag_layer: dict[str, Any] = {}
+    for path, value in _leaves(flags or {}):
+        if value is not None:
+            _set_path(flag_layer, path, value)
+    if teacher is not None:
+        flag_layer["teacher"] = teacher
+    set_layers = [parse_set_option(item) for item in sets or []]
+    upper = [("file", file_layer), ("flag", flag_layer)] + [("--set", s) for s in set_layers]
+    merged_upper, _ = merge_layers(upper)
+    teacher_name = merged_upper.get("teacher")
+    if not isinstance(teacher_name, str) or not teacher_name:
+        raise UsageError("no teacher given", hint="pass --teacher NAME (for example --teacher gmm-ring8)")
+
+    preset_name = preset or file_layer.get("preset") or "auto"
+    file_layer.pop("preset", None)
+    if preset_name == "auto":
+        preset_name = auto_preset(teacher_name)
+    if preset_name not in PRESETS:
+        raise UsageError(f"unknown preset '{preset_name}'", hint=f"known presets: auto, {', '.join(PRESETS)}")
+    preset_layer = PRESETS[preset_name]
+
+    method = merged_upper.get("loss", {}).get("method") or preset_layer.get("loss", {}).get("method") or "sim"
+    if method not in METHOD_DEFAULTS:
+        raise UsageError(f"unknown method '{method}'", hint=f"known methods: {', '.join(METHOD_DEFAULTS)}")
+    layers = [(f"method:{method}", METHOD_DEFAULTS[method]), (f"preset:{preset_name}", preset_layer)] + upper
+    merged, provenance = merge_layers(layers)
+    try:
+        spec = RunSpec.model_validate(merged)
+    except ValidationError as exc:
+        raise _format_validation_error(exc) from None
+    return spec, provenance
+
+
+def spec_differences(old: dict[str, Any], new: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:
+    """Leaf keys whose values differ between two spec dicts, excluding the allowed ones."""
+    a = dict((".".join(p), v) for p, v in _leaves(old))
+    b = dict((".".join(p), v) for p, v in _leaves(new))
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in allowed)

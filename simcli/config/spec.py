@@ -1,0 +1,241 @@
+"""The run spec of `simcli distill`: every setting of a distillation run, strict and documented.
+
+Units are in the names (kimg = thousands of generator images seen). Defaults are the paper's CIFAR-10
+settings for SIM (Luo et al. 2024, Table 5 and Appendix B.2); `methods.py` supplies the per-method
+defaults of the baselines and `presets.py` the named presets.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DistanceName = Literal["pseudo-huber", "l2", "l1", "huber", "lp", "exp-lp"]
+MethodName = Literal["sim", "sid", "di"]
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, instances are immutable, field docstrings are the help text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
+
+
+class LognormalNoise(Strict):
+    """ln sigma ~ N(p_mean, p_std^2), optionally clipped (EDM; SIM eq. B.6 and B.10)."""
+
+    kind: Literal["lognormal"] = "lognormal"
+    p_mean: float = -1.2
+    """Mean of ln sigma."""
+    p_std: float = Field(1.2, gt=0)
+    """Standard deviation of ln sigma."""
+    sigma_min: float | None = Field(None, gt=0)
+    """Clip sigma below at this value (none by default)."""
+    sigma_max: float | None = Field(None, gt=0)
+    """Clip sigma above at this value (none by default)."""
+
+
+class KarrasUniformNoise(Strict):
+    """SiD's generator noise: u ~ U(0, t_max/1000) on the Karras schedule (SiD eq. B.8)."""
+
+    kind: Literal["karras-uniform"] = "karras-uniform"
+    t_max: float = Field(800.0, gt=0, le=1000)
+    """Upper end of u in thousandths of the schedule (800 means u ~ U(0, 0.8))."""
+    sigma_min: float = Field(0.002, gt=0)
+    """Smallest sigma of the schedule."""
+    sigma_max: float = Field(80.0, gt=0)
+    """Largest sigma of the schedule."""
+    rho: float = Field(7.0, gt=0)
+    """Schedule curvature."""
+
+
+NoiseSpec = Annotated[Union[LognormalNoise, KarrasUniformNoise], Field(discriminator="kind")]
+
+
+class OptimizerSpec(Strict):
+    """Adam settings."""
+
+    lr: float = Field(1e-5, gt=0)
+    """Learning rate."""
+    beta1: float = Field(0.0, ge=0, lt=1)
+    """Adam beta1 (0 in SIM and SiD)."""
+    beta2: float = Field(0.999, ge=0, lt=1)
+    """Adam beta2."""
+    eps: float = Field(1e-8, gt=0)
+    """Adam epsilon."""
+
+
+class NetworkSpec(Strict):
+    """MLP denoiser for vector data (analytic teachers); EDM teachers bring their own network."""
+
+    hidden_dim: int = Field(256, gt=0)
+    """Width of each hidden layer."""
+    num_layers: int = Field(4, gt=0)
+    """Number of hidden layers."""
+    embedding_dim: int = Field(32, gt=1)
+    """Size of the noise-level embedding (even)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout probability, active while the generator or online model is being updated."""
+
+
+class TeacherFitSpec(Strict):
+    """Regression of the MLP onto an analytic teacher's exact denoiser (data-free, cached in the run directory)."""
+
+    steps: int = Field(1500, gt=0)
+    """Adam steps of the fit."""
+    batch_size: int = Field(512, gt=0)
+    """Noisy samples per step."""
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate (cosine decay to zero)."""
+    sigma_min: float = Field(0.002, gt=0)
+    """Smallest noise level fitted (log-uniform between sigma_min and sigma_max)."""
+    sigma_max: float = Field(80.0, gt=0)
+    """Largest noise level fitted."""
+
+
+class LossSpec(Strict):
+    """Distillation method and its constants."""
+
+    method: MethodName = "sim"
+    """sim (Score Implicit Matching), sid (Score identity Distillation) or di (Diff-Instruct)."""
+    distance: DistanceName = "pseudo-huber"
+    """SIM distance d (Table 4)."""
+    pseudo_huber_c: float | None = Field(None, gt=0)
+    """Pseudo-Huber c in x0 units; none means 0.00054 * sqrt(D) (our documented choice)."""
+    huber_delta: float = Field(1.0, gt=0)
+    """Huber threshold delta."""
+    lp_alpha: int = Field(4, ge=2)
+    """Exponent of the lp distance (even)."""
+    exp_lp_alpha: int = Field(2, ge=2)
+    """Exponent inside the exp-lp distance (even)."""
+    exp_lp_beta: float = Field(1.0, gt=0)
+    """Scale beta inside the exp-lp distance."""
+    sid_alpha: float = 1.2
+    """SiD's alpha (1.2 in SiD's CIFAR-10 runs; 1.0 matches SIM-l2)."""
+
+    @model_validator(mode="after")
+    def _even_exponents(self) -> "LossSpec":
+        for name in ("lp_alpha", "exp_lp_alpha"):
+            if getattr(self, name) % 2:
+                raise ValueError(f"{name} must be even, got {getattr(self, name)}")
+        return self
+
+
+class GeneratorSpec(Strict):
+    """The one-step generator G(z) = D_theta(sigma_init z; sigma_init) (SIM eq. B.4)."""
+
+    sigma_init: float = Field(2.5, gt=0)
+    """Noise level at which the generator denoises pure noise."""
+    noise: NoiseSpec = LognormalNoise(p_mean=-3.5, p_std=2.5)
+    """Noise levels of the generator step (SIM: ln sigma ~ N(-3.5, 2.5^2), eq. B.10)."""
+    weighting: Literal["none", "edm"] = "none"
+    """Per-noise weight w(sigma) of the generator loss ('none' is the paper's 'nowgt')."""
+    optimizer: OptimizerSpec = OptimizerSpec()
+    """Adam for the generator."""
+
+
+class OnlineSpec(Strict):
+    """The online model D_psi, trained by denoising score matching on generator samples."""
+
+    noise: NoiseSpec = LognormalNoise(p_mean=-1.2, p_std=1.2)
+    """Noise levels of the online step (EDM lognormal, eq. B.6)."""
+    optimizer: OptimizerSpec = OptimizerSpec()
+    """Adam for the online model."""
+    updates_per_generator_update: int = Field(1, gt=0)
+    """Online updates before each generator update (1 in Algorithm 2)."""
+
+
+class EMASpec(Strict):
+    """EMA of the generator weights, the weights that sample and eval use."""
+
+    halflife_kimg: float = Field(500.0, ge=0)
+    """Half-life in thousands of images; 0 disables averaging (EMA = current weights)."""
+    rampup_ratio: float | None = Field(0.05, gt=0)
+    """Half-life is at most this fraction of the images seen so far; none disables the ramp-up."""
+
+
+class TrainingSpec(Strict):
+    """Batch and duration."""
+
+    batch_size: int = Field(256, gt=0)
+    """Generator images per iteration (also the online step's batch)."""
+    batch_per_round: int | None = Field(None, gt=0)
+    """Images per forward pass; batch_size / batch_per_round rounds of gradient accumulation (none: one round)."""
+    duration_kimg: float | None = Field(None, gt=0)
+    """Stop after this many thousand generator images (exclusive with duration_steps)."""
+    duration_steps: int | None = Field(None, gt=0)
+    """Stop after this many iterations (exclusive with duration_kimg)."""
+    max_nonfinite_steps: int = Field(10, gt=0)
+    """Stop the run (exit code 1) after this many consecutive iterations with non-finite losses or gradients."""
+
+    @model_validator(mode="after")
+    def _duration_and_rounds(self) -> "TrainingSpec":
+        if self.duration_kimg is not None and self.duration_steps is not None:
+            raise ValueError("give duration_kimg or duration_steps, not both")
+        if self.duration_kimg is None and self.duration_steps is None:
+            raise ValueError("give a duration: duration_kimg or duration_steps")
+        if self.batch_per_round is not None and self.batch_size % self.batch_per_round:
+            raise ValueError(f"batch_per_round ({self.batch_per_round}) must divide batch_size ({self.batch_size})")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        """Iterations the run lasts."""
+        if self.duration_steps is not None:
+            return self.duration_steps
+        return max(1, round(self.duration_kimg * 1000 / self.batch_size))
+
+    @property
+    def rounds(self) -> int:
+        """Gradient-accumulation rounds per iteration."""
+        return 1 if self.batch_per_round is None else self.batch_size // self.batch_per_round
+
+
+class LoggingSpec(Strict):
+    """How often the run reports and saves."""
+
+    status_every_kimg: float = Field(10.0, gt=0)
+    """Status line and metrics.jsonl record every this many thousand images."""
+    snapshot_every_kimg: float = Field(500.0, gt=0)
+    """Generator snapshot and resumable state every this many thousand images (and at the end)."""
+    keep_states: int = Field(2, gt=0)
+    """Resumable state files kept (the newest ones); generator snapshots are all kept."""
+
+
+class RunSpec(Strict):
+    """Everything that defines a distillation run; written to config.json and embedded in checkpoints."""
+
+    teacher: str
+    """Teacher name (gmm-ring8, gmm-grid25) or gmm:PATH.json."""
+    network: NetworkSpec = NetworkSpec()
+    """Architecture of the MLP fitted to an analytic teacher."""
+    teacher_fit: TeacherFitSpec = TeacherFitSpec()
+    """Fit of that MLP to the analytic teacher."""
+    loss: LossSpec = LossSpec()
+    """Method and distance."""
+    generator: GeneratorSpec = GeneratorSpec()
+    """Generator settings."""
+    online: OnlineSpec = OnlineSpec()
+    """Online model settings."""
+    ema: EMASpec = EMASpec()
+    """Generator EMA."""
+    training: TrainingSpec
+    """Batch and duration."""
+    logging: LoggingSpec = LoggingSpec()
+    """Reporting and checkpoint cadence."""
+    seed: int = Field(0, ge=0)
+    """Seed of every random draw; iteration k reseeds from (seed, k), so resumed runs repeat exactly."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto (cuda when available)."""
+
+
+# Settings a resumed run may change; anything else must match the run directory's config.json.
+RESUMABLE_CHANGES = (
+    "training.duration_kimg",
+    "training.duration_steps",
+    "training.max_nonfinite_steps",
+    "logging.status_every_kimg",
+    "logging.snapshot_every_kimg",
+    "logging.keep_states",
+    "device",
+)

@@ -1,0 +1,1 @@
+"""The distillation engine: noise levels, losses, the alternating loop, EMA and checkpoints."""

@@ -1,0 +1,133 @@
+"""Run-directory files: atomic writes, resumable state, slim generator snapshots.
+
+- `state-<kimg>.pt`: everything needed to resume (weights, optimiser states, counters); plain tensors and
+  Python data only, so it loads with torch.load(weights_only=True).
+- `generator-<kimg>.safetensors`: the EMA generator's weights with the run spec and architecture in the
+  metadata; all that `sample` and `eval` need.
+Every file is written to a temporary name in the same directory and moved into place with os.replace, so
+an interrupted write never replaces a good file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from simcli.errors import UsageError
+
+STATE_RE = re.compile(r"^state-(\d+\.\d{3})\.pt$")
+GENERATOR_RE = re.compile(r"^generator-(\d+\.\d{3})\.safetensors$")
+GENERATOR_FORMAT = "simcli-generator/1"
+
+
+def kimg_tag(images_seen: int) -> str:
+    """File-name tag for a number of images seen: thousands with three decimals, zero-padded to sort."""
+    return f"{images_seen / 1000:011.3f}"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through `write(tmp_path)` and move into place; the old file survives any failure."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Atomically write pretty JSON."""
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete temporary files left by writes that were killed; returns what was removed."""
+    stale = [p for p in run_dir.glob(".*.tmp-*") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
+def save_state(run_dir: Path, images_seen: int, state: dict[str, Any]) -> Path:
+    """Atomically write a resumable state file."""
+    path = run_dir / f"state-{kimg_tag(images_seen)}.pt"
+    atomic_write(path, lambda p: torch.save(state, p))
+    return path
+
+
+def list_states(run_dir: Path) -> list[Path]:
+    """State files, oldest first."""
+    found = [p for p in run_dir.iterdir() if STATE_RE.match(p.name)] if run_dir.is_dir() else []
+    return sorted(found, key=lambda p: float(STATE_RE.match(p.name).group(1)))
+
+
+def load_latest_state(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path, list[str]] | None:
+    """Newest state that loads; returns (state, path, warnings about unreadable newer ones) or None."""
+    warnings = []
+    for path in reversed(list_states(run_dir)):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True), path, warnings
+        except Exception as exc:  # a corrupt file: fall back to the previous one
+            warnings.append(f"skipped unreadable {path.name} ({type(exc).__name__})")
+    return None
+
+
+def prune_states(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` state files."""
+    for path in list_states(run_dir)[:-keep]:
+        path.unlink()
+
+
+def save_generator(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Atomically write generator weights with JSON-encoded metadata."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    meta = {"format": GENERATOR_FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def list_generators(run_dir: Path) -> list[Path]:
+    """Generator snapshots, oldest first."""
+    found = [p for p in run_dir.iterdir() if GENERATOR_RE.match(p.name)] if run_dir.is_dir() else []
+    return sorted(found, key=lambda p: float(GENERATOR_RE.match(p.name).group(1)))
+
+
+def resolve_generator_path(path: str | Path) -> Path:
+    """A generator file, or the newest snapshot in a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        snapshots = list_generators(path)
+        if not snapshots:
+            raise UsageError(f"no generator snapshot in {path}", hint="run 'simcli distill' into it first")
+        return snapshots[-1]
+    if not path.is_file():
+        raise UsageError(f"generator not found: {path}", hint="pass a run directory or a generator-*.safetensors file")
+    return path
+
+
+def load_generator_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a generator snapshot: (state_dict, decoded metadata)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable generator snapshot ({exc})") from None
+    if raw_meta.get("format") != GENERATOR_FORMAT:
+        raise UsageError(f"{path} is not a simcli generator snapshot (format {raw_meta.get('format')!r})")
+    try:
+        meta = {k: json.loads(v) for k, v in raw_meta.items() if k != "format"}
+    except json.JSONDecodeError:
+        raise UsageError(f"{path} has corrupt metadata") from None
+    return tensors, meta

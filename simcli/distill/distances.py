@@ -1,0 +1,131 @@
+"""Distance functions d(y) and their gradients d'(y) for SIM (Luo et al. 2024, Table 4).
+
+y is a batch of per-sample differences [B, ...]; norms run over all entries of one sample. Every d is
+>= 0 with d(y) = 0 iff y = 0. The d'(y) are closed forms, not autograd, so they can be tested against
+autograd of d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _flat(y: Tensor) -> Tensor:
+    return y.reshape(y.shape[0], -1)
+
+
+def l2(y: Tensor) -> Tensor:
+    """d(y) = ||y||^2 (Table 4, l2; SIM-l2 is SiD with alpha = 1 up to weighting)."""
+    return _flat(y).pow(2).sum(1)
+
+
+def l2_grad(y: Tensor) -> Tensor:
+    """d'(y) = 2 y (Table 4, l2)."""
+    return 2 * y
+
+
+def l1(y: Tensor) -> Tensor:
+    """d(y) = ||y||_1 (Table 4, l1)."""
+    return _flat(y).abs().sum(1)
+
+
+def l1_grad(y: Tensor) -> Tensor:
+    """d'(y) = sign(y) (Table 4, l1); discontinuous at 0, see docs on its bias in the SIM surrogate."""
+    return torch.sign(y)
+
+
+def lp(y: Tensor, alpha: int = 4) -> Tensor:
+    """d(y) = ||y||_alpha^alpha for even alpha >= 2 (Table 4, lp)."""
+    return _flat(y).pow(alpha).sum(1)
+
+
+def lp_grad(y: Tensor, alpha: int = 4) -> Tensor:
+    """d'(y) = alpha y^(alpha - 1), elementwise (Table 4, lp)."""
+    return alpha * y.pow(alpha - 1)
+
+
+def exp_lp(y: Tensor, alpha: int = 2, beta: float = 1.0) -> Tensor:
+    """d(y) = exp(beta ||y||_alpha^alpha) - 1 (Table 4, exp-lp)."""
+    return torch.expm1(beta * _flat(y).pow(alpha).sum(1))
+
+
+def exp_lp_grad(y: Tensor, alpha: int = 2, beta: float = 1.0) -> Tensor:
+    """d'(y) = alpha beta exp(beta ||y||_alpha^alpha) y^(alpha-1) (Table 4, exp-lp, with the beta the table drops)."""
+    scale = alpha * beta * torch.exp(beta * _flat(y).pow(alpha).sum(1))  # [B]
+    return scale.reshape(-1, *([1] * (y.ndim - 1))) * y.pow(alpha - 1)
+
+
+def huber(y: Tensor, delta: float = 1.0) -> Tensor:
+    """d(y) = sum_i h(y_i), h = y^2/2 if |y| <= delta else delta (|y| - delta/2) (standard Huber, Table 4)."""
+    a = _flat(y).abs()
+    return torch.where(a <= delta, 0.5 * a**2, delta * (a - 0.5 * delta)).sum(1)
+
+
+def huber_grad(y: Tensor, delta: float = 1.0) -> Tensor:
+    """d'(y) = clamp(y, -delta, delta) (Table 4, Huber)."""
+    return y.clamp(-delta, delta)
+
+
+def pseudo_huber(y: Tensor, c: float = 0.03) -> Tensor:
+    """d(y) = sqrt(||y||^2 + c^2) - c (Table 4, pseudo-Huber; the paper's default distance)."""
+    return torch.sqrt(_flat(y).pow(2).sum(1) + c**2) - c
+
+
+def pseudo_huber_grad(y: Tensor, c: float = 0.03) -> Tensor:
+    """d'(y) = y / sqrt(||y||^2 + c^2) (Table 4 without its harmless factor 2); the normaliser stays live."""
+    norm = torch.sqrt(_flat(y).pow(2).sum(1) + c**2)  # [B]
+    return y / norm.reshape(-1, *([1] * (y.ndim - 1)))
+
+
+def default_pseudo_huber_c(dim: int, c_per_sqrt_dim: float = 0.00054) -> float:
+    """simcli's documented default c = 0.00054 sqrt(D) in x0 units (the iCT convention; sim-method.md section 4)."""
+    return c_per_sqrt_dim * dim**0.5
+
+
+@dataclass(frozen=True)
+class Distance:
+    """A distance bound to its constants: d(y) and its closed-form gradient d'(y)."""
+
+    name: str
+    d: Callable[[Tensor], Tensor]
+    d_prime: Callable[[Tensor], Tensor]
+    smooth: bool  # False when d' is discontinuous (the SIM surrogate then drops a boundary term)
+
+
+DISTANCE_NAMES = ("pseudo-huber", "l2", "l1", "huber", "lp", "exp-lp")
+
+
+def make_distance(
+    name: str,
+    *,
+    pseudo_huber_c: float = 0.03,
+    huber_delta: float = 1.0,
+    lp_alpha: int = 4,
+    exp_lp_alpha: int = 2,
+    exp_lp_beta: float = 1.0,
+) -> Distance:
+    """Bind a named distance to its constants."""
+    if name == "pseudo-huber":
+        return Distance(name, partial(pseudo_huber, c=pseudo_huber_c), partial(pseudo_huber_grad, c=pseudo_huber_c), True)
+    if name == "l2":
+        return Distance(name, l2, l2_grad, True)
+    if name == "l1":
+        return Distance(name, l1, l1_grad, False)
+    if name == "huber":
+        return Distance(name, partial(huber, delta=huber_delta), partial(huber_grad, delta=huber_delta), True)
+    if name == "lp":
+        return Distance(name, partial(lp, alpha=lp_alpha), partial(lp_grad, alpha=lp_alpha), True)
+    if name == "exp-lp":
+        return Distance(
+            name,
+            partial(exp_lp, alpha=exp_lp_alpha, beta=exp_lp_beta),
+            partial(exp_lp_grad, alpha=exp_lp_alpha, beta=exp_lp_beta),
+            True,
+        )
+    raise ValueError(f"unknown distance {name!r}; known: {', '.join(DISTANCE_NAMES)}")

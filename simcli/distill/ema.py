@@ -1,0 +1,25 @@
+"""Exponential moving average of the generator with a half-life in images (EDM/SiD convention)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def ema_beta(batch_size: int, cur_nimg: int, halflife_kimg: float, rampup_ratio: float | None = 0.05) -> float:
+    """beta = 0.5^(batch / halflife), halflife = min(halflife_kimg*1000, rampup_ratio*cur_nimg) (EDM train loop)."""
+    halflife_nimg = halflife_kimg * 1000.0
+    if rampup_ratio is not None:
+        halflife_nimg = min(halflife_nimg, cur_nimg * rampup_ratio)
+    if halflife_nimg <= 0:
+        return 0.0
+    return 0.5 ** (batch_size / halflife_nimg)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
+    """ema <- beta * ema + (1 - beta) * net for every parameter; buffers are copied."""
+    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+        p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+    for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b_net)

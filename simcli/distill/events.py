@@ -1,0 +1,62 @@
+"""Progress events the engine reports to whoever runs it (the CLI renders them; tests collect them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """The run is set up: where it starts and how far it goes."""
+
+    run_dir: Path
+    device: str
+    start_step: int
+    total_steps: int
+    batch_size: int
+    resumed_from: Path | None
+    generator_parameters: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TeacherFitProgress:
+    """Progress of the MLP fit to an analytic teacher."""
+
+    step: int
+    total_steps: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class Status:
+    """One metrics.jsonl record (losses averaged since the previous record)."""
+
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NonFiniteStep:
+    """An iteration whose loss or gradients were not finite; its update was skipped."""
+
+    step: int
+    phase: str
+    consecutive: int
+
+
+@dataclass(frozen=True)
+class SnapshotSaved:
+    """A generator snapshot and a resumable state were written."""
+
+    generator_path: Path
+    state_path: Path
+    images_seen: int
+
+
+EventHandler = Callable[[object], None]
+
+
+def ignore_event(event: object) -> None:
+    """The default handler: drop every event."""

@@ -1,0 +1,69 @@
+"""The loss family as pure functions of denoiser outputs (EDM / denoiser form, sim-method.md sections 3 and 6).
+
+Every generator loss returns one value per sample [B]. Which tensors carry gradients is decided by the
+caller: for SIM and SiD the online model's and the teacher's outputs must be computed *with* autograd
+through their inputs (parameters frozen), for Diff-Instruct both are constants.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def edm_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
+    """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (EDM weighting, SIM eq. B.7)."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def online_dsm_loss(online_out: Tensor, x0: Tensor, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
+    """Online model's denoising score matching loss lambda(sigma) ||D_psi(x; sigma) - x0||^2 (SIM eq. B.7): [B]."""
+    return edm_weight(sigma, sigma_data) * _flat(online_out - x0).pow(2).sum(1)
+
+
+def sim_generator_loss(
+    x0: Tensor,
+    online_out: Tensor,
+    teacher_out: Tensor,
+    d_prime: Callable[[Tensor], Tensor],
+    weight: Tensor | float = 1.0,
+) -> Tensor:
+    """SIM generator loss w(sigma) * (-d'(y)^T (D_psi(x) - x0)), y = D_psi(x) - D_phi(x) (eq. 3.7 / B.13): [B].
+
+    Gradients must reach x0 directly and through x = x0 + sigma eps into both networks and into d'(y).
+    """
+    y = online_out - teacher_out
+    per_sample = -_flat(d_prime(y) * (online_out - x0)).sum(1)
+    return weight * per_sample
+
+
+def sid_normaliser(x0: Tensor, teacher_out: Tensor, floor: float = 1e-5) -> Tensor:
+    """SiD's per-sample weight mean_i |x0 - D_phi(x)|_i, detached and floored (SiD, Zhou et al. 2024): [B]."""
+    with torch.no_grad():
+        return _flat(x0 - teacher_out).abs().mean(1).clamp_min(floor)
+
+
+def sid_generator_loss(
+    x0: Tensor,
+    online_out: Tensor,
+    teacher_out: Tensor,
+    alpha: float = 1.2,
+    normaliser_floor: float = 1e-5,
+) -> Tensor:
+    """SiD(alpha): Delta^T ((D_phi - x0) - alpha Delta) / w, Delta = D_phi - D_psi (SiD eq. for the generator): [B]."""
+    delta = teacher_out - online_out
+    per_sample = _flat(delta * ((teacher_out - x0) - alpha * delta)).sum(1)
+    return per_sample / sid_normaliser(x0, teacher_out, normaliser_floor)
+
+
+def di_generator_loss(x0: Tensor, online_out: Tensor, teacher_out: Tensor) -> Tensor:
+    """Diff-Instruct (KL): <sg(D_psi - D_phi), x0>, gradient (D_psi - D_phi) at x0 (Luo et al. 2023): [B]."""
+    direction = (online_out - teacher_out).detach()
+    return _flat(direction * x0).sum(1)

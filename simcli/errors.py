@@ -1,0 +1,29 @@
+"""Errors that the engine raises and the CLI turns into one-line messages and exit codes.
+
+Every layer may import this module; it imports nothing from simcli.
+"""
+
+from __future__ import annotations
+
+
+class SimcliError(Exception):
+    """Base class: a known failure with a one-line message and an optional hint."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(SimcliError):
+    """Bad input from the user: unknown names, bad values, missing or malformed files. Exit code 2."""
+
+    exit_code = 2
+
+
+class RunFailed(SimcliError):
+    """A run that started but could not go on (for example, too many non-finite steps). Exit code 1."""
+
+    exit_code = 1

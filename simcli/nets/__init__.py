@@ -1,0 +1,1 @@
+"""Networks: EDM preconditioning and the denoiser architectures simcli trains."""

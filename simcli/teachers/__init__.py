@@ -1,0 +1,1 @@
+"""Teachers: frozen denoisers behind one interface (analytic mixtures now, EDM networks later)."""
