@@ -1,0 +1,1 @@
+"""Evaluation: exact metrics against analytic teachers (and, later, FID/IS feature-based metrics)."""
