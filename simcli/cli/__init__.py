@@ -1,0 +1,1 @@
+"""The command-line layer: Typer commands, rich output, and the map from errors to exit codes."""

@@ -1,0 +1,90 @@
+"""`simcli distill`: distill a teacher into a one-step generator (or resume a run directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from simcli.cli.errors import reported_errors
+from simcli.cli.options import DeviceOpt, JsonOpt, TeacherOpt
+from simcli.cli.output import DistillReporter, print_json, stderr_console
+from simcli.errors import UsageError
+
+EPILOG = """Examples:
+
+  simcli distill --teacher gmm-ring8 --out runs/ring8-sim
+
+  simcli distill --teacher gmm-ring8 --out runs/ring8-sid --method sid --kimg 256
+
+  simcli distill --teacher gmm:mixture.json --out runs/mix --set online.optimizer.lr=3e-4 --dry-run
+
+Running the same command again on an existing run directory resumes it.
+"""
+
+
+def distill(
+    teacher: TeacherOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (created; resumed when it holds a run).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="sim, sid or di.")] = None,
+    distance: Annotated[Optional[str], typer.Option("--distance", help="SIM distance: pseudo-huber, l2, l1, huber, lp, exp-lp.")] = None,
+    kimg: Annotated[Optional[float], typer.Option("--kimg", help="Duration in thousands of generator images.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Duration in iterations.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Generator images per iteration.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of both the generator and the online model.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Run seed.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Spec file (YAML, TOML or JSON).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Named preset: auto, gmm, cifar10, tiny.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any spec key: --set online.optimizer.lr=1e-4 (repeatable).")] = None,
+    json_out: JsonOpt = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec with where each value came from, and exit.")] = False,
+) -> None:
+    """Distill a teacher into a one-step generator with SIM, SiD or Diff-Instruct."""
+    with reported_errors():
+        from simcli.config.resolve import resolve_spec
+
+        if kimg is not None and steps is not None:
+            raise UsageError("--kimg and --steps both given", hint="give one duration")
+        flags = {
+            "loss": {"method": method, "distance": distance},
+            "training": {"duration_kimg": kimg, "duration_steps": steps, "batch_size": batch_size},
+            "generator": {"optimizer": {"lr": lr}},
+            "online": {"optimizer": {"lr": lr}},
+            "seed": seed,
+            "device": device,
+        }
+        spec, provenance = resolve_spec(teacher, preset=preset, config_file=config, flags=flags, sets=set_)
+        if dry_run:
+            _print_dry_run(spec, provenance, json_out)
+            return
+        if out is None:
+            raise UsageError("no run directory given", hint="pass --out RUN_DIR")
+        from simcli.distill.loop import run_distillation
+
+        reporter = DistillReporter()
+        try:
+            summary = run_distillation(spec, out, reporter)
+        finally:
+            reporter.close()
+        if json_out:
+            print_json(summary)
+        else:
+            stderr_console().print(
+                f"done: {summary['steps']} iterations, {summary['images_seen'] / 1000:g} kimg, "
+                f"{summary['wall_time_s']:.1f} s; generator: {summary['generator']}"
+            )
+
+
+def _print_dry_run(spec, provenance: dict[str, str], json_out: bool) -> None:
+    from simcli.config.resolve import _leaves
+
+    values = spec.model_dump(mode="json")
+    if json_out:
+        print_json({"spec": values, "provenance": provenance})
+        return
+    console = stderr_console()
+    for path, value in _leaves(values):
+        key = ".".join(path)
+        console.print(f"{key} = {value!r}  [dim]({provenance.get(key, 'default')})[/dim]")

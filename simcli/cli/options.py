@@ -1,0 +1,15 @@
+"""Shared option aliases, so every command spells the same option the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; human output goes to stderr.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="First seed; sample i uses seed + i.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+TeacherOpt = Annotated[Optional[str], typer.Option("--teacher", help="Teacher name (gmm-ring8, gmm-grid25) or gmm:PATH.json.")]
+OutPathOpt = Annotated[Path, typer.Option("--out", help="Output file (.npz).")]

@@ -1,0 +1,108 @@
+"""Where output goes: human text and live tables on stderr, one JSON document on stdout with --json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from simcli.distill.events import NonFiniteStep, RunStarted, SnapshotSaved, Status, TeacherFitProgress
+
+
+def stderr_console() -> Console:
+    """A console on stderr that honours NO_COLOR and TERM=dumb."""
+    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+
+
+def print_json(document: Any) -> None:
+    """The one JSON document a --json command prints on stdout."""
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+STATUS_COLUMNS = (
+    ("kimg", "kimg"),
+    ("step", "step"),
+    ("loss_online", "loss online"),
+    ("loss_generator", "loss generator"),
+    ("sec_per_kimg", "sec/kimg"),
+    ("cpu_mem_gib", "cpu GiB"),
+    ("gpu_mem_gib", "gpu GiB"),
+    ("nonfinite_total", "non-finite"),
+)
+
+
+def status_line(record: dict[str, Any]) -> str:
+    """A plain status line for logs (cluster jobs, pipes)."""
+    parts = [f"{label.replace(' ', '_')} {_fmt(record.get(key))}" for key, label in STATUS_COLUMNS if key in record]
+    return "  ".join(parts)
+
+
+class DistillReporter:
+    """Renders distillation events: a live table in a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console | None = None, live: bool | None = None, max_rows: int = 12):
+        self.console = console or stderr_console()
+        self.live_enabled = self.console.is_terminal if live is None else live
+        self.max_rows = max_rows
+        self.rows: list[dict[str, Any]] = []
+        self.live: Live | None = None
+        self._fit_line_shown = False
+
+    def _table(self) -> Table:
+        table = Table(title="simcli distill", expand=False)
+        cols = [c for c in STATUS_COLUMNS if any(c[0] in r for r in self.rows)] or list(STATUS_COLUMNS[:5])
+        for _, label in cols:
+            table.add_column(label, justify="right")
+        for r in self.rows[-self.max_rows :]:
+            table.add_row(*[_fmt(r.get(key)) for key, _ in cols])
+        return table
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, TeacherFitProgress):
+            if event.step == event.total_steps or not self._fit_line_shown:
+                self.console.print(f"fitting the network to the analytic teacher: step {event.step}/{event.total_steps}, loss {_fmt(event.loss)}")
+                self._fit_line_shown = True
+        elif isinstance(event, RunStarted):
+            origin = f"resuming from {event.resumed_from.name}" if event.resumed_from else "starting"
+            self.console.print(
+                f"{origin} at iteration {event.start_step} of {event.total_steps} (batch {event.batch_size}, "
+                f"device {event.device}, generator {event.generator_parameters:,} parameters) in {event.run_dir}"
+            )
+            for w in event.warnings:
+                self.console.print(f"warning: {w}")
+        elif isinstance(event, Status):
+            self.rows.append(event.record)
+            if self.live_enabled:
+                if self.live is None:
+                    self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
+                    self.live.start()
+                self.live.update(self._table())
+            else:
+                self.console.print(status_line(event.record), soft_wrap=True)
+        elif isinstance(event, NonFiniteStep):
+            self.console.print(f"warning: non-finite {event.phase} loss or gradient at iteration {event.step}, update skipped ({event.consecutive} in a row)")
+        elif isinstance(event, SnapshotSaved):
+            if not self.live_enabled:
+                self.console.print(f"saved {event.generator_path.name} and {event.state_path.name}")
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
