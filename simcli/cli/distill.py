@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from simcli.cli.errors import reported_errors
-from simcli.cli.options import DeviceOpt, JsonOpt, TeacherOpt
+from simcli.cli.options import JsonOpt, TeacherOpt
 from simcli.cli.output import DistillReporter, print_json, stderr_console
 from simcli.errors import UsageError
 
@@ -26,18 +26,18 @@ Running the same command again on an existing run directory resumes it.
 
 def distill(
     teacher: TeacherOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (created; resumed when it holds a run).")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="sim, sid or di.")] = None,
-    distance: Annotated[Optional[str], typer.Option("--distance", help="SIM distance: pseudo-huber, l2, l1, huber, lp, exp-lp.")] = None,
-    kimg: Annotated[Optional[float], typer.Option("--kimg", help="Duration in thousands of generator images.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Duration in iterations.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Generator images per iteration.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate of both the generator and the online model.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Run seed.")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="Spec file (YAML, TOML or JSON).")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Named preset: auto, gmm, cifar10, tiny.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any spec key: --set online.optimizer.lr=1e-4 (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (created; resumed when it holds a run).")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="sim, sid or di.")] = None,
+    distance: Annotated[str | None, typer.Option("--distance", help="SIM distance: pseudo-huber, l2, l1, huber, lp, exp-lp.")] = None,
+    kimg: Annotated[float | None, typer.Option("--kimg", help="Duration in thousands of generator images.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Duration in iterations.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Generator images per iteration.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate of both the generator and the online model.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Run seed.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Spec file (YAML, TOML or JSON).")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Named preset: auto, gmm, cifar10, tiny.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any spec key: --set online.optimizer.lr=1e-4 (repeatable).")] = None,
     json_out: JsonOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec with where each value came from, and exit.")] = False,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -23,11 +23,11 @@ EPILOG = """Examples:
 
 def eval_command(
     teacher: TeacherOpt = None,
-    samples: Annotated[Optional[Path], typer.Option("--samples", help="An .npz written by 'simcli sample'.")] = None,
-    generator: Annotated[Optional[Path], typer.Option("--generator", help="Run directory or generator snapshot (samples made in memory).")] = None,
+    samples: Annotated[Path | None, typer.Option("--samples", help="An .npz written by 'simcli sample'.")] = None,
+    generator: Annotated[Path | None, typer.Option("--generator", help="Run directory or generator snapshot (samples made in memory).")] = None,
     n: Annotated[int, typer.Option("--n", min=2, help="Samples to generate with --generator.")] = 10000,
     seed: SeedOpt = 0,
-    mmd_bandwidth: Annotated[Optional[float], typer.Option("--mmd-bandwidth", help="RBF bandwidth of MMD (default: twice the mixture's typical component std).")] = None,
+    mmd_bandwidth: Annotated[float | None, typer.Option("--mmd-bandwidth", help="RBF bandwidth of MMD (default: twice the mixture's typical component std).")] = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,5 +11,5 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="First seed; sample i uses seed + i.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
-TeacherOpt = Annotated[Optional[str], typer.Option("--teacher", help="Teacher name (gmm-ring8, gmm-grid25) or gmm:PATH.json.")]
+TeacherOpt = Annotated[str | None, typer.Option("--teacher", help="Teacher name (gmm-ring8, gmm-grid25) or gmm:PATH.json.")]
 OutPathOpt = Annotated[Path, typer.Option("--out", help="Output file (.npz).")]

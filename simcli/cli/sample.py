@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,7 +24,7 @@ Sample i uses seed + i with its own random generator, so it does not depend on t
 
 def sample(
     out: Annotated[Path, typer.Option("--out", help="Output .npz (key 'samples' [N, D] float32, 'seeds' [N]).")],
-    generator: Annotated[Optional[Path], typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors.")] = None,
+    generator: Annotated[Path | None, typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors.")] = None,
     teacher: TeacherOpt = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Heun steps for --teacher (2*steps-1 evaluations).")] = 18,
     n: Annotated[int, typer.Option("--n", min=1, help="Number of samples.")] = 10000,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import copy
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 from pydantic import ValidationError
 
@@ -169,11 +169,12 @@ def resolve_spec(
     file_layer.pop("preset", None)
     if preset_name == "auto":
         preset_name = auto_preset(teacher_name)
-    if preset_name not in PRESETS:
+    if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise UsageError(f"unknown preset '{preset_name}'", hint=f"known presets: auto, {', '.join(PRESETS)}")
     preset_layer = PRESETS[preset_name]
 
-    method = merged_upper.get("loss", {}).get("method") or preset_layer.get("loss", {}).get("method") or "sim"
+    loss_upper = merged_upper.get("loss")  # may be a non-mapping (--set loss=3); validation reports it below
+    method = (loss_upper.get("method") if isinstance(loss_upper, dict) else None) or preset_layer.get("loss", {}).get("method") or "sim"
     if method not in METHOD_DEFAULTS:
         raise UsageError(f"unknown method '{method}'", hint=f"known methods: {', '.join(METHOD_DEFAULTS)}")
     layers = [(f"method:{method}", METHOD_DEFAULTS[method]), (f"preset:{preset_name}", preset_layer)] + upper

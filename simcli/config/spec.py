@@ -7,7 +7,7 @@ defaults of the baselines and `presets.py` the named presets.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -49,7 +49,7 @@ class KarrasUniformNoise(Strict):
     """Schedule curvature."""
 
 
-NoiseSpec = Annotated[Union[LognormalNoise, KarrasUniformNoise], Field(discriminator="kind")]
+NoiseSpec = Annotated[LognormalNoise | KarrasUniformNoise, Field(discriminator="kind")]
 
 
 class OptimizerSpec(Strict):
@@ -114,7 +114,7 @@ class LossSpec(Strict):
     """SiD's alpha (1.2 in SiD's CIFAR-10 runs; 1.0 matches SIM-l2)."""
 
     @model_validator(mode="after")
-    def _even_exponents(self) -> "LossSpec":
+    def _even_exponents(self) -> LossSpec:
         for name in ("lp_alpha", "exp_lp_alpha"):
             if getattr(self, name) % 2:
                 raise ValueError(f"{name} must be even, got {getattr(self, name)}")
@@ -169,7 +169,7 @@ class TrainingSpec(Strict):
     """Stop the run (exit code 1) after this many consecutive iterations with non-finite losses or gradients."""
 
     @model_validator(mode="after")
-    def _duration_and_rounds(self) -> "TrainingSpec":
+    def _duration_and_rounds(self) -> TrainingSpec:
         if self.duration_kimg is not None and self.duration_steps is not None:
             raise ValueError("give duration_kimg or duration_steps, not both")
         if self.duration_kimg is None and self.duration_steps is None:

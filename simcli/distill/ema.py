@@ -19,7 +19,7 @@ def ema_beta(batch_size: int, cur_nimg: int, halflife_kimg: float, rampup_ratio:
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
     """ema <- beta * ema + (1 - beta) * net for every parameter; buffers are copied."""
-    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+    for p_ema, p_net in zip(ema.parameters(), net.parameters(), strict=True):
         p_ema.copy_(p_net.detach().lerp(p_ema, beta))
-    for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+    for b_ema, b_net in zip(ema.buffers(), net.buffers(), strict=True):
         b_ema.copy_(b_net)

@@ -20,6 +20,7 @@ import torch
 from simcli.config.spec import RunSpec
 from simcli.distill.checkpoint import (
     kimg_tag,
+    list_generators,
     load_latest_state,
     prune_states,
     remove_stale_temp_files,
@@ -31,6 +32,7 @@ from simcli.distill.events import EventHandler, NonFiniteStep, RunStarted, Snaps
 from simcli.distill.setup import Networks, build_networks, prepare_run_dir, resolve_device
 from simcli.distill.steps import generator_update, make_generator_loss, online_update
 from simcli.errors import RunFailed, UsageError
+from simcli.teachers.registry import load_teacher
 
 STATE_FORMAT = "simcli-state/1"
 METRICS_FILE = "metrics.jsonl"
@@ -128,6 +130,7 @@ def run_distillation(spec: RunSpec, run_dir: Path, on_event: EventHandler = igno
     """Distill, or resume distilling, into run_dir; returns a JSON-ready summary of the run."""
     run_dir = Path(run_dir)
     device = resolve_device(spec.device)
+    load_teacher(spec.teacher)  # an unknown teacher or bad mixture file fails before the run directory is touched
     prepare_run_dir(run_dir, spec)
     remove_stale_temp_files(run_dir)
     nets = build_networks(spec, run_dir, device, on_event)
@@ -221,8 +224,6 @@ def run_distillation(spec: RunSpec, run_dir: Path, on_event: EventHandler = igno
         if done or _crossed(prev_nimg, nimg, spec.logging.snapshot_every_kimg):
             on_event(_snapshot(run_dir, spec, nets, opts, progress))
         last_time = time.perf_counter()
-
-    from simcli.distill.checkpoint import list_generators
 
     generators = list_generators(run_dir)
     return {

@@ -7,7 +7,7 @@ through their inputs (parameters frozen), for Diff-Instruct both are constants.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -7,7 +7,7 @@ their inputs (and d'(y)). Only Diff-Instruct evaluates them without a graph.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

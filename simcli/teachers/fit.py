@@ -9,7 +9,7 @@ in the network's own output units.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
