@@ -48,7 +48,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config file {path} could not be read: {exc}") from None
     try:
         if path.suffix in {".yaml", ".yml"}:
             data = yaml.safe_load(text)

@@ -74,7 +74,14 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop records written after the state a run resumes from, so the log has no duplicates."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+
+    def keep(line: str) -> bool:  # a torn last line (killed mid-write) is dropped, not a crash on resume
+        try:
+            return json.loads(line).get("step", 0) <= last_step
+        except (json.JSONDecodeError, AttributeError):
+            return False
+
+    kept = [line for line in path.read_text().splitlines() if line.strip() and keep(line)]
     path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -51,7 +51,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_run_dir(run_dir: Path, spec: RunSpec) -> bool:
-    """Create or check the run directory and write config.json; returns True when a run is already there."""
+    """Create or check the run directory and write config.json; returns True when a run is already there.
+
+    A new run needs an empty directory, or one holding only a teacher-fit cache copied from another run.
+    """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".simcli-write-probe"
@@ -74,7 +77,7 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec) -> bool:
                 f"{run_dir} holds a run with a different spec ({shown}); refusing to resume it",
                 hint="use a new --out, or repeat the original settings to resume",
             )
-    elif any(not p.name.startswith(".") for p in run_dir.iterdir()):
+    elif any(not p.name.startswith(".") and p.name != TEACHER_FIT_FILE for p in run_dir.iterdir()):
         raise UsageError(f"{run_dir} is not empty and holds no simcli run", hint="choose a new or empty --out")
     write_json_atomic(config_path, new)
     return existing

@@ -7,6 +7,7 @@ their inputs (and d'(y)). Only Diff-Instruct evaluates them without a graph.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -61,6 +62,33 @@ def grads_are_finite(params: list[nn.Parameter]) -> bool:
     return all(torch.isfinite(p.grad).all().item() for p in params if p.grad is not None)
 
 
+def noisy_generator_batch(
+    generator: nn.Module,
+    n: int,
+    *,
+    noise: LognormalNoise | KarrasUniformNoise,
+    sigma_init: float,
+    sample_shape: tuple[int, ...],
+    rng: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x0 = G(z), sigma, x = x0 + sigma eps), drawn in that order from rng; x0 carries a graph if G does."""
+    z = torch.randn((n, *sample_shape), generator=rng, device=device)
+    x0 = generate(generator, z, sigma_init)
+    sigma = draw_sigma(noise, n, rng, device)
+    eps = torch.randn(x0.shape, generator=rng, device=device)
+    return x0, sigma, x0 + sigma.reshape(-1, *([1] * len(sample_shape))) * eps
+
+
+def step_if_finite(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: float) -> bool:
+    """Apply the accumulated gradients only when the loss and every gradient are finite; returns that test."""
+    finite = math.isfinite(loss) and grads_are_finite(params)
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return finite
+
+
 def online_update(
     generator: nn.Module,
     online: nn.Module,
@@ -79,22 +107,17 @@ def online_update(
     generator.eval()
     online.train().requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
-    n = batch_size // rounds
     total = 0.0
     for _ in range(rounds):
-        z = torch.randn((n, *sample_shape), generator=rng, device=device)
         with torch.no_grad():
-            x0 = generate(generator, z, sigma_init)
-        sigma = draw_sigma(noise, n, rng, device)
-        x = x0 + sigma.reshape(-1, *([1] * len(sample_shape))) * torch.randn(x0.shape, generator=rng, device=device)
-        loss = online_dsm_loss(online(x, sigma), x0, sigma, sigma_data)
-        loss = loss.mean() / rounds
+            x0, sigma, x = noisy_generator_batch(
+                generator, batch_size // rounds, noise=noise, sigma_init=sigma_init,
+                sample_shape=sample_shape, rng=rng, device=device,
+            )
+        loss = online_dsm_loss(online(x, sigma), x0, sigma, sigma_data).mean() / rounds
         loss.backward()
         total += loss.item()
-    finite = bool(torch.isfinite(torch.tensor(total))) and grads_are_finite(list(online.parameters()))
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    finite = step_if_finite(optimizer, list(online.parameters()), total)
     online.eval().requires_grad_(False)
     return total, finite
 
@@ -120,24 +143,20 @@ def generator_update(
     teacher.eval().requires_grad_(False)
     generator.train().requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
-    n = batch_size // rounds
     total = 0.0
     for _ in range(rounds):
-        z = torch.randn((n, *sample_shape), generator=rng, device=device)
-        x0 = generate(generator, z, sigma_init)
-        sigma = draw_sigma(noise, n, rng, device)
-        x = x0 + sigma.reshape(-1, *([1] * len(sample_shape))) * torch.randn(x0.shape, generator=rng, device=device)
-        if grad_through_networks:
+        x0, sigma, x = noisy_generator_batch(
+            generator, batch_size // rounds, noise=noise, sigma_init=sigma_init,
+            sample_shape=sample_shape, rng=rng, device=device,
+        )
+        if grad_through_networks:  # SIM, SiD: theta's gradient flows into both networks' inputs
             online_out, teacher_out = online(x, sigma), teacher(x, sigma)
-        else:
+        else:  # Diff-Instruct: both networks are constants
             with torch.no_grad():
                 online_out, teacher_out = online(x.detach(), sigma), teacher(x.detach(), sigma)
         loss = loss_fn(x0, online_out, teacher_out, sigma).mean() / rounds
         loss.backward()
         total += loss.item()
-    finite = bool(torch.isfinite(torch.tensor(total))) and grads_are_finite(list(generator.parameters()))
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    finite = step_if_finite(optimizer, list(generator.parameters()), total)
     generator.eval()
     return total, finite

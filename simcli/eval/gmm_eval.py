@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def read_samples_npz(path: Path) -> torch.Tensor:
             if "samples" not in data:
                 raise UsageError(f"{path} has no 'samples' array (keys: {', '.join(data.files)})")
             arr = data["samples"]
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise UsageError(f"{path} is not a readable npz file ({exc})") from None
     if arr.ndim != 2:
         raise UsageError(f"{path}: 'samples' must be [N, D], got shape {list(arr.shape)}")

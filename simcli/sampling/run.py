@@ -68,6 +68,8 @@ def sample_to_file(
     out = Path(out)
     if out.suffix != ".npz":
         raise UsageError(f"output must end in .npz, got {out.name}")
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory", hint="--out names the .npz file to write")
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists", hint="pass --force to replace it")
     if not out.parent.is_dir():
