@@ -17,6 +17,9 @@ from simcli.cli.eval import eval_command
 from simcli.cli.sample import EPILOG as SAMPLE_EPILOG
 from simcli.cli.sample import sample
 
+# click's exception base, whether typer uses the click package or its bundled copy (typer >= 0.20).
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
 app = typer.Typer(
     name="simcli",
     help="One-step diffusion distillation with Score Implicit Matching (SIM), SiD and Diff-Instruct.",
@@ -44,9 +47,18 @@ def root(
 
 
 def main() -> None:
-    """Console entry point: run the app; an unexpected exception is one line too (SIMCLI_DEBUG=1 for the traceback)."""
+    """Console entry point: run the app; parse errors and unexpected exceptions are one line too."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except ClickException as exc:  # bad flags or values, before any command runs
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "simcli"
+        if exc.format_message():  # empty when no arguments were given and the help was shown instead
+            print(format_error(exc.format_message(), f"see '{where} --help'"), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("simcli: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         print("simcli: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
@@ -55,3 +67,4 @@ def main() -> None:
             traceback.print_exc()
         print(format_error(f"internal error: {type(exc).__name__}: {exc}", "rerun with SIMCLI_DEBUG=1 and report it"), file=sys.stderr)
         sys.exit(1)
+    sys.exit(code or 0)

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from simcli.cli.errors import reported_errors
-from simcli.cli.options import JsonOpt, TeacherOpt
-from simcli.cli.output import DistillReporter, print_json, stderr_console
+from simcli.cli.options import JsonOpt, TeacherOpt, ThreadsOpt
+from simcli.cli.output import DistillReporter, print_json, stderr_console, stdout_console
 from simcli.errors import UsageError
 
 EPILOG = """Examples:
@@ -38,11 +38,15 @@ def distill(
     config: Annotated[Path | None, typer.Option("--config", help="Spec file (YAML, TOML or JSON).")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Named preset: auto, gmm, cifar10, tiny.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any spec key: --set online.optimizer.lr=1e-4 (repeatable).")] = None,
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec with where each value came from, and exit.")] = False,
 ) -> None:
     """Distill a teacher into a one-step generator with SIM, SiD or Diff-Instruct."""
     with reported_errors():
+        from simcli.runtime import set_cpu_threads
+
+        set_cpu_threads(threads)
         from simcli.config.resolve import resolve_spec
 
         if kimg is not None and steps is not None:
@@ -57,6 +61,9 @@ def distill(
         }
         spec, provenance = resolve_spec(teacher, preset=preset, config_file=config, flags=flags, sets=set_)
         if dry_run:
+            from simcli.teachers.registry import check_teacher
+
+            check_teacher(spec.teacher)
             _print_dry_run(spec, provenance, json_out)
             return
         if out is None:
@@ -73,7 +80,8 @@ def distill(
         else:
             stderr_console().print(
                 f"done: {summary['steps']} iterations, {summary['images_seen'] / 1000:g} kimg, "
-                f"{summary['wall_time_s']:.1f} s; generator: {summary['generator']}"
+                f"{summary['wall_time_s']:.1f} s; generator: {summary['generator']}",
+                soft_wrap=True,
             )
 
 
@@ -84,7 +92,7 @@ def _print_dry_run(spec, provenance: dict[str, str], json_out: bool) -> None:
     if json_out:
         print_json({"spec": values, "provenance": provenance})
         return
-    console = stderr_console()
+    console = stdout_console()
     for path, value in _leaves(values):
         key = ".".join(path)
         console.print(f"{key} = {value!r}  [dim]({provenance.get(key, 'default')})[/dim]")

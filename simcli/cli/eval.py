@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from simcli.cli.errors import reported_errors
-from simcli.cli.options import DeviceOpt, JsonOpt, SeedOpt, TeacherOpt
+from simcli.cli.options import DeviceOpt, JsonOpt, SeedOpt, TeacherOpt, ThreadsOpt
 from simcli.cli.output import print_json, stderr_console
 from simcli.errors import UsageError
 
@@ -28,11 +28,15 @@ def eval_command(
     n: Annotated[int, typer.Option("--n", min=2, help="Samples to generate with --generator.")] = 10000,
     seed: SeedOpt = 0,
     mmd_bandwidth: Annotated[float | None, typer.Option("--mmd-bandwidth", help="RBF bandwidth of MMD (default: twice the mixture's typical component std).")] = None,
+    threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Score samples against an analytic teacher: mode weights, precision, MMD, sliced W2."""
     with reported_errors():
+        from simcli.runtime import set_cpu_threads
+
+        set_cpu_threads(threads)
         from simcli.eval.gmm_eval import evaluate_against_teacher
 
         if teacher is None:

@@ -16,8 +16,13 @@ from simcli.distill.events import NonFiniteStep, RunStarted, SnapshotSaved, Stat
 
 
 def stderr_console() -> Console:
-    """A console on stderr that honours NO_COLOR and TERM=dumb."""
-    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    """A console on stderr that honours NO_COLOR and TERM=dumb and never wraps lines in logs."""
+    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    """A console on stdout, for a command's main text output (for example --dry-run)."""
+    return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False, soft_wrap=True)
 
 
 def print_json(document: Any) -> None:
@@ -36,7 +41,15 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
 STATUS_COLUMNS = (
+    ("done", "done"),
+    ("eta", "eta"),
     ("kimg", "kimg"),
     ("step", "step"),
     ("loss_online", "loss online"),
@@ -64,6 +77,18 @@ class DistillReporter:
         self.rows: list[dict[str, Any]] = []
         self.live: Live | None = None
         self._fit_line_shown = False
+        self.total_steps: int | None = None
+        self.batch_size: int | None = None
+
+    def _with_progress(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Add 'done' and 'eta' (human-only columns) from the run's length and the current speed."""
+        if not self.total_steps:
+            return record
+        row = dict(record, done=f"{record['step'] / self.total_steps:.0%}")
+        if record.get("sec_per_kimg") is not None:
+            remaining_kimg = (self.total_steps - record["step"]) * self.batch_size / 1000
+            row["eta"] = _duration(remaining_kimg * record["sec_per_kimg"])
+        return row
 
     def _table(self) -> Table:
         table = Table(title="simcli distill", expand=False)
@@ -80,6 +105,7 @@ class DistillReporter:
                 self.console.print(f"fitting the network to the analytic teacher: step {event.step}/{event.total_steps}, loss {_fmt(event.loss)}")
                 self._fit_line_shown = True
         elif isinstance(event, RunStarted):
+            self.total_steps, self.batch_size = event.total_steps, event.batch_size
             origin = f"resuming from {event.resumed_from.name}" if event.resumed_from else "starting"
             self.console.print(
                 f"{origin} at iteration {event.start_step} of {event.total_steps} (batch {event.batch_size}, "
@@ -88,14 +114,14 @@ class DistillReporter:
             for w in event.warnings:
                 self.console.print(f"warning: {w}")
         elif isinstance(event, Status):
-            self.rows.append(event.record)
+            self.rows.append(self._with_progress(event.record))
             if self.live_enabled:
                 if self.live is None:
                     self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
                     self.live.start()
                 self.live.update(self._table())
             else:
-                self.console.print(status_line(event.record), soft_wrap=True)
+                self.console.print(status_line(self.rows[-1]), soft_wrap=True)
         elif isinstance(event, NonFiniteStep):
             self.console.print(f"warning: non-finite {event.phase} loss or gradient at iteration {event.step}, update skipped ({event.consecutive} in a row)")
         elif isinstance(event, SnapshotSaved):

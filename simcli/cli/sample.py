@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from simcli.cli.errors import reported_errors
-from simcli.cli.options import DeviceOpt, ForceOpt, JsonOpt, SeedOpt, TeacherOpt
+from simcli.cli.options import DeviceOpt, ForceOpt, JsonOpt, SeedOpt, TeacherOpt, ThreadsOpt
 from simcli.cli.output import print_json, stderr_console
 from simcli.errors import UsageError
 
@@ -31,11 +31,15 @@ def sample(
     seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per forward pass.")] = 4096,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Write samples of a one-step generator (or of the teacher's multi-step sampler) to an .npz file."""
     with reported_errors():
+        from simcli.runtime import set_cpu_threads
+
+        set_cpu_threads(threads)
         from simcli.sampling.run import sample_to_file
 
         if (generator is None) == (teacher is None):

@@ -17,11 +17,20 @@ from pydantic import ValidationError
 
 from simcli.config.methods import METHOD_DEFAULTS
 from simcli.config.presets import PRESETS, auto_preset
-from simcli.config.spec import RunSpec
+from simcli.config.spec import KarrasUniformNoise, LognormalNoise, RunSpec
 from simcli.errors import UsageError
 
+FILE_TEACHER_PREFIXES = ("gmm:",)
 _EXCLUSIVE = {("training", "duration_kimg"): ("training", "duration_steps")}
 _EXCLUSIVE.update({v: k for k, v in _EXCLUSIVE.items()})
+
+
+def normalise_teacher(name: str) -> str:
+    """File-backed teacher names get an absolute path, so a run resumes from any working directory."""
+    for prefix in FILE_TEACHER_PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return prefix + str(Path(name[len(prefix) :]).expanduser().resolve())
+    return name
 
 
 def parse_set_option(item: str) -> dict[str, Any]:
@@ -119,11 +128,18 @@ def merge_layers(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, An
     return merged, provenance
 
 
+NOISE_KINDS = {"lognormal": LognormalNoise, "karras-uniform": KarrasUniformNoise}
+
+
 def _format_validation_error(exc: ValidationError) -> UsageError:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+    key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) and p not in NOISE_KINDS)
     if err["type"] == "extra_forbidden":
         parent = key.rpartition(".")[0]
+        kind = next((p for p in err["loc"] if p in NOISE_KINDS), None)
+        if kind is not None:
+            fields = ", ".join(NOISE_KINDS[kind].model_fields)
+            return UsageError(f"unknown spec key '{key}' for noise kind '{kind}'", hint=f"known keys: {fields}")
         return UsageError(f"unknown spec key '{key}'", hint=_known_keys_hint(parent))
     if err["type"] == "missing":
         return UsageError(f"spec key '{key}' is required")
@@ -167,6 +183,7 @@ def resolve_spec(
     teacher_name = merged_upper.get("teacher")
     if not isinstance(teacher_name, str) or not teacher_name:
         raise UsageError("no teacher given", hint="pass --teacher NAME (for example --teacher gmm-ring8)")
+    teacher_name = normalise_teacher(teacher_name)
 
     preset_name = preset or file_layer.get("preset") or "auto"
     file_layer.pop("preset", None)
@@ -182,6 +199,7 @@ def resolve_spec(
         raise UsageError(f"unknown method '{method}'", hint=f"known methods: {', '.join(METHOD_DEFAULTS)}")
     layers = [(f"method:{method}", METHOD_DEFAULTS[method]), (f"preset:{preset_name}", preset_layer)] + upper
     merged, provenance = merge_layers(layers)
+    merged["teacher"] = teacher_name
     try:
         spec = RunSpec.model_validate(merged)
     except ValidationError as exc:

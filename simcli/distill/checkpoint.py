@@ -33,11 +33,18 @@ def kimg_tag(images_seen: int) -> str:
     return f"{images_seen / 1000:011.3f}"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through `write(tmp_path)` and move into place; the old file survives any failure."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers create 0600 files; give ordinary permissions
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

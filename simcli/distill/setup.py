@@ -50,6 +50,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _summarise_keys(keys: list[str], limit: int = 6) -> str:
+    """Differing spec keys for a message: the teacher and loss first, several keys of one section as 'section.*'."""
+    ordered = sorted(keys, key=lambda k: (k != "teacher", not k.startswith("loss."), k))
+    sections: dict[str, list[str]] = {}
+    for key in ordered:
+        sections.setdefault(".".join(key.split(".")[:2]), []).append(key)
+    shown = [leaves[0] if len(leaves) == 1 else f"{section}.*" for section, leaves in sections.items()]
+    return ", ".join(shown[:limit]) + (" ..." if len(shown) > limit else "")
+
+
 def prepare_run_dir(run_dir: Path, spec: RunSpec) -> bool:
     """Create or check the run directory and write config.json; returns True when a run is already there.
 
@@ -72,7 +82,7 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec) -> bool:
             raise UsageError(f"{config_path} is corrupt", hint="choose a new --out") from None
         changed = spec_differences(old, new, RESUMABLE_CHANGES)
         if changed:
-            shown = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+            shown = _summarise_keys(changed)
             raise UsageError(
                 f"{run_dir} holds a run with a different spec ({shown}); refusing to resume it",
                 hint="use a new --out, or repeat the original settings to resume",

@@ -27,7 +27,8 @@ def read_samples_npz(path: Path) -> torch.Tensor:
                 raise UsageError(f"{path} has no 'samples' array (keys: {', '.join(data.files)})")
             arr = data["samples"]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise UsageError(f"{path} is not a readable npz file ({exc})") from None
+        reason = "not an npz archive" if "pickle" in str(exc) else str(exc)
+        raise UsageError(f"{path} is not a readable npz file ({reason})") from None
     if arr.ndim != 2:
         raise UsageError(f"{path}: 'samples' must be [N, D], got shape {list(arr.shape)}")
     return torch.from_numpy(arr.astype(np.float32))

@@ -24,6 +24,14 @@ def is_analytic(name: str) -> bool:
     return name in ANALYTIC_TEACHERS or name.startswith("gmm:")
 
 
+def check_teacher(name: str) -> None:
+    """Refuse unknown teacher names and unreadable mixture files without loading any network."""
+    if name.startswith("gmm:"):
+        load_mixture_json(name[len("gmm:") :])
+    elif name not in ANALYTIC_TEACHERS:
+        load_teacher(name)
+
+
 def load_teacher(name: str) -> Denoiser:
     """Build the teacher a name refers to; unknown names are a UsageError listing the known ones."""
     if name in ANALYTIC_TEACHERS:

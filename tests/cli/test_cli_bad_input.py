@@ -1,0 +1,361 @@
+"""Bad input: exit code 2, one line 'simcli: error: ...' on stderr, no traceback, nothing created or overwritten."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+TINY = ("--preset", "tiny")
+
+
+# ---------------------------------------------------------------- distill: names and spec keys
+
+
+def test_unknown_teacher_lists_known_ones_and_creates_nothing(cli, tree, usage_error, tmp_path):
+    out = tmp_path / "run"
+    before = tree(tmp_path)
+    result = cli("distill", "--teacher", "gmm-ring9", *TINY, "--out", out)
+    line = usage_error(result, "unknown teacher 'gmm-ring9'", "gmm-ring8", "gmm-grid25", "gmm:PATH.json")
+    assert "known teachers" in line
+    assert not out.exists()
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("item", "key", "known"),
+    [
+        ("loss.distnce=l1", "loss.distnce", "distance"),
+        ("generator.optimizer.lrr=1e-3", "generator.optimizer.lrr", "lr"),
+        ("trainng.batch_size=8", "trainng", "training"),
+        ("sede=3", "sede", "seed"),
+    ],
+)
+def test_mistyped_set_key_is_named(cli, tree, usage_error, tmp_path, item, key, known):
+    out = tmp_path / "run"
+    before = tree(tmp_path)
+    line = usage_error(cli("distill", "--teacher", "gmm-ring8", *TINY, "--out", out, "--set", item), f"unknown spec key '{key}'")
+    assert "known keys" in line and known in line.split("known keys", 1)[1]
+    assert not out.exists()
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "key"),
+    [
+        ("c.yaml", "loss:\n  distnce: l1\n", "loss.distnce"),
+        ("c.yaml", "trainng:\n  batch_size: 8\n", "trainng"),
+        ("c.toml", "[loss]\ndistnce = 'l1'\n", "loss.distnce"),
+        ("c.json", '{"generator": {"optimizer": {"lrr": 0.001}}}', "generator.optimizer.lrr"),
+    ],
+)
+def test_mistyped_key_in_config_file_is_named(cli, tree, usage_error, tmp_path, name, text, key):
+    config = tmp_path / name
+    config.write_text(text)
+    out = tmp_path / "run"
+    before = tree(tmp_path)
+    usage_error(cli("distill", "--teacher", "gmm-ring8", *TINY, "--config", config, "--out", out), f"unknown spec key '{key}'")
+    assert not out.exists()
+    assert tree(tmp_path) == before
+
+
+def test_unparsable_and_missing_config_file(cli, usage_error, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss: [unclosed\n")
+    usage_error(cli("distill", "--teacher", "gmm-ring8", "--config", bad, "--dry-run"), "could not be parsed", str(bad))
+    usage_error(cli("distill", "--teacher", "gmm-ring8", "--config", tmp_path / "nope.yaml", "--dry-run"), "config file not found")
+    wrong = tmp_path / "c.ini"
+    wrong.write_text("[loss]\n")
+    usage_error(cli("distill", "--teacher", "gmm-ring8", "--config", wrong, "--dry-run"), ".yaml, .yml, .toml or .json")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--method", "sim2"), "unknown method 'sim2'"),
+        (("--distance", "l3"), "spec key 'loss.distance'"),
+        (("--preset", "huge"), "unknown preset 'huge'"),
+        (("--set", "loss.lp_alpha=3"), "lp_alpha must be even"),
+        (("--set", "nokeyvalue"), "--set expects key=value"),
+        # Not mappings where the spec expects one: these used to crash with an internal error (exit 1).
+        (("--set", "loss=3"), "spec key 'loss'"),
+        (("--set", "loss=3", "--method", "sid"), "spec key 'loss'"),
+    ],
+)
+def test_other_bad_spec_values(cli, usage_error, tmp_path, args, fragment):
+    out = tmp_path / "run"
+    usage_error(cli("distill", "--teacher", "gmm-ring8", *TINY, "--out", out, *args), fragment)
+    assert not out.exists()
+
+
+def test_non_string_preset_in_config_file(cli, usage_error, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("preset: [tiny]\n")  # used to crash: TypeError unhashable type 'list'
+    usage_error(cli("distill", "--teacher", "gmm-ring8", "--config", config, "--dry-run"), "unknown preset")
+
+
+# ---------------------------------------------------------------- distill: mixture files
+
+RING2 = {"weights": [1, 1], "means": [[0, 0], [1, 1]], "stds": [0.1, 0.1]}
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ('{"weights": [1, 1], "means": [[0, 0], [1, 1]], "stds": [0.1, 0.1]', "is not valid JSON"),
+        ("[1, 2, 3]", "must hold a JSON object"),
+        (json.dumps({k: v for k, v in RING2.items() if k != "stds"}), "missing key(s) ['stds']"),
+        (json.dumps({**RING2, "covs": [1, 1]}), "unknown key(s) ['covs']"),
+        (json.dumps({**RING2, "means": [[0, 0]]}), "'means' must have shape [2][D], got [1, 2]"),
+        (json.dumps({**RING2, "means": [0, 1]}), "'means' must have shape [2][D]"),
+        (json.dumps({**RING2, "stds": [0.1, 0.1, 0.1]}), "'stds' must have shape [2] or [2][2], got [3]"),
+        (json.dumps({**RING2, "means": [[0, 0], [1]]}), "values must be numbers"),
+        (json.dumps({**RING2, "stds": [0.1, -0.1]}), "'stds' must all be > 0"),
+        (json.dumps({**RING2, "stds": [0.1, 0.0]}), "'stds' must all be > 0"),
+        (json.dumps({**RING2, "weights": [1, -1]}), "'weights' must be >= 0"),
+        (json.dumps({**RING2, "weights": []}), "'weights' must be a non-empty list"),
+    ],
+)
+def test_malformed_mixture_file_names_the_file(cli, tree, usage_error, tmp_path, content, fragment):
+    mixture = tmp_path / "mix.json"
+    mixture.write_text(content)
+    out = tmp_path / "run"
+    before = tree(tmp_path)
+    line = usage_error(cli("distill", "--teacher", f"gmm:{mixture}", *TINY, "--out", out), fragment)
+    assert f"mixture file {mixture}" in line
+    assert not out.exists(), "a bad teacher must fail before the run directory is created"
+    assert tree(tmp_path) == before
+
+
+def test_missing_mixture_file(cli, usage_error, tmp_path):
+    out = tmp_path / "run"
+    usage_error(cli("distill", "--teacher", f"gmm:{tmp_path / 'none.json'}", *TINY, "--out", out), "mixture file not found", "none.json")
+    assert not out.exists()
+
+
+def test_malformed_mixture_file_in_sample_and_eval(cli, tree, usage_error, tmp_path):
+    mixture = tmp_path / "mix.json"
+    mixture.write_text(json.dumps({**RING2, "stds": [0.1, -0.1]}))
+    samples = tmp_path / "s.npz"
+    np.savez(samples, samples=np.zeros((4, 2), np.float32), seeds=np.arange(4))
+    before = tree(tmp_path)
+    usage_error(cli("sample", "--teacher", f"gmm:{mixture}", "--n", 4, "--out", tmp_path / "t.npz"), str(mixture), "> 0")
+    usage_error(cli("eval", "--teacher", f"gmm:{mixture}", "--samples", samples), str(mixture), "> 0")
+    assert tree(tmp_path) == before
+
+
+# ---------------------------------------------------------------- distill: numbers, directories, durations
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (("--lr", "0"), "generator.optimizer.lr"),
+        (("--lr", "-1"), "generator.optimizer.lr"),
+        (("--set", "generator.optimizer.lr=0"), "generator.optimizer.lr"),
+        (("--set", "online.optimizer.lr=-1e-3"), "online.optimizer.lr"),
+        (("--batch-size", "0"), "training.batch_size"),
+        (("--batch-size", "-3"), "training.batch_size"),
+        (("--set", "training.batch_size=0"), "training.batch_size"),
+    ],
+)
+def test_non_positive_lr_and_batch(cli, tree, usage_error, tmp_path, args, key):
+    out = tmp_path / "run"
+    before = tree(tmp_path)
+    line = usage_error(cli("distill", "--teacher", "gmm-ring8", *TINY, "--out", out, *args), f"spec key '{key}'", "greater than 0")
+    assert "(got " in line
+    assert not out.exists()
+    assert tree(tmp_path) == before
+
+
+def test_unwritable_run_directory(cli, tree, usage_error, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a regular file\n")
+    before = tree(tmp_path)
+    usage_error(cli("distill", "--teacher", "gmm-ring8", *TINY, "--out", blocker / "run"), "cannot write to run directory", "file.txt/run")
+    assert blocker.read_text() == "a regular file\n"
+    assert tree(tmp_path) == before
+
+
+def test_kimg_and_steps_both_given(cli, usage_error, tmp_path):
+    out = tmp_path / "run"
+    usage_error(cli("distill", "--teacher", "gmm-ring8", *TINY, "--kimg", 1, "--steps", 3, "--out", out), "--kimg and --steps both given")
+    assert not out.exists()
+
+
+def test_no_out_and_no_teacher(cli, usage_error):
+    usage_error(cli("distill", "--teacher", "gmm-ring8", *TINY), "no run directory given", "--out")
+    usage_error(cli("distill", *TINY, "--dry-run"), "no teacher given", "--teacher")
+
+
+def test_non_empty_directory_without_a_run_is_untouched(cli, tree, usage_error, tmp_path):
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("my notes\n")
+    (out / "sub" / "data.bin").write_bytes(b"\x00\x01\x02")
+    before = tree(tmp_path)
+    usage_error(cli("distill", "--teacher", "gmm-ring8", *TINY, "--out", out), "is not empty and holds no simcli run")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--method", "sid"), "(loss.method, generator.noise.*)"),
+        (("--method", "di"), "(loss.method, generator.noise.*)"),
+        (("--distance", "l1"), "(loss.distance)"),
+        (("--set", "network.hidden_dim=64"), "(network.hidden_dim)"),
+        (("--lr", "3e-3"), "generator.optimizer.lr"),
+        (("--batch-size", "16"), "(training.batch_size)"),
+        (("--teacher", "gmm-grid25"), "(teacher)"),
+        (("--seed", "1"), "(seed)"),
+    ],
+)
+def test_resume_with_a_changed_spec_is_refused(cli, tree, usage_error, tiny_run_copy, args, fragment):
+    before = tree(tiny_run_copy)
+    assert {"config.json", "metrics.jsonl"} <= set(before)
+    assert any(k.startswith("state-") for k in before) and any(k.startswith("generator-") for k in before)
+    base = ["distill", "--teacher", "gmm-ring8", *TINY, "--out", tiny_run_copy]
+    if args[0] == "--teacher":
+        base[1:3] = []
+    usage_error(cli(*base, *args), "holds a run with a different spec", "refusing to resume", fragment)
+    assert tree(tiny_run_copy) == before  # config.json, state-*.pt, generator-*, metrics.jsonl: byte-identical
+
+
+def test_corrupt_config_json_is_refused(cli, tree, usage_error, tiny_run_copy):
+    (tiny_run_copy / "config.json").write_text("{not json")
+    before = tree(tiny_run_copy)
+    usage_error(cli("distill", "--teacher", "gmm-ring8", *TINY, "--out", tiny_run_copy), "config.json is corrupt")
+    assert tree(tiny_run_copy) == before
+
+
+# ---------------------------------------------------------------- sample
+
+
+def test_sample_out_exists_without_force(cli, tree, usage_error, tmp_path):
+    out = tmp_path / "keep.npz"
+    out.write_bytes(b"precious bytes")
+    before = tree(tmp_path)
+    usage_error(cli("sample", "--teacher", "gmm-ring8", "--n", 4, "--out", out), f"{out} exists", "--force")
+    assert out.read_bytes() == b"precious bytes"
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("which", ["both", "neither"])
+def test_sample_needs_exactly_one_source(cli, usage_error, tiny_run, tmp_path, which):
+    _, run_dir = tiny_run
+    out = tmp_path / "s.npz"
+    sources = ("--generator", run_dir, "--teacher", "gmm-ring8") if which == "both" else ()
+    usage_error(cli("sample", *sources, "--n", 4, "--out", out), "exactly one of --generator and --teacher")
+    assert not out.exists()
+
+
+def test_sample_generator_missing(cli, usage_error, tmp_path):
+    out = tmp_path / "s.npz"
+    usage_error(cli("sample", "--generator", tmp_path / "no-such-run", "--n", 4, "--out", out), "generator not found", "no-such-run")
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    usage_error(cli("sample", "--generator", empty, "--n", 4, "--out", out), "no generator snapshot in", "empty-run")
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("not a snapshot")
+    usage_error(cli("sample", "--generator", notes, "--n", 4, "--out", out), "not a readable generator snapshot")
+    assert not out.exists()
+
+
+def test_sample_teacher_fit_file_is_not_a_generator(cli, usage_error, tiny_run, tmp_path):
+    _, run_dir = tiny_run
+    out = tmp_path / "s.npz"
+    usage_error(cli("sample", "--generator", run_dir / "teacher-fit.safetensors", "--n", 4, "--out", out), "lacks the architecture or sigma_init")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["s.txt", "s.npy", "s"])
+def test_sample_out_must_be_npz(cli, tree, usage_error, tmp_path, name):
+    before = tree(tmp_path)
+    usage_error(cli("sample", "--teacher", "gmm-ring8", "--n", 4, "--out", tmp_path / name), "must end in .npz")
+    assert tree(tmp_path) == before
+
+
+def test_sample_out_directory_missing(cli, usage_error, tmp_path):
+    usage_error(cli("sample", "--teacher", "gmm-ring8", "--n", 4, "--out", tmp_path / "nodir" / "s.npz"), "does not exist")
+    assert not (tmp_path / "nodir").exists()
+
+
+def test_sample_unknown_teacher(cli, usage_error, tmp_path):
+    usage_error(cli("sample", "--teacher", "gmm-ring9", "--n", 4, "--out", tmp_path / "s.npz"), "unknown teacher 'gmm-ring9'", "gmm-ring8")
+    assert not (tmp_path / "s.npz").exists()
+
+
+# ---------------------------------------------------------------- eval
+
+
+def test_eval_samples_missing(cli, usage_error, tmp_path):
+    usage_error(cli("eval", "--teacher", "gmm-ring8", "--samples", tmp_path / "none.npz"), "samples file not found", "none.npz")
+
+
+def test_eval_samples_wrong_dimension(cli, tree, usage_error, tmp_path):
+    path = tmp_path / "d3.npz"
+    np.savez(path, samples=np.zeros((10, 3), np.float32), seeds=np.arange(10))
+    before = tree(tmp_path)
+    usage_error(cli("eval", "--teacher", "gmm-ring8", "--samples", path), "dimension 3", "has 2")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("arrays", "fragment"),
+    [
+        ({"samples": np.zeros(10, np.float32)}, "must be [N, D], got shape [10]"),
+        ({"x": np.zeros((10, 2), np.float32)}, "has no 'samples' array (keys: x)"),
+    ],
+)
+def test_eval_samples_malformed(cli, usage_error, tmp_path, arrays, fragment):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    usage_error(cli("eval", "--teacher", "gmm-ring8", "--samples", path), fragment)
+
+
+def test_eval_needs_a_teacher_and_one_source(cli, usage_error, teacher_npz, tiny_run):
+    _, samples = teacher_npz
+    _, run_dir = tiny_run
+    usage_error(cli("eval", "--samples", samples), "no teacher given")
+    usage_error(cli("eval", "--teacher", "gmm-ring8"), "exactly one of --samples and --generator")
+    usage_error(cli("eval", "--teacher", "gmm-ring8", "--samples", samples, "--generator", run_dir), "exactly one of --samples and --generator")
+    usage_error(cli("eval", "--teacher", "gmm-ring9", "--samples", samples), "unknown teacher 'gmm-ring9'")
+
+
+# ---------------------------------------------------------------- files that are not what they claim to be
+
+
+def test_config_file_not_utf8(cli, usage_error, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"\xff\xfe\x00bad")  # used to crash: internal error UnicodeDecodeError, exit 1
+    usage_error(cli("distill", "--teacher", "gmm-ring8", "--config", config, "--dry-run"), f"config file {config} could not be read")
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04garbage"])
+def test_eval_samples_file_corrupt(cli, usage_error, tmp_path, content):
+    # An empty file used to end in click's bare 'Aborted.' (EOFError) and a broken zip in an internal error, both exit 1.
+    path = tmp_path / "broken.npz"
+    path.write_bytes(content)
+    usage_error(cli("eval", "--teacher", "gmm-ring8", "--samples", path), f"{path} is not a readable npz file")
+
+
+def test_sample_out_is_a_directory(cli, tree, usage_error, tmp_path):
+    out = tmp_path / "d.npz"
+    (out / "inside").mkdir(parents=True)
+    before = tree(tmp_path)
+    for force in ((), ("--force",)):  # with --force this used to crash: internal error IsADirectoryError, exit 1
+        usage_error(cli("sample", "--teacher", "gmm-ring8", "--n", 4, "--out", out, *force), f"{out} is a directory")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(("device", "fragment"), [("cuda:7", "cuda:7"), ("tpu9", "unknown device 'tpu9'")])
+def test_bad_device_creates_nothing(cli, usage_error, tmp_path, device, fragment):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    out = tmp_path / "run"
+    usage_error(cli("distill", "--teacher", "gmm-ring8", "--preset", "tiny", "--device", device, "--out", out), fragment)
+    assert not out.exists()
