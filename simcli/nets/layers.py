@@ -115,7 +115,10 @@ class Conv2d(nn.Module):
         if self.fused_resample and self.up and w is not None:
             # Upsample first, then convolve; the paddings are shared between the two (unused by official configs).
             x = F.conv_transpose2d(
-                x, f.mul(4).tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2,
+                x,
+                f.mul(4).tile([self.in_channels, 1, 1, 1]),
+                groups=self.in_channels,
+                stride=2,
                 padding=max(f_pad - w_pad, 0),
             )
             x = F.conv2d(x, w, padding=max(w_pad - f_pad, 0))

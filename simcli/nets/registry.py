@@ -6,13 +6,33 @@ from typing import Any
 
 from simcli.config.spec import NetworkSpec
 from simcli.errors import UsageError
+from simcli.nets.edm_precond import EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
 from simcli.nets.mlp import MLPDenoiser
 from simcli.teachers.base import Denoiser
+
+# Preconditioner class names as recorded in the official EDM pickles (`class_name` of the `ema` object).
+EDM_CLASSES: dict[str, type[Denoiser]] = {
+    "EDMPrecond": EDMPrecond,
+    "VPPrecond": VPPrecond,
+    "VEPrecond": VEPrecond,
+    "iDDPMPrecond": iDDPMPrecond,
+}
 
 
 def mlp_architecture(dim: int, network: NetworkSpec) -> dict[str, Any]:
     """The architecture record of an MLP denoiser."""
     return {"kind": "mlp", "dim": dim, **network.model_dump()}
+
+
+def build_edm_network(class_name: str, init_kwargs: dict[str, Any]) -> Denoiser:
+    """A freshly initialised EDM preconditioner + UNet from its class name and recorded `_init_kwargs`."""
+    cls = EDM_CLASSES.get(class_name)
+    if cls is None:
+        raise UsageError(f"unknown EDM network class {class_name!r}", hint=f"expected one of {', '.join(EDM_CLASSES)}")
+    try:
+        return cls(**init_kwargs)
+    except TypeError as exc:
+        raise UsageError(f"bad init_kwargs for EDM network class {class_name!r}: {exc}") from exc
 
 
 def build_network(architecture: dict[str, Any]) -> Denoiser:
@@ -21,4 +41,6 @@ def build_network(architecture: dict[str, Any]) -> Denoiser:
     kind = arch.pop("kind", None)
     if kind == "mlp":
         return MLPDenoiser(**arch)
+    if kind == "edm":
+        return build_edm_network(str(arch.get("class_name")), dict(arch.get("init_kwargs", {})))
     raise UsageError(f"unknown network kind {kind!r} in checkpoint", hint="was it written by a newer simcli?")
