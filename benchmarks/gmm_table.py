@@ -54,7 +54,7 @@ def main() -> None:
     rows = []
     for teacher in args.teachers:
         t0 = time.perf_counter()
-        x, _ = teacher_samples(teacher, args.n, seed=0, heun_steps=18, device="cpu")
+        x, _, _ = teacher_samples(teacher, args.n, seed=0, heun_steps=18, device="cpu")
         rows.append({"teacher": teacher, "sampler": "teacher Heun, 18 steps", "nfe": 35,
                      "wall_time_s": time.perf_counter() - t0, **score(x, teacher)})
         exact, _ = load_teacher(teacher).sample(args.n, generator=torch.Generator().manual_seed(7))
@@ -76,7 +76,7 @@ def main() -> None:
             t0 = time.perf_counter()
             summary = run_distillation(spec, run_dir)
             wall = time.perf_counter() - t0  # distillation only; the shared fit is reported once
-            x, _ = generator_samples(run_dir, args.n, seed=0, device="cpu")
+            x, _, _ = generator_samples(run_dir, args.n, seed=0, device="cpu")
             rows.append({"teacher": teacher, "sampler": f"{name}, 1 step", "nfe": 1, "wall_time_s": wall,
                          "kimg": summary["images_seen"] / 1000, "fit_time_s": fit_s, **score(x, teacher)})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "mode_weights"}), flush=True)

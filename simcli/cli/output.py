@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from simcli.distill.events import NonFiniteStep, RunStarted, SnapshotSaved, Status, TeacherFitProgress
+from simcli.distill.events import DownloadProgress, NonFiniteStep, RunStarted, SnapshotSaved, Status, TeacherFitProgress
 
 
 def stderr_console() -> Console:
@@ -77,6 +77,7 @@ class DistillReporter:
         self.rows: list[dict[str, Any]] = []
         self.live: Live | None = None
         self._fit_line_shown = False
+        self._download_mark = -1
         self.total_steps: int | None = None
         self.batch_size: int | None = None
 
@@ -100,7 +101,9 @@ class DistillReporter:
         return table
 
     def __call__(self, event: object) -> None:
-        if isinstance(event, TeacherFitProgress):
+        if isinstance(event, DownloadProgress):
+            self._download(event)
+        elif isinstance(event, TeacherFitProgress):
             if event.step == event.total_steps or not self._fit_line_shown:
                 self.console.print(f"fitting the network to the analytic teacher: step {event.step}/{event.total_steps}, loss {_fmt(event.loss)}")
                 self._fit_line_shown = True
@@ -127,6 +130,18 @@ class DistillReporter:
         elif isinstance(event, SnapshotSaved):
             if not self.live_enabled:
                 self.console.print(f"saved {event.generator_path.name} and {event.state_path.name}")
+
+    def _download(self, event: DownloadProgress) -> None:
+        """One line at the start, then every 10% (or every 100 MiB when the size is unknown), then the end."""
+        mib = event.done_bytes / 2**20
+        if event.total_bytes:
+            tenth = int(10 * event.done_bytes / event.total_bytes)
+            if tenth != self._download_mark or event.done_bytes in (0, event.total_bytes):
+                self._download_mark = tenth
+                self.console.print(f"downloading the teacher: {mib:.0f} of {event.total_bytes / 2**20:.0f} MiB")
+        elif int(mib // 100) != self._download_mark:
+            self._download_mark = int(mib // 100)
+            self.console.print(f"downloading the teacher: {mib:.0f} MiB")
 
     def close(self) -> None:
         if self.live is not None:

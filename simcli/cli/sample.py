@@ -23,7 +23,7 @@ Sample i uses seed + i with its own random generator, so it does not depend on t
 
 
 def sample(
-    out: Annotated[Path, typer.Option("--out", help="Output .npz (key 'samples' [N, D] float32, 'seeds' [N]).")],
+    out: Annotated[Path, typer.Option("--out", help="Output: .npz, or a directory of {seed:06d}.png for images.")],
     generator: Annotated[Path | None, typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors.")] = None,
     teacher: TeacherOpt = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Heun steps for --teacher (2*steps-1 evaluations).")] = 18,
@@ -32,6 +32,8 @@ def sample(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per forward pass.")] = 4096,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
+    class_label: Annotated[int | None, typer.Option("--class", help="Class index for conditional models (default: random per seed).")] = None,
+    grid: Annotated[Path | None, typer.Option("--grid", help="Also write a PNG grid of the first 256 images.")] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -46,7 +48,7 @@ def sample(
             raise UsageError("give exactly one of --generator and --teacher")
         summary = sample_to_file(
             out, generator=generator, teacher=teacher, heun_steps=steps, n=n, seed=seed,
-            batch_size=batch_size, device=device, overwrite=force,
+            batch_size=batch_size, device=device, overwrite=force, class_label=class_label, grid=grid,
         )
         if json_out:
             print_json(summary)

@@ -30,6 +30,8 @@ def normalise_teacher(name: str) -> str:
     for prefix in FILE_TEACHER_PREFIXES:
         if name.startswith(prefix) and len(name) > len(prefix):
             return prefix + str(Path(name[len(prefix) :]).expanduser().resolve())
+    if name.endswith(".pkl"):  # a local EDM snapshot
+        return str(Path(name).expanduser().resolve())
     return name
 
 

@@ -165,6 +165,8 @@ class TrainingSpec(Strict):
     """Stop after this many thousand generator images (exclusive with duration_steps)."""
     duration_steps: int | None = Field(None, gt=0)
     """Stop after this many iterations (exclusive with duration_kimg)."""
+    activation_checkpointing: bool = False
+    """Recompute UNet block activations in the backward pass (EDM networks): less memory, about 30% more time."""
     max_nonfinite_steps: int = Field(10, gt=0)
     """Stop the run (exit code 1) after this many consecutive iterations with non-finite losses or gradients."""
 

@@ -23,6 +23,14 @@ class RunStarted:
 
 
 @dataclass(frozen=True)
+class DownloadProgress:
+    """Bytes of a teacher checkpoint downloaded so far (total None when the server does not say)."""
+
+    done_bytes: int
+    total_bytes: int | None
+
+
+@dataclass(frozen=True)
 class TeacherFitProgress:
     """Progress of the MLP fit to an analytic teacher."""
 

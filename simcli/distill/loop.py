@@ -30,9 +30,9 @@ from simcli.distill.checkpoint import (
 from simcli.distill.ema import ema_beta, update_ema
 from simcli.distill.events import EventHandler, NonFiniteStep, RunStarted, SnapshotSaved, Status, ignore_event
 from simcli.distill.setup import Networks, build_networks, prepare_run_dir, resolve_device
-from simcli.distill.steps import generator_update, make_generator_loss, online_update
+from simcli.distill.steps import BatchPlan, generator_update, make_generator_loss, online_update
 from simcli.errors import RunFailed, UsageError
-from simcli.teachers.registry import load_teacher
+from simcli.teachers.registry import check_teacher
 
 STATE_FORMAT = "simcli-state/1"
 METRICS_FILE = "metrics.jsonl"
@@ -137,7 +137,7 @@ def run_distillation(spec: RunSpec, run_dir: Path, on_event: EventHandler = igno
     """Distill, or resume distilling, into run_dir; returns a JSON-ready summary of the run."""
     run_dir = Path(run_dir)
     device = resolve_device(spec.device)
-    load_teacher(spec.teacher)  # an unknown teacher or bad mixture file fails before the run directory is touched
+    check_teacher(spec.teacher)  # an unknown teacher or bad mixture file fails before the run directory is touched
     prepare_run_dir(run_dir, spec)
     remove_stale_temp_files(run_dir)
     nets = build_networks(spec, run_dir, device, on_event)
@@ -158,6 +158,7 @@ def run_distillation(spec: RunSpec, run_dir: Path, on_event: EventHandler = igno
     sample_shape = tuple(nets.teacher.sample_shape)
     loss_fn = make_generator_loss(spec.loss, spec.generator.weighting, int(np.prod(sample_shape)))
     grad_through = spec.loss.method != "di"
+    plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, tr.rounds, sample_shape, nets.teacher.label_dim, device)
     on_event(
         RunStarted(
             run_dir, str(device), progress.step, total_steps, tr.batch_size, resumed_from,
@@ -172,15 +173,13 @@ def run_distillation(spec: RunSpec, run_dir: Path, on_event: EventHandler = igno
         step = progress.step
         rng = torch.Generator(device=device).manual_seed(step_seed(spec.seed, step))
         torch.manual_seed(step_seed(spec.seed, step, stream=1))  # dropout masks
-        common = dict(sigma_init=spec.generator.sigma_init, batch_size=tr.batch_size, rounds=tr.rounds,
-                      sample_shape=sample_shape, rng=rng, device=device)
         loss_online, ok = 0.0, True
         for _ in range(spec.online.updates_per_generator_update):
-            lo, ok_o = online_update(nets.generator, nets.online, opts["online"], noise=spec.online.noise, **common)
-            loss_online, ok = lo, ok and ok_o
+            loss_online, ok_o = online_update(nets.generator, nets.online, opts["online"], plan, spec.online.noise, rng)
+            ok = ok and ok_o
         loss_gen, ok_g = generator_update(
-            nets.generator, nets.online, nets.teacher, opts["generator"], loss_fn,
-            grad_through_networks=grad_through, noise=spec.generator.noise, **common,
+            nets.generator, nets.online, nets.teacher, opts["generator"], loss_fn, plan, spec.generator.noise, rng,
+            grad_through_networks=grad_through,
         )
         ok = ok and ok_g
         prev_nimg = step * tr.batch_size

@@ -15,7 +15,7 @@ from torch import nn
 from simcli.config.resolve import spec_differences
 from simcli.config.spec import RESUMABLE_CHANGES, RunSpec
 from simcli.distill.checkpoint import load_generator_file, save_generator, write_json_atomic
-from simcli.distill.events import EventHandler, TeacherFitProgress
+from simcli.distill.events import DownloadProgress, EventHandler, TeacherFitProgress
 from simcli.errors import UsageError
 from simcli.nets.registry import build_network, mlp_architecture
 from simcli.teachers.base import Denoiser
@@ -134,13 +134,26 @@ def fitted_teacher_network(
 
 
 def build_networks(spec: RunSpec, run_dir: Path, device: torch.device, on_event: EventHandler) -> Networks:
-    """Teacher plus generator, online model and EMA, all three initialised from the teacher's network."""
-    teacher = load_teacher(spec.teacher).to(device)
-    if not isinstance(teacher, GaussianMixture):
-        raise UsageError(f"teacher '{spec.teacher}' is not supported by this version")
-    base, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event)
+    """Teacher plus generator, online model and EMA, all three initialised from the teacher's network.
+
+    An EDM teacher's network is copied as it is (dropout as recorded: active while the generator or the
+    online model is being updated, as in SiD); an analytic teacher gets an MLP fitted to it first.
+    """
+    teacher = load_teacher(spec.teacher, on_download=lambda done, total: on_event(DownloadProgress(done, total)))
+    if isinstance(teacher, GaussianMixture):
+        teacher = teacher.to(device)
+        base, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event)
+    else:
+        architecture = teacher.architecture
+        teacher = teacher.to(device)
+        base = copy.deepcopy(teacher)
     teacher.eval().requires_grad_(False)
     generator = copy.deepcopy(base).requires_grad_(True)
     online = copy.deepcopy(base).requires_grad_(False)
     ema = copy.deepcopy(base).requires_grad_(False)
+    if spec.training.activation_checkpointing:
+        for net in (teacher, generator, online):
+            if not hasattr(net, "set_activation_checkpointing"):
+                raise UsageError("training.activation_checkpointing needs an EDM network", hint="unset it for mixture teachers")
+            net.set_activation_checkpointing(True)
     return Networks(teacher, generator, online, ema, architecture)

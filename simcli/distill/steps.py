@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -62,22 +64,50 @@ def grads_are_finite(params: list[nn.Parameter]) -> bool:
     return all(torch.isfinite(p.grad).all().item() for p in params if p.grad is not None)
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """How every round of an update draws its batch: sizes, shapes, labels, device."""
+
+    sigma_init: float
+    batch_size: int
+    rounds: int
+    sample_shape: tuple[int, ...]
+    label_dim: int
+    device: torch.device
+
+    @property
+    def round_size(self) -> int:
+        return self.batch_size // self.rounds
+
+
+class NoisyBatch(NamedTuple):
+    """x0 = G(z; labels), its noise levels, and x = x0 + sigma eps."""
+
+    x0: torch.Tensor
+    sigma: torch.Tensor
+    x: torch.Tensor
+    labels: torch.Tensor | None
+
+
+def draw_labels(n: int, label_dim: int, rng: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """Uniformly random one-hot class labels [n, label_dim], or None for unconditional models."""
+    if label_dim == 0:
+        return None
+    classes = torch.randint(label_dim, (n,), generator=rng, device=device)
+    return torch.nn.functional.one_hot(classes, label_dim).to(torch.float32)
+
+
 def noisy_generator_batch(
-    generator: nn.Module,
-    n: int,
-    *,
-    noise: LognormalNoise | KarrasUniformNoise,
-    sigma_init: float,
-    sample_shape: tuple[int, ...],
-    rng: torch.Generator,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x0 = G(z), sigma, x = x0 + sigma eps), drawn in that order from rng; x0 carries a graph if G does."""
-    z = torch.randn((n, *sample_shape), generator=rng, device=device)
-    x0 = generate(generator, z, sigma_init)
-    sigma = draw_sigma(noise, n, rng, device)
-    eps = torch.randn(x0.shape, generator=rng, device=device)
-    return x0, sigma, x0 + sigma.reshape(-1, *([1] * len(sample_shape))) * eps
+    generator: nn.Module, plan: BatchPlan, noise: LognormalNoise | KarrasUniformNoise, rng: torch.Generator
+) -> NoisyBatch:
+    """Draw z, labels, sigma and eps from rng in that order; x0 carries a graph when G has one."""
+    n, dev = plan.round_size, plan.device
+    z = torch.randn((n, *plan.sample_shape), generator=rng, device=dev)
+    labels = draw_labels(n, plan.label_dim, rng, dev)
+    x0 = generate(generator, z, plan.sigma_init, labels)
+    sigma = draw_sigma(noise, n, rng, dev)
+    eps = torch.randn(x0.shape, generator=rng, device=dev)
+    return NoisyBatch(x0, sigma, x0 + sigma.reshape(-1, *([1] * len(plan.sample_shape))) * eps, labels)
 
 
 def step_if_finite(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: float) -> bool:
@@ -93,14 +123,9 @@ def online_update(
     generator: nn.Module,
     online: nn.Module,
     optimizer: torch.optim.Optimizer,
-    *,
+    plan: BatchPlan,
     noise: LognormalNoise | KarrasUniformNoise,
-    sigma_init: float,
-    batch_size: int,
-    rounds: int,
-    sample_shape: tuple[int, ...],
     rng: torch.Generator,
-    device: torch.device,
     sigma_data: float = 0.5,
 ) -> tuple[float, bool]:
     """One update of the online model by DSM on fresh generator samples; returns (loss, finite)."""
@@ -108,13 +133,10 @@ def online_update(
     online.train().requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for _ in range(rounds):
+    for _ in range(plan.rounds):
         with torch.no_grad():
-            x0, sigma, x = noisy_generator_batch(
-                generator, batch_size // rounds, noise=noise, sigma_init=sigma_init,
-                sample_shape=sample_shape, rng=rng, device=device,
-            )
-        loss = online_dsm_loss(online(x, sigma), x0, sigma, sigma_data).mean() / rounds
+            b = noisy_generator_batch(generator, plan, noise, rng)
+        loss = online_dsm_loss(online(b.x, b.sigma, b.labels), b.x0, b.sigma, sigma_data).mean() / plan.rounds
         loss.backward()
         total += loss.item()
     finite = step_if_finite(optimizer, list(online.parameters()), total)
@@ -128,15 +150,10 @@ def generator_update(
     teacher: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: GeneratorLoss,
-    *,
-    grad_through_networks: bool,
+    plan: BatchPlan,
     noise: LognormalNoise | KarrasUniformNoise,
-    sigma_init: float,
-    batch_size: int,
-    rounds: int,
-    sample_shape: tuple[int, ...],
     rng: torch.Generator,
-    device: torch.device,
+    grad_through_networks: bool = True,
 ) -> tuple[float, bool]:
     """One generator update; the online model and teacher keep frozen parameters but live inputs."""
     online.eval().requires_grad_(False)
@@ -144,17 +161,15 @@ def generator_update(
     generator.train().requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for _ in range(rounds):
-        x0, sigma, x = noisy_generator_batch(
-            generator, batch_size // rounds, noise=noise, sigma_init=sigma_init,
-            sample_shape=sample_shape, rng=rng, device=device,
-        )
+    for _ in range(plan.rounds):
+        b = noisy_generator_batch(generator, plan, noise, rng)
         if grad_through_networks:  # SIM, SiD: theta's gradient flows into both networks' inputs
-            online_out, teacher_out = online(x, sigma), teacher(x, sigma)
+            online_out, teacher_out = online(b.x, b.sigma, b.labels), teacher(b.x, b.sigma, b.labels)
         else:  # Diff-Instruct: both networks are constants
             with torch.no_grad():
-                online_out, teacher_out = online(x.detach(), sigma), teacher(x.detach(), sigma)
-        loss = loss_fn(x0, online_out, teacher_out, sigma).mean() / rounds
+                x = b.x.detach()
+                online_out, teacher_out = online(x, b.sigma, b.labels), teacher(x, b.sigma, b.labels)
+        loss = loss_fn(b.x0, online_out, teacher_out, b.sigma).mean() / plan.rounds
         loss.backward()
         total += loss.item()
     finite = step_if_finite(optimizer, list(generator.parameters()), total)

@@ -54,7 +54,7 @@ def evaluate_against_teacher(
     if samples is not None:
         x, source = read_samples_npz(samples), {"source": "samples", "samples": str(samples)}
     else:
-        x, source = generator_samples(generator, n, seed, device=device)
+        x, _, source = generator_samples(generator, n, seed, device=device)
     if x.shape[1] != mixture.dim:
         raise UsageError(f"samples have dimension {x.shape[1]} but teacher '{teacher}' has {mixture.dim}")
     report = gmm_report(x, mixture, seed=reference_seed, mmd_bandwidth=mmd_bandwidth)

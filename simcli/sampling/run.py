@@ -1,4 +1,8 @@
-"""Sample to a file: one-step generator samples or the teacher's EDM Heun sampler, seed by seed."""
+"""Sample to files: one-step generator samples or the teacher's EDM Heun sampler, seed by seed.
+
+Sample i is drawn from its own random generator seeded with seed + i (latent first, then the class label
+of conditional models, as EDM's generate.py does), so it does not depend on the batch size.
+"""
 
 from __future__ import annotations
 
@@ -14,72 +18,122 @@ from simcli.distill.setup import resolve_device
 from simcli.errors import UsageError
 from simcli.sampling.generator import load_generator
 from simcli.sampling.heun import edm_heun_sample, heun_num_evals, one_step_generate
+from simcli.sampling.images import save_grid, save_pngs, to_uint8
 from simcli.sampling.seeds import SeedRNG
+from simcli.teachers.base import Denoiser
 from simcli.teachers.registry import load_teacher
 
 
+def _labels(rng: SeedRNG, label_dim: int, class_label: int | None, device: torch.device) -> torch.Tensor | None:
+    """One-hot labels [n, label_dim]: the fixed class, or one drawn per seed; None when unconditional."""
+    if label_dim == 0:
+        if class_label is not None:
+            raise UsageError("--class given, but the model is unconditional")
+        return None
+    if class_label is not None:
+        if not 0 <= class_label < label_dim:
+            raise UsageError(f"--class must be in 0..{label_dim - 1}, got {class_label}")
+        classes = torch.full((len(rng),), class_label, dtype=torch.int64)
+    else:
+        classes = rng.randint(label_dim).cpu()
+    return torch.nn.functional.one_hot(classes, label_dim).to(device=device, dtype=torch.float32)
+
+
+def _chunks(seed: int, n: int, batch_size: int) -> list[list[int]]:
+    return [list(range(s, min(s + batch_size, seed + n))) for s in range(seed, seed + n, batch_size)]
+
+
 def generator_samples(
-    generator: str | Path, n: int, seed: int = 0, batch_size: int = 4096, device: str = "auto"
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """n one-step samples [n, D] from seeds seed..seed+n-1, and a description of their source."""
+    generator: str | Path, n: int, seed: int = 0, batch_size: int = 4096, device: str = "auto", class_label: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+    """n one-step samples [n, ...] from seeds seed..seed+n-1, their class indices (or None), and their source."""
     dev = resolve_device(device)
     net, meta, file = load_generator(generator, dev)
-    seeds = list(range(seed, seed + n))
-    latents = SeedRNG(seeds).randn(tuple(net.sample_shape))  # [n, D] on CPU, one generator per seed
-    x = one_step_generate(net, latents, sigma_init=meta["sigma_init"], batch_size=batch_size, device=dev)
+    xs, labels = [], []
+    for seeds in _chunks(seed, n, batch_size):
+        rng = SeedRNG(seeds)  # on the CPU, so samples are the same on any device
+        latents = rng.randn(tuple(net.sample_shape)).to(dev)
+        onehot = _labels(rng, net.label_dim, class_label, dev)
+        xs.append(one_step_generate(net, latents, sigma_init=meta["sigma_init"], class_labels=onehot).cpu())
+        labels.append(None if onehot is None else onehot.argmax(1).cpu())
     spec = meta.get("spec", {})
-    return x.cpu(), {
-        "source": "generator",
-        "generator": str(file),
-        "teacher": spec.get("teacher"),
-        "images_seen": meta.get("images_seen"),
-        "nfe": 1,
-    }
+    info = {"source": "generator", "generator": str(file), "teacher": spec.get("teacher"),
+            "images_seen": meta.get("images_seen"), "nfe": 1}
+    return torch.cat(xs), (torch.cat(labels) if labels[0] is not None else None), info
 
 
 def teacher_samples(
-    teacher: str, n: int, seed: int = 0, heun_steps: int = 18, batch_size: int = 4096, device: str = "auto"
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """n samples of the teacher's EDM Heun sampler (2*steps - 1 evaluations each)."""
+    teacher: str | Denoiser, n: int, seed: int = 0, heun_steps: int = 18, batch_size: int = 4096,
+    device: str = "auto", class_label: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+    """n samples of the teacher's EDM Heun sampler (2*steps - 1 evaluations each), with their classes."""
     dev = resolve_device(device)
-    net = load_teacher(teacher).to(dev).eval()
-    chunks = []
-    for start in range(seed, seed + n, batch_size):
-        seeds = list(range(start, min(start + batch_size, seed + n)))
+    net = (load_teacher(teacher) if isinstance(teacher, str) else teacher).to(dev).eval()
+    xs, labels = [], []
+    for seeds in _chunks(seed, n, batch_size):
         rng = SeedRNG(seeds, device=dev)
         latents = rng.randn(tuple(net.sample_shape))
-        chunks.append(edm_heun_sample(net, latents, num_steps=heun_steps, rng=rng).cpu())
-    return torch.cat(chunks), {"source": "teacher", "teacher": teacher, "heun_steps": heun_steps, "nfe": heun_num_evals(heun_steps)}
+        onehot = _labels(rng, net.label_dim, class_label, dev)
+        xs.append(edm_heun_sample(net, latents, class_labels=onehot, num_steps=heun_steps, rng=rng).cpu())
+        labels.append(None if onehot is None else onehot.argmax(1).cpu())
+    info = {"source": "teacher", "teacher": teacher if isinstance(teacher, str) else type(teacher).__name__,
+            "heun_steps": heun_steps, "nfe": heun_num_evals(heun_steps)}
+    return torch.cat(xs), (torch.cat(labels) if labels[0] is not None else None), info
+
+
+def _check_out(out: Path, overwrite: bool, is_image: bool) -> None:
+    if out.suffix != ".npz" and not (is_image and out.suffix == ""):
+        raise UsageError(
+            f"output must be an .npz file{' or a directory for PNGs' if is_image else ''}, got {out.name}"
+        )
+    if out.suffix == ".npz":
+        if out.is_dir():
+            raise UsageError(f"{out} is a directory", hint="--out names the .npz file to write")
+        if out.exists() and not overwrite:
+            raise UsageError(f"{out} exists", hint="pass --force to replace it")
+        if not out.parent.is_dir():
+            raise UsageError(f"directory {out.parent} does not exist")
+    elif out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise UsageError(f"{out} exists and is not an empty directory", hint="pass --force to write into it")
 
 
 def sample_to_file(
-    out: Path,
-    *,
-    generator: Path | None,
-    teacher: str | None,
-    heun_steps: int,
-    n: int,
-    seed: int,
-    batch_size: int,
-    device: str,
-    overwrite: bool = False,
+    out: Path, *, generator: Path | None, teacher: str | None, heun_steps: int, n: int, seed: int,
+    batch_size: int, device: str, overwrite: bool = False, class_label: int | None = None, grid: Path | None = None,
 ) -> dict[str, Any]:
-    """Write samples (npz: 'samples' [N, D] float32, 'seeds' [N] int64) atomically; returns a summary."""
+    """Write samples and return a summary.
+
+    Vector data: npz with 'samples' [N, D] float32 and 'seeds' [N]. Images: a directory of {seed:06d}.png, or
+    an npz with 'images' uint8 [N, H, W, C], 'labels' [N] (-1 when unconditional) and 'seeds' [N].
+    """
     out = Path(out)
-    if out.suffix != ".npz":
-        raise UsageError(f"output must end in .npz, got {out.name}")
-    if out.is_dir():
-        raise UsageError(f"{out} is a directory", hint="--out names the .npz file to write")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} exists", hint="pass --force to replace it")
-    if not out.parent.is_dir():
-        raise UsageError(f"directory {out.parent} does not exist")
+    _check_out(out, overwrite, is_image=True)  # what can be checked before sampling
     if generator is not None:
-        x, info = generator_samples(generator, n, seed, batch_size, device)
+        x, labels, info = generator_samples(generator, n, seed, batch_size, device, class_label)
     else:
-        x, info = teacher_samples(teacher, n, seed, heun_steps, batch_size, device)
+        x, labels, info = teacher_samples(teacher, n, seed, heun_steps, batch_size, device, class_label)
+    is_image = x.ndim == 4
+    if not is_image and out.suffix != ".npz":
+        raise UsageError(f"vector samples are written to an .npz file, got {out.name}")
+    if grid is not None and not is_image:
+        raise UsageError("--grid needs image samples")
     seeds = np.arange(seed, seed + n, dtype=np.int64)
+    summary = {"out": str(out), "n": n, "first_seed": seed, **info}
+    if is_image:
+        images = to_uint8(x)
+        label_array = labels.numpy() if labels is not None else np.full(n, -1, np.int64)
+        if out.suffix == ".npz":
+            _write_npz(out, images=images, labels=label_array, seeds=seeds)
+        else:
+            save_pngs(images, seeds.tolist(), out)
+        if grid is not None:
+            summary["grid"] = str(save_grid(images[:256], grid))
+    else:
+        _write_npz(out, samples=x.numpy().astype(np.float32), seeds=seeds)
+    return summary
+
+
+def _write_npz(out: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.savez(buf, samples=x.numpy().astype(np.float32), seeds=seeds)
+    np.savez(buf, **arrays)
     atomic_write(out, lambda p: p.write_bytes(buf.getvalue()))
-    return {"out": str(out), "n": n, "first_seed": seed, **info}
