@@ -20,6 +20,8 @@ EPILOG = """Examples:
 
   simcli distill --teacher gmm:mixture.json --out runs/mix --set online.optimizer.lr=3e-4 --dry-run
 
+  simcli distill --teacher edm-cifar10 --distance pseudo-huber --out runs/cifar10-sim --batch-gpu 32
+
 Running the same command again on an existing run directory resumes it.
 """
 
@@ -32,6 +34,7 @@ def distill(
     kimg: Annotated[float | None, typer.Option("--kimg", help="Duration in thousands of generator images.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Duration in iterations.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Generator images per iteration.")] = None,
+    batch_gpu: Annotated[int | None, typer.Option("--batch-gpu", help="Images per forward pass; the batch is accumulated over rounds.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate of both the generator and the online model.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Run seed.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = None,
@@ -53,7 +56,7 @@ def distill(
             raise UsageError("--kimg and --steps both given", hint="give one duration")
         flags = {
             "loss": {"method": method, "distance": distance},
-            "training": {"duration_kimg": kimg, "duration_steps": steps, "batch_size": batch_size},
+            "training": {"duration_kimg": kimg, "duration_steps": steps, "batch_size": batch_size, "batch_per_round": batch_gpu},
             "generator": {"optimizer": {"lr": lr}},
             "online": {"optimizer": {"lr": lr}},
             "seed": seed,

@@ -28,11 +28,19 @@ from simcli.distill.checkpoint import (
     save_state,
 )
 from simcli.distill.ema import ema_beta, update_ema
-from simcli.distill.events import EventHandler, NonFiniteStep, RunStarted, SnapshotSaved, Status, ignore_event
+from simcli.distill.events import (
+    DownloadProgress,
+    EventHandler,
+    NonFiniteStep,
+    RunStarted,
+    SnapshotSaved,
+    Status,
+    ignore_event,
+)
 from simcli.distill.setup import Networks, build_networks, prepare_run_dir, resolve_device
 from simcli.distill.steps import BatchPlan, generator_update, make_generator_loss, online_update
 from simcli.errors import RunFailed, UsageError
-from simcli.teachers.registry import check_teacher
+from simcli.teachers.registry import load_teacher
 
 STATE_FORMAT = "simcli-state/1"
 METRICS_FILE = "metrics.jsonl"
@@ -137,10 +145,11 @@ def run_distillation(spec: RunSpec, run_dir: Path, on_event: EventHandler = igno
     """Distill, or resume distilling, into run_dir; returns a JSON-ready summary of the run."""
     run_dir = Path(run_dir)
     device = resolve_device(spec.device)
-    check_teacher(spec.teacher)  # an unknown teacher or bad mixture file fails before the run directory is touched
+    # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
+    teacher = load_teacher(spec.teacher, on_download=lambda done, total: on_event(DownloadProgress(done, total)))
     prepare_run_dir(run_dir, spec)
     remove_stale_temp_files(run_dir)
-    nets = build_networks(spec, run_dir, device, on_event)
+    nets = build_networks(spec, teacher, run_dir, device, on_event)
     opts = {
         "generator": _optimizer(nets.generator.parameters(), spec.generator.optimizer),
         "online": _optimizer(nets.online.parameters(), spec.online.optimizer),

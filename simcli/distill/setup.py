@@ -15,13 +15,12 @@ from torch import nn
 from simcli.config.resolve import spec_differences
 from simcli.config.spec import RESUMABLE_CHANGES, RunSpec
 from simcli.distill.checkpoint import load_generator_file, save_generator, write_json_atomic
-from simcli.distill.events import DownloadProgress, EventHandler, TeacherFitProgress
+from simcli.distill.events import EventHandler, TeacherFitProgress
 from simcli.errors import UsageError
 from simcli.nets.registry import build_network, mlp_architecture
 from simcli.teachers.base import Denoiser
 from simcli.teachers.fit import fit_mlp_denoiser
 from simcli.teachers.gmm import GaussianMixture
-from simcli.teachers.registry import load_teacher
 
 TEACHER_FIT_FILE = "teacher-fit.safetensors"
 
@@ -133,13 +132,12 @@ def fitted_teacher_network(
     return network.eval(), architecture
 
 
-def build_networks(spec: RunSpec, run_dir: Path, device: torch.device, on_event: EventHandler) -> Networks:
+def build_networks(spec: RunSpec, teacher: Denoiser, run_dir: Path, device: torch.device, on_event: EventHandler) -> Networks:
     """Teacher plus generator, online model and EMA, all three initialised from the teacher's network.
 
     An EDM teacher's network is copied as it is (dropout as recorded: active while the generator or the
     online model is being updated, as in SiD); an analytic teacher gets an MLP fitted to it first.
     """
-    teacher = load_teacher(spec.teacher, on_download=lambda done, total: on_event(DownloadProgress(done, total)))
     if isinstance(teacher, GaussianMixture):
         teacher = teacher.to(device)
         base, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event)

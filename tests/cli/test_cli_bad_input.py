@@ -362,3 +362,23 @@ def test_bad_device_creates_nothing(cli, usage_error, tmp_path, device, fragment
     out = tmp_path / "run"
     usage_error(cli("distill", "--teacher", "gmm-ring8", "--preset", "tiny", "--device", device, "--out", out), fragment)
     assert not out.exists()
+
+
+def test_official_teacher_offline_names_the_url_and_the_path_and_creates_nothing(cli, tree, usage_error, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SIMCLI_CACHE", str(cache))
+    monkeypatch.setenv("SIMCLI_OFFLINE", "1")
+    before = tree(tmp_path)
+    line = usage_error(
+        cli("distill", "--teacher", "edm-cifar10", "--out", tmp_path / "run"),
+        "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl",
+        str(cache / "edm" / "pretrained" / "edm-cifar10-32x32-uncond-vp.pkl"),
+    )
+    assert "offline" in line.lower()
+    assert tree(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_edm_teacher_names_are_known_to_dry_run(cli):
+    result = cli("distill", "--teacher", "edm-cifar10-cond", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    assert '"teacher": "edm-cifar10-cond"' in result.stdout
