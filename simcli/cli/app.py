@@ -9,6 +9,7 @@ import traceback
 import typer
 
 from simcli import __version__
+from simcli.cli.compare import EPILOG as COMPARE_EPILOG, compare
 from simcli.cli.distill import EPILOG as DISTILL_EPILOG
 from simcli.cli.distill import distill
 from simcli.cli.errors import EXIT_INTERRUPTED, format_error
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.command("distill", epilog=DISTILL_EPILOG)(distill)
 app.command("sample", epilog=SAMPLE_EPILOG)(sample)
 app.command("eval", epilog=EVAL_EPILOG)(eval_command)
+app.command("compare", epilog=COMPARE_EPILOG)(compare)
 
 
 def _version(value: bool) -> None:

@@ -198,6 +198,8 @@ class LoggingSpec(Strict):
 
     status_every_kimg: float = Field(10.0, gt=0)
     """Status line and metrics.jsonl record every this many thousand images."""
+    eval_every_kimg: float | None = Field(None, gt=0)
+    """Evaluate the EMA generator (FID, IS) every this many thousand images and at the end; none: never."""
     snapshot_every_kimg: float = Field(500.0, gt=0)
     """Generator snapshot and resumable state every this many thousand images (and at the end)."""
     keep_states: int = Field(2, gt=0)
@@ -238,6 +240,7 @@ RESUMABLE_CHANGES = (
     "training.max_nonfinite_steps",
     "logging.status_every_kimg",
     "logging.snapshot_every_kimg",
+    "logging.eval_every_kimg",
     "logging.keep_states",
     "device",
 )

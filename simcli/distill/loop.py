@@ -1,4 +1,4 @@
-"""The distillation loop: online update, generator update, EMA, report, snapshot (paper Algorithm 2).
+"""The distillation loop: online update, generator update, EMA, report, evaluate, snapshot (Algorithm 2).
 
 Iteration k draws every random number from generators seeded by (seed, k), so a run resumed from a
 state file repeats, number for number, what the uninterrupted run would have done.
@@ -6,16 +6,16 @@ state file repeats, number for number, what the uninterrupted run would have don
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from simcli.config.spec import RunSpec
 from simcli.distill.checkpoint import (
@@ -37,13 +37,15 @@ from simcli.distill.events import (
     Status,
     ignore_event,
 )
-from simcli.distill.setup import Networks, build_networks, prepare_run_dir, resolve_device
+from simcli.distill.metrics_log import append_record, truncate_after
+from simcli.distill.setup import build_networks, prepare_run_dir, resolve_device
+from simcli.distill.state import Progress, restore, state_dict
 from simcli.distill.steps import BatchPlan, generator_update, make_generator_loss, online_update
-from simcli.errors import RunFailed, UsageError
+from simcli.errors import RunFailed
 from simcli.teachers.registry import load_teacher
 
-STATE_FORMAT = "simcli-state/1"
-METRICS_FILE = "metrics.jsonl"
+# Called with (EMA generator, images seen) at every evaluation point; returns the metrics record's values.
+Evaluator = Callable[[nn.Module, int], dict[str, Any]]
 
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
@@ -51,19 +53,11 @@ def step_seed(seed: int, step: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-@dataclass
-class Progress:
-    """Counters saved in every state file."""
-
-    step: int = 0
-    nonfinite_consecutive: int = 0
-    nonfinite_total: int = 0
-    elapsed_s: float = 0.0
-    window: dict[str, float] = field(default_factory=lambda: {"loss_online": 0.0, "loss_generator": 0.0, "n": 0})
-
-
-def _optimizer(params, opt_spec) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=opt_spec.lr, betas=(opt_spec.beta1, opt_spec.beta2), eps=opt_spec.eps)
+def _crossed(prev_nimg: int, nimg: int, every_kimg: float | None) -> bool:
+    if every_kimg is None:
+        return False
+    interval = every_kimg * 1000
+    return math.floor(nimg / interval) > math.floor(prev_nimg / interval)
 
 
 def _memory_record(device: torch.device) -> dict[str, float]:
@@ -73,183 +67,169 @@ def _memory_record(device: torch.device) -> dict[str, float]:
     return rec
 
 
-def _crossed(prev_nimg: int, nimg: int, every_kimg: float) -> bool:
-    interval = every_kimg * 1000
-    return math.floor(nimg / interval) > math.floor(prev_nimg / interval)
+class Distillation:
+    """One run directory's distillation: set up (or resumed) in __init__, advanced by run()."""
 
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop records written after the state a run resumes from, so the log has no duplicates."""
-    if not path.is_file():
-        return
-
-    def keep(line: str) -> bool:  # a torn last line (killed mid-write) is dropped, not a crash on resume
-        try:
-            return json.loads(line).get("step", 0) <= last_step
-        except (json.JSONDecodeError, AttributeError):
-            return False
-
-    kept = [line for line in path.read_text().splitlines() if line.strip() and keep(line)]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def _state_dict(spec: RunSpec, nets: Networks, opts: dict[str, torch.optim.Optimizer], progress: Progress) -> dict[str, Any]:
-    return {
-        "format": STATE_FORMAT,
-        "spec": spec.model_dump_json(),
-        "architecture": json.dumps(nets.architecture),
-        "generator": nets.generator.state_dict(),
-        "online": nets.online.state_dict(),
-        "ema": nets.ema.state_dict(),
-        "opt_generator": opts["generator"].state_dict(),
-        "opt_online": opts["online"].state_dict(),
-        "progress": {
-            "step": progress.step,
-            "nonfinite_consecutive": progress.nonfinite_consecutive,
-            "nonfinite_total": progress.nonfinite_total,
-            "elapsed_s": progress.elapsed_s,
-            "window": dict(progress.window),
-        },
-    }
-
-
-def _restore(state: dict[str, Any], nets: Networks, opts: dict[str, torch.optim.Optimizer]) -> Progress:
-    if state.get("format") != STATE_FORMAT:
-        raise UsageError(f"state file has unknown format {state.get('format')!r}")
-    nets.generator.load_state_dict(state["generator"])
-    nets.online.load_state_dict(state["online"])
-    nets.ema.load_state_dict(state["ema"])
-    opts["generator"].load_state_dict(state["opt_generator"])
-    opts["online"].load_state_dict(state["opt_online"])
-    p = state["progress"]
-    return Progress(p["step"], p["nonfinite_consecutive"], p["nonfinite_total"], p["elapsed_s"], dict(p["window"]))
-
-
-def _snapshot(run_dir: Path, spec: RunSpec, nets: Networks, opts, progress: Progress) -> SnapshotSaved:
-    images_seen = progress.step * spec.training.batch_size
-    gen_path = run_dir / f"generator-{kimg_tag(images_seen)}.safetensors"
-    meta = {
-        "spec": spec.model_dump(mode="json"),
-        "architecture": nets.architecture,
-        "sigma_init": spec.generator.sigma_init,
-        "step": progress.step,
-        "images_seen": images_seen,
-    }
-    save_generator(gen_path, nets.ema.state_dict(), meta)
-    state_path = save_state(run_dir, images_seen, _state_dict(spec, nets, opts, progress))
-    prune_states(run_dir, spec.logging.keep_states)
-    return SnapshotSaved(gen_path, state_path, images_seen)
-
-
-def run_distillation(spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event) -> dict[str, Any]:
-    """Distill, or resume distilling, into run_dir; returns a JSON-ready summary of the run."""
-    run_dir = Path(run_dir)
-    device = resolve_device(spec.device)
-    # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
-    teacher = load_teacher(spec.teacher, on_download=lambda done, total: on_event(DownloadProgress(done, total)))
-    prepare_run_dir(run_dir, spec)
-    remove_stale_temp_files(run_dir)
-    nets = build_networks(spec, teacher, run_dir, device, on_event)
-    opts = {
-        "generator": _optimizer(nets.generator.parameters(), spec.generator.optimizer),
-        "online": _optimizer(nets.online.parameters(), spec.online.optimizer),
-    }
-    progress, resumed_from, warnings = Progress(), None, []
-    loaded = load_latest_state(run_dir, map_location=device)
-    if loaded is not None:
-        state, resumed_from, warnings = loaded
-        progress = _restore(state, nets, opts)
-    metrics_path = run_dir / METRICS_FILE
-    _truncate_metrics(metrics_path, progress.step)
-
-    tr = spec.training
-    total_steps = tr.total_steps
-    sample_shape = tuple(nets.teacher.sample_shape)
-    loss_fn = make_generator_loss(spec.loss, spec.generator.weighting, int(np.prod(sample_shape)))
-    grad_through = spec.loss.method != "di"
-    plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, tr.rounds, sample_shape, nets.teacher.label_dim, device)
-    on_event(
-        RunStarted(
-            run_dir, str(device), progress.step, total_steps, tr.batch_size, resumed_from,
-            sum(p.numel() for p in nets.generator.parameters()), warnings,
+    def __init__(self, spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, evaluator: Evaluator | None = None):
+        self.spec, self.run_dir, self.on_event, self.evaluator = spec, Path(run_dir), on_event, evaluator
+        self.device = resolve_device(spec.device)
+        # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
+        teacher = load_teacher(spec.teacher, on_download=lambda done, total: on_event(DownloadProgress(done, total)))
+        prepare_run_dir(self.run_dir, spec)
+        remove_stale_temp_files(self.run_dir)
+        self.nets = build_networks(spec, teacher, self.run_dir, self.device, on_event)
+        self.opts = {
+            "generator": self._adam(self.nets.generator, spec.generator.optimizer),
+            "online": self._adam(self.nets.online, spec.online.optimizer),
+        }
+        self.progress, self.resumed_from, warnings = Progress(), None, []
+        loaded = load_latest_state(self.run_dir, map_location=self.device)
+        if loaded is not None:
+            state, self.resumed_from, warnings = loaded
+            self.progress = restore(state, self.nets, self.opts)
+        truncate_after(self.run_dir, self.progress.step)
+        tr = spec.training
+        sample_shape = tuple(self.nets.teacher.sample_shape)
+        self.plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, tr.rounds, sample_shape, self.nets.teacher.label_dim, self.device)
+        self.loss_fn = make_generator_loss(spec.loss, spec.generator.weighting, int(np.prod(sample_shape)))
+        self.started = RunStarted(
+            self.run_dir, str(self.device), self.progress.step, tr.total_steps, tr.batch_size, self.resumed_from,
+            sum(p.numel() for p in self.nets.generator.parameters()), warnings,
         )
-    )
 
-    window_start = time.perf_counter()
-    window_start_step = progress.step
-    last_time = time.perf_counter()
-    while progress.step < total_steps:
-        step = progress.step
-        rng = torch.Generator(device=device).manual_seed(step_seed(spec.seed, step))
+    @staticmethod
+    def _adam(net: nn.Module, opt) -> torch.optim.Adam:
+        return torch.optim.Adam(net.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+
+    @property
+    def images_seen(self) -> int:
+        return self.progress.step * self.spec.training.batch_size
+
+    def run(self) -> dict[str, Any]:
+        """Iterate to the end of the run; returns a JSON-ready summary."""
+        self.on_event(self.started)
+        logging = self.spec.logging
+        window_start, window_step = time.perf_counter(), self.progress.step
+        while self.progress.step < self.spec.training.total_steps:
+            prev_nimg = self.images_seen
+            t0 = time.perf_counter()
+            self.iteration()  # online update(s), generator update, EMA
+            done = self.progress.step >= self.spec.training.total_steps
+            if done or _crossed(prev_nimg, self.images_seen, logging.status_every_kimg):
+                self.progress.elapsed_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self.report_status(time.perf_counter() - window_start, self.progress.step - window_step)
+                window_start, window_step = time.perf_counter(), self.progress.step
+            evaluate = self.evaluator is not None and (done or _crossed(prev_nimg, self.images_seen, logging.eval_every_kimg))
+            if evaluate:
+                self.evaluate()
+            self.progress.elapsed_s += time.perf_counter() - t0  # wall time, reports and evaluations included
+            if done or evaluate or _crossed(prev_nimg, self.images_seen, logging.snapshot_every_kimg):
+                self.snapshot()
+        return self.summary()
+
+    def iteration(self) -> None:
+        """One iteration of Algorithm 2, with every random draw seeded by (seed, iteration)."""
+        spec, nets, step = self.spec, self.nets, self.progress.step
+        rng = torch.Generator(device=self.device).manual_seed(step_seed(spec.seed, step))
         torch.manual_seed(step_seed(spec.seed, step, stream=1))  # dropout masks
-        loss_online, ok = 0.0, True
+        ok_online = True
         for _ in range(spec.online.updates_per_generator_update):
-            loss_online, ok_o = online_update(nets.generator, nets.online, opts["online"], plan, spec.online.noise, rng)
-            ok = ok and ok_o
-        loss_gen, ok_g = generator_update(
-            nets.generator, nets.online, nets.teacher, opts["generator"], loss_fn, plan, spec.generator.noise, rng,
-            grad_through_networks=grad_through,
+            loss_online, ok = online_update(nets.generator, nets.online, self.opts["online"], self.plan, spec.online.noise, rng)
+            ok_online = ok_online and ok
+        loss_gen, ok_gen = generator_update(
+            nets.generator, nets.online, nets.teacher, self.opts["generator"], self.loss_fn, self.plan,
+            spec.generator.noise, rng, grad_through_networks=spec.loss.method != "di",
         )
-        ok = ok and ok_g
-        prev_nimg = step * tr.batch_size
-        progress.step = step + 1
-        nimg = progress.step * tr.batch_size
-        update_ema(nets.ema, nets.generator, ema_beta(tr.batch_size, nimg, spec.ema.halflife_kimg, spec.ema.rampup_ratio))
+        self.progress.step += 1
+        beta = ema_beta(spec.training.batch_size, self.images_seen, spec.ema.halflife_kimg, spec.ema.rampup_ratio)
+        update_ema(nets.ema, nets.generator, beta)
+        self._account(step, loss_online, loss_gen, ok_online, ok_gen)
 
-        if ok:
-            progress.nonfinite_consecutive = 0
-            progress.window["loss_online"] += loss_online
-            progress.window["loss_generator"] += loss_gen
-            progress.window["n"] += 1
-        else:
-            progress.nonfinite_consecutive += 1
-            progress.nonfinite_total += 1
-            on_event(NonFiniteStep(step, "online" if not ok_g else "generator", progress.nonfinite_consecutive))
-            if progress.nonfinite_consecutive >= tr.max_nonfinite_steps:
-                raise RunFailed(
-                    f"{progress.nonfinite_consecutive} iterations in a row had non-finite losses or gradients "
-                    f"(at iteration {step}); the last good checkpoint in {run_dir} is kept",
-                    hint="lower the learning rates or check the teacher",
-                )
-        now = time.perf_counter()
-        progress.elapsed_s += now - last_time
-        last_time = now
+    def _account(self, step: int, loss_online: float, loss_gen: float, ok_online: bool, ok_gen: bool) -> None:
+        """Add finite losses to the status window; count non-finite iterations and stop after K in a row."""
+        p = self.progress
+        if ok_online and ok_gen:
+            p.nonfinite_consecutive = 0
+            p.window["loss_online"] += loss_online
+            p.window["loss_generator"] += loss_gen
+            p.window["n"] += 1
+            return
+        p.nonfinite_consecutive += 1
+        p.nonfinite_total += 1
+        self.on_event(NonFiniteStep(step, "generator" if not ok_gen else "online", p.nonfinite_consecutive))
+        if p.nonfinite_consecutive >= self.spec.training.max_nonfinite_steps:
+            raise RunFailed(
+                f"{p.nonfinite_consecutive} iterations in a row had non-finite losses or gradients "
+                f"(at iteration {step}); the last good checkpoint in {self.run_dir} is kept",
+                hint="lower the learning rates or check the teacher",
+            )
 
-        done = progress.step >= total_steps
-        if done or _crossed(prev_nimg, nimg, spec.logging.status_every_kimg):
-            n = max(progress.window["n"], 1)
-            kimg_in_window = (progress.step - window_start_step) * tr.batch_size / 1000
-            record = {
-                "kind": "status",
-                "step": progress.step,
-                "images_seen": nimg,
-                "kimg": nimg / 1000,
-                "loss_online": progress.window["loss_online"] / n,
-                "loss_generator": progress.window["loss_generator"] / n,
-                "nonfinite_total": progress.nonfinite_total,
-                "sec_per_kimg": (now - window_start) / kimg_in_window if kimg_in_window else None,
-                "elapsed_s": round(progress.elapsed_s, 3),
-                **_memory_record(device),
-            }
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            on_event(Status(record))
-            progress.window = {"loss_online": 0.0, "loss_generator": 0.0, "n": 0}
-            window_start, window_start_step = time.perf_counter(), progress.step
-        if done or _crossed(prev_nimg, nimg, spec.logging.snapshot_every_kimg):
-            on_event(_snapshot(run_dir, spec, nets, opts, progress))
-        last_time = time.perf_counter()
+    def report_status(self, window_seconds: float, window_steps: int) -> None:
+        """Append a status record (losses averaged since the last one) and announce it."""
+        p, n = self.progress, max(self.progress.window["n"], 1)
+        kimg = window_steps * self.spec.training.batch_size / 1000
+        record = {
+            "kind": "status",
+            "step": p.step,
+            "images_seen": self.images_seen,
+            "kimg": self.images_seen / 1000,
+            "loss_online": p.window["loss_online"] / n,
+            "loss_generator": p.window["loss_generator"] / n,
+            "nonfinite_total": p.nonfinite_total,
+            "sec_per_kimg": window_seconds / kimg if kimg else None,
+            "elapsed_s": round(p.elapsed_s, 3),
+            **_memory_record(self.device),
+        }
+        append_record(self.run_dir, record)
+        self.on_event(Status(record))
+        p.reset_window()
 
-    generators = list_generators(run_dir)
-    return {
-        "run_dir": str(run_dir),
-        "teacher": spec.teacher,
-        "method": spec.loss.method,
-        "distance": spec.loss.distance if spec.loss.method == "sim" else None,
-        "steps": progress.step,
-        "images_seen": progress.step * tr.batch_size,
-        "nonfinite_total": progress.nonfinite_total,
-        "wall_time_s": round(progress.elapsed_s, 3),
-        "resumed_from": str(resumed_from) if resumed_from else None,
-        "generator": str(generators[-1]) if generators else None,
-    }
+    def evaluate(self) -> None:
+        """Score the EMA generator, log an 'eval' record, and keep the best generator so far."""
+        record = {"kind": "eval", "step": self.progress.step, "images_seen": self.images_seen,
+                  "kimg": self.images_seen / 1000, **self.evaluator(self.nets.ema, self.images_seen)}
+        fid = record.get("fid")
+        record["best"] = fid is not None and (self.progress.best_fid is None or fid < self.progress.best_fid)
+        if record["best"]:
+            self.progress.best_fid = fid
+            save_generator(self.run_dir / "generator-best.safetensors", self.nets.ema.state_dict(),
+                           {**self._generator_meta(), "fid": fid})
+        append_record(self.run_dir, record)
+        self.on_event(Status(record))
+
+    def _generator_meta(self) -> dict[str, Any]:
+        return {"spec": self.spec.model_dump(mode="json"), "architecture": self.nets.architecture,
+                "sigma_init": self.spec.generator.sigma_init, "step": self.progress.step,
+                "images_seen": self.images_seen}
+
+    def snapshot(self) -> None:
+        """Write the EMA generator and a resumable state, keeping the newest states only."""
+        gen_path = self.run_dir / f"generator-{kimg_tag(self.images_seen)}.safetensors"
+        save_generator(gen_path, self.nets.ema.state_dict(), self._generator_meta())
+        state_path = save_state(self.run_dir, self.images_seen, state_dict(self.spec, self.nets, self.opts, self.progress))
+        prune_states(self.run_dir, self.spec.logging.keep_states)
+        self.on_event(SnapshotSaved(gen_path, state_path, self.images_seen))
+
+    def summary(self) -> dict[str, Any]:
+        generators = list_generators(self.run_dir)
+        return {
+            "run_dir": str(self.run_dir),
+            "teacher": self.spec.teacher,
+            "method": self.spec.loss.method,
+            "distance": self.spec.loss.distance if self.spec.loss.method == "sim" else None,
+            "steps": self.progress.step,
+            "images_seen": self.images_seen,
+            "nonfinite_total": self.progress.nonfinite_total,
+            "wall_time_s": round(self.progress.elapsed_s, 3),
+            "best_fid": self.progress.best_fid,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "generator": str(generators[-1]) if generators else None,
+        }
+
+
+def run_distillation(
+    spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, evaluator: Evaluator | None = None
+) -> dict[str, Any]:
+    """Distill, or resume distilling, into run_dir; returns a JSON-ready summary of the run."""
+    return Distillation(spec, run_dir, on_event, evaluator).run()

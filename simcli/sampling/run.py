@@ -7,6 +7,7 @@ of conditional models, as EDM's generate.py does), so it does not depend on the 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,19 @@ def _chunks(seed: int, n: int, batch_size: int) -> list[list[int]]:
     return [list(range(s, min(s + batch_size, seed + n))) for s in range(seed, seed + n, batch_size)]
 
 
+def generator_batches(
+    net: Denoiser, sigma_init: float, n: int, seed: int, batch_size: int, device: torch.device,
+    class_label: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """One-step samples [b, ...] (float32, on the CPU) and their class indices (or None), batch by batch."""
+    for seeds in _chunks(seed, n, batch_size):
+        rng = SeedRNG(seeds)  # on the CPU, so samples are the same on any device
+        latents = rng.randn(tuple(net.sample_shape)).to(device)
+        onehot = _labels(rng, net.label_dim, class_label, device)
+        x = one_step_generate(net, latents, sigma_init=sigma_init, class_labels=onehot).cpu()
+        yield x, (None if onehot is None else onehot.argmax(1).cpu())
+
+
 def generator_samples(
     generator: str | Path, n: int, seed: int = 0, batch_size: int = 4096, device: str = "auto", class_label: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
@@ -50,12 +64,9 @@ def generator_samples(
     dev = resolve_device(device)
     net, meta, file = load_generator(generator, dev)
     xs, labels = [], []
-    for seeds in _chunks(seed, n, batch_size):
-        rng = SeedRNG(seeds)  # on the CPU, so samples are the same on any device
-        latents = rng.randn(tuple(net.sample_shape)).to(dev)
-        onehot = _labels(rng, net.label_dim, class_label, dev)
-        xs.append(one_step_generate(net, latents, sigma_init=meta["sigma_init"], class_labels=onehot).cpu())
-        labels.append(None if onehot is None else onehot.argmax(1).cpu())
+    for x, classes in generator_batches(net, meta["sigma_init"], n, seed, batch_size, dev, class_label):
+        xs.append(x)
+        labels.append(classes)
     spec = meta.get("spec", {})
     info = {"source": "generator", "generator": str(file), "teacher": spec.get("teacher"),
             "images_seen": meta.get("images_seen"), "nfe": 1}

@@ -1,0 +1,1 @@
+"""Compare finished or running distillation runs: read their run directories, summarise, plot."""

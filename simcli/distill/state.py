@@ -1,0 +1,71 @@
+"""What a resumable state file holds: the three networks, both optimisers and the run's counters."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from simcli.config.spec import RunSpec
+from simcli.distill.setup import Networks
+from simcli.errors import UsageError
+
+STATE_FORMAT = "simcli-state/1"
+
+
+def _empty_window() -> dict[str, float]:
+    return {"loss_online": 0.0, "loss_generator": 0.0, "n": 0}
+
+
+@dataclass
+class Progress:
+    """Counters saved in every state file (the loss window too, so resumed status records match exactly)."""
+
+    step: int = 0
+    nonfinite_consecutive: int = 0
+    nonfinite_total: int = 0
+    elapsed_s: float = 0.0
+    window: dict[str, float] = field(default_factory=_empty_window)
+    best_fid: float | None = None
+
+    def reset_window(self) -> None:
+        self.window = _empty_window()
+
+
+def state_dict(spec: RunSpec, nets: Networks, opts: dict[str, torch.optim.Optimizer], progress: Progress) -> dict[str, Any]:
+    """Everything needed to resume, as tensors and plain data (loadable with weights_only=True)."""
+    return {
+        "format": STATE_FORMAT,
+        "spec": spec.model_dump_json(),
+        "architecture": json.dumps(nets.architecture),
+        "generator": nets.generator.state_dict(),
+        "online": nets.online.state_dict(),
+        "ema": nets.ema.state_dict(),
+        "opt_generator": opts["generator"].state_dict(),
+        "opt_online": opts["online"].state_dict(),
+        "progress": {
+            "step": progress.step,
+            "nonfinite_consecutive": progress.nonfinite_consecutive,
+            "nonfinite_total": progress.nonfinite_total,
+            "elapsed_s": progress.elapsed_s,
+            "window": dict(progress.window),
+            "best_fid": progress.best_fid,
+        },
+    }
+
+
+def restore(state: dict[str, Any], nets: Networks, opts: dict[str, torch.optim.Optimizer]) -> Progress:
+    """Load a state dict into the networks and optimisers; returns the saved counters."""
+    if state.get("format") != STATE_FORMAT:
+        raise UsageError(f"state file has unknown format {state.get('format')!r}")
+    nets.generator.load_state_dict(state["generator"])
+    nets.online.load_state_dict(state["online"])
+    nets.ema.load_state_dict(state["ema"])
+    opts["generator"].load_state_dict(state["opt_generator"])
+    opts["online"].load_state_dict(state["opt_online"])
+    p = state["progress"]
+    return Progress(
+        p["step"], p["nonfinite_consecutive"], p["nonfinite_total"], p["elapsed_s"], dict(p["window"]), p.get("best_fid")
+    )
