@@ -9,7 +9,8 @@ import traceback
 import typer
 
 from simcli import __version__
-from simcli.cli.compare import EPILOG as COMPARE_EPILOG, compare
+from simcli.cli.compare import EPILOG as COMPARE_EPILOG
+from simcli.cli.compare import compare
 from simcli.cli.distill import EPILOG as DISTILL_EPILOG
 from simcli.cli.distill import distill
 from simcli.cli.errors import EXIT_INTERRUPTED, format_error

@@ -1,8 +1,15 @@
 """Read simcli run directories (config.json + metrics.jsonl) and summarise them as plain dicts.
 
 No torch here: comparing runs must work on a laptop that only holds copies of the run directories.
-The metrics log is append-only and may be written while it is read, so a half-written last line is
-ignored; a corrupt line anywhere else is an error.
+The metrics log is append-only and may be written while it is read; it is read with the engine's own
+reader (simcli.distill.metrics_log), which skips a half-written last line, as a resumed run does.
+
+A run summary (summarise) holds: name, path, teacher, method, distance (sim only, else None), steps,
+images_seen, kimg (of the latest record), wall_time_s (the latest elapsed_s), best_fid and
+best_fid_kimg (minimum over the eval records, earliest on ties), last_fid and last_fid_kimg,
+last_is_mean, last_is_std and last_is_kimg (latest eval record with a value), eval_backend,
+eval_reference and eval_n (of the latest eval record), status_records and eval_records (counts).
+Values not known yet are None; non-finite numbers become None so the summary is valid JSON.
 """
 
 from __future__ import annotations
@@ -12,10 +19,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from simcli.distill.metrics_log import METRICS_FILE, read_records
 from simcli.errors import UsageError
 
 CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
 SORT_KEYS = ("fid", "name")
 
 
@@ -34,27 +41,12 @@ def record_kimg(record: dict[str, Any]) -> float | None:
     return kimg
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a metrics.jsonl, in file order; [] when the file does not exist yet."""
-    if not path.is_file():
-        return []
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's metrics records, read as a resumed run reads them (a half-written last line is skipped)."""
     try:
-        lines = path.read_text().splitlines()
+        return read_records(run_dir)
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    records = []
-    for k, (lineno, line) in enumerate(numbered):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
-            if k == len(numbered) - 1:  # the writer may be mid-line: skip it, it will be complete next time
-                break
-            raise UsageError(f"{path} line {lineno} is not a JSON object", hint="the metrics log is corrupt")
-        records.append(record)
-    return records
+        raise UsageError(f"cannot read {run_dir / METRICS_FILE}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -73,7 +65,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         raise UsageError(f"{config_path} is unreadable or corrupt") from None
     if not isinstance(config, dict) or not isinstance(config.get("teacher"), str):
         raise UsageError(f"{run_dir} is not a simcli run ({CONFIG_FILE} names no teacher)")
-    records = read_metrics(run_dir / METRICS_FILE)
+    records = read_metrics(run_dir)
 
     def by_kimg(kind: str) -> list[dict[str, Any]]:
         chosen = [r for r in records if r.get("kind") == kind and record_kimg(r) is not None]
@@ -87,7 +79,7 @@ def run_names(paths: list[Path]) -> list[str]:
     parts = [Path(p).resolve().parts for p in paths]
     depth = [1] * len(paths)
     while True:
-        names = ["/".join(pp[-d:]) for pp, d in zip(parts, depth)]
+        names = ["/".join(pp[-d:]) for pp, d in zip(parts, depth, strict=True)]
         clashes = {n for n in names if names.count(n) > 1}
         grow = [i for i, n in enumerate(names) if n in clashes and depth[i] < len(parts[i])]
         if not grow:
@@ -106,7 +98,7 @@ def load_runs(run_dirs: list[Path]) -> list[dict[str, Any]]:
             seen.add(key)
             unique.append(p)
     runs = [read_run(p) for p in unique]
-    for run, name in zip(runs, run_names(unique)):
+    for run, name in zip(runs, run_names(unique), strict=True):
         run["name"] = name
     return runs
 
@@ -116,7 +108,7 @@ def _last_with(records: list[dict[str, Any]], key: str) -> dict[str, Any] | None
 
 
 def summarise(run: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-ready summary of one loaded run (see the report schema in simcli/cli/compare.py's help)."""
+    """A JSON-ready summary of one loaded run (fields: see the module docstring)."""
     config, status, evals = run["config"], run["status"], run["eval"]
     loss = config.get("loss") if isinstance(config.get("loss"), dict) else {}
     method = loss.get("method")
