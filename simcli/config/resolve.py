@@ -193,13 +193,18 @@ def resolve_spec(
         preset_name = auto_preset(teacher_name)
     if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise UsageError(f"unknown preset '{preset_name}'", hint=f"known presets: auto, {', '.join(PRESETS)}")
-    preset_layer = PRESETS[preset_name]
+    preset_layer = {k: v for k, v in PRESETS[preset_name].items() if k != "by_method"}
 
     loss_upper = merged_upper.get("loss")  # may be a non-mapping (--set loss=3); validation reports it below
     method = (loss_upper.get("method") if isinstance(loss_upper, dict) else None) or preset_layer.get("loss", {}).get("method") or "sim"
     if method not in METHOD_DEFAULTS:
         raise UsageError(f"unknown method '{method}'", hint=f"known methods: {', '.join(METHOD_DEFAULTS)}")
-    layers = [(f"method:{method}", METHOD_DEFAULTS[method]), (f"preset:{preset_name}", preset_layer)] + upper
+    preset_method_layer = PRESETS[preset_name].get("by_method", {}).get(method, {})
+    layers = [
+        (f"method:{method}", METHOD_DEFAULTS[method]),
+        (f"preset:{preset_name}", preset_layer),
+        (f"preset:{preset_name}:{method}", preset_method_layer),
+    ] + upper
     merged, provenance = merge_layers(layers)
     merged["teacher"] = teacher_name
     try:

@@ -50,7 +50,8 @@ def test_untouched_keys_keep_their_layer(cli, json_doc, lr_config):
     spec, prov = dry_run(cli, json_doc, "--preset", "gmm", "--config", lr_config, "--lr", "3e-4")
     assert (spec["training"]["batch_size"], prov["training.batch_size"]) == (256, "preset:gmm")
     assert (spec["training"]["duration_kimg"], prov["training.duration_kimg"]) == (512.0, "preset:gmm")
-    assert (spec["generator"]["noise"]["p_mean"], prov["generator.noise.p_mean"]) == (-3.5, "method:sim")
+    assert (spec["generator"]["noise"]["p_mean"], prov["generator.noise.p_mean"]) == (-2.0, "preset:gmm:sim")
+    assert (spec["online"]["noise"]["p_mean"], prov["online.noise.p_mean"]) == (-1.2, "method:sim")
     assert spec["generator"]["optimizer"]["beta2"] == 0.999 and "generator.optimizer.beta2" not in prov
     assert (spec["teacher"], prov["teacher"]) == ("gmm-ring8", "flag")
 
@@ -90,8 +91,8 @@ def test_method_sid_switches_the_generator_noise(cli, json_doc):
     spec, _ = dry_run(cli, json_doc, "--method", "di")
     assert spec["generator"]["noise"]["kind"] == "lognormal" and spec["generator"]["noise"]["p_mean"] == -1.2
 
-    spec, _ = dry_run(cli, json_doc)
-    assert spec["generator"]["noise"]["kind"] == "lognormal" and spec["generator"]["noise"]["p_mean"] == -3.5
+    spec, _ = dry_run(cli, json_doc)  # SIM under the gmm preset: the paper's text-to-image noise N(-2, 2^2)
+    assert spec["generator"]["noise"]["kind"] == "lognormal" and spec["generator"]["noise"]["p_mean"] == -2.0
 
 
 def test_method_from_set_and_file_also_switches_noise(cli, json_doc, tmp_path):
@@ -150,3 +151,10 @@ def test_a_new_noise_kind_replaces_the_whole_noise_mapping(cli, json_doc, tmp_pa
 
     spec, prov = dry_run(cli, json_doc, "--config", config, "--set", "generator.noise.kind=karras-uniform")
     assert spec["generator"]["noise"]["kind"] == "karras-uniform" and "generator.noise.p_mean" not in prov
+
+
+def test_preset_settings_for_one_method_do_not_leak_into_another(cli, json_doc):
+    spec, prov = dry_run(cli, json_doc, "--preset", "gmm", "--method", "sid")
+    assert spec["generator"]["noise"]["kind"] == "karras-uniform" and prov["generator.noise.kind"] == "method:sid"
+    spec, prov = dry_run(cli, json_doc, "--preset", "cifar10")  # the paper's CIFAR-10 noise for SIM
+    assert (spec["generator"]["noise"]["p_mean"], spec["generator"]["noise"]["p_std"]) == (-3.5, 2.5)
