@@ -12,7 +12,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from simcli.distill.events import DownloadProgress, NonFiniteStep, RunStarted, SnapshotSaved, Status, TeacherFitProgress
+from simcli.distill.events import (
+    DownloadProgress,
+    Evaluated,
+    NonFiniteStep,
+    RunStarted,
+    SnapshotSaved,
+    Status,
+    TeacherFitProgress,
+)
 
 
 def stderr_console() -> Console:
@@ -65,6 +73,16 @@ def status_line(record: dict[str, Any]) -> str:
     """A plain status line for logs (cluster jobs, pipes)."""
     parts = [f"{label.replace(' ', '_')} {_fmt(record.get(key))}" for key, label in STATUS_COLUMNS if key in record]
     return "  ".join(parts)
+
+
+EVAL_KEYS = ("fid", "is_mean", "mode_weight_l1", "precision", "mmd", "sw2")
+
+
+def evaluation_line(record: dict[str, Any]) -> str:
+    """One line per evaluation: where, what, and whether it is the best so far."""
+    values = "  ".join(f"{k} {_fmt(record[k])}" for k in EVAL_KEYS if record.get(k) is not None)
+    best = "  (best so far)" if record.get("best") else ""
+    return f"eval at {_fmt(record['kimg'])} kimg ({record.get('n')} samples, {record.get('backend')}): {values}{best}"
 
 
 class DistillReporter:
@@ -125,6 +143,8 @@ class DistillReporter:
                 self.live.update(self._table())
             else:
                 self.console.print(status_line(self.rows[-1]), soft_wrap=True)
+        elif isinstance(event, Evaluated):
+            self.console.print(evaluation_line(event.record))
         elif isinstance(event, NonFiniteStep):
             self.console.print(f"warning: non-finite {event.phase} loss or gradient at iteration {event.step}, update skipped ({event.consecutive} in a row)")
         elif isinstance(event, SnapshotSaved):

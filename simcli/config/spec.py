@@ -206,6 +206,29 @@ class LoggingSpec(Strict):
     """Resumable state files kept (the newest ones); generator snapshots are all kept."""
 
 
+class EvaluationSpec(Strict):
+    """In-training evaluation of the EMA generator, every logging.eval_every_kimg.
+
+    Image teachers get FID (and IS) against `reference`; analytic teachers get the exact metrics of
+    `simcli eval --teacher` instead (mode weights, precision, MMD, sliced W2).
+    """
+
+    reference: str | None = None
+    """FID reference: a name (cifar10-train, ...), a statistics .npz or a folder; none: the teacher's dataset."""
+    num_samples: int = Field(10000, gt=1)
+    """Samples per evaluation (the published protocol uses 50000; fewer is faster but biased upwards)."""
+    inception_score: bool = True
+    """Also compute the Inception Score (torch-fidelity backend only)."""
+    backend: str = "torch-fidelity"
+    """Feature backend: torch-fidelity or clean-fid."""
+    feature_weights: str | None = None
+    """Local Inception weights file for offline use."""
+    batch_size: int = Field(250, gt=0)
+    """Images per generator and extractor batch."""
+    seed: int = Field(0, ge=0)
+    """First seed of the evaluation samples (the same seeds at every evaluation)."""
+
+
 class RunSpec(Strict):
     """Everything that defines a distillation run; written to config.json and embedded in checkpoints."""
 
@@ -227,6 +250,8 @@ class RunSpec(Strict):
     """Batch and duration."""
     logging: LoggingSpec = LoggingSpec()
     """Reporting and checkpoint cadence."""
+    evaluation: EvaluationSpec = EvaluationSpec()
+    """What in-training evaluation computes."""
     seed: int = Field(0, ge=0)
     """Seed of every random draw; iteration k reseeds from (seed, k), so resumed runs repeat exactly."""
     device: str = "auto"
@@ -241,6 +266,12 @@ RESUMABLE_CHANGES = (
     "logging.status_every_kimg",
     "logging.snapshot_every_kimg",
     "logging.eval_every_kimg",
+    "evaluation.reference",
+    "evaluation.num_samples",
+    "evaluation.inception_score",
+    "evaluation.backend",
+    "evaluation.feature_weights",
+    "evaluation.batch_size",
     "logging.keep_states",
     "device",
 )

@@ -47,6 +47,13 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Evaluated:
+    """One evaluation record of the EMA generator (FID/IS, or exact metrics for mixtures)."""
+
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class NonFiniteStep:
     """An iteration whose loss or gradients were not finite; its update was skipped."""
 

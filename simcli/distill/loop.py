@@ -30,6 +30,7 @@ from simcli.distill.checkpoint import (
 from simcli.distill.ema import ema_beta, update_ema
 from simcli.distill.events import (
     DownloadProgress,
+    Evaluated,
     EventHandler,
     NonFiniteStep,
     RunStarted,
@@ -42,6 +43,7 @@ from simcli.distill.setup import build_networks, prepare_run_dir, resolve_device
 from simcli.distill.state import Progress, restore, state_dict
 from simcli.distill.steps import BatchPlan, generator_update, make_generator_loss, online_update
 from simcli.errors import RunFailed
+from simcli.eval.during_training import make_evaluator
 from simcli.teachers.registry import load_teacher
 
 # Called with (EMA generator, images seen) at every evaluation point; returns the metrics record's values.
@@ -75,6 +77,8 @@ class Distillation:
         self.device = resolve_device(spec.device)
         # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
         teacher = load_teacher(spec.teacher, on_download=lambda done, total: on_event(DownloadProgress(done, total)))
+        if self.evaluator is None:  # its reference and feature weights, too, are checked before the run directory
+            self.evaluator = make_evaluator(spec, teacher, self.device)
         prepare_run_dir(self.run_dir, spec)
         remove_stale_temp_files(self.run_dir)
         self.nets = build_networks(spec, teacher, self.run_dir, self.device, on_event)
@@ -187,16 +191,17 @@ class Distillation:
 
     def evaluate(self) -> None:
         """Score the EMA generator, log an 'eval' record, and keep the best generator so far."""
+        values = dict(self.evaluator(self.nets.ema, self.images_seen))
+        score = values.pop("score", values.get("fid"))  # lower is better: FID, or MMD for mixtures
         record = {"kind": "eval", "step": self.progress.step, "images_seen": self.images_seen,
-                  "kimg": self.images_seen / 1000, **self.evaluator(self.nets.ema, self.images_seen)}
-        fid = record.get("fid")
-        record["best"] = fid is not None and (self.progress.best_fid is None or fid < self.progress.best_fid)
+                  "kimg": self.images_seen / 1000, **values}
+        record["best"] = score is not None and (self.progress.best_score is None or score < self.progress.best_score)
         if record["best"]:
-            self.progress.best_fid = fid
+            self.progress.best_score = score
             save_generator(self.run_dir / "generator-best.safetensors", self.nets.ema.state_dict(),
-                           {**self._generator_meta(), "fid": fid})
+                           {**self._generator_meta(), "score": score, **{k: v for k, v in values.items() if k != "n"}})
         append_record(self.run_dir, record)
-        self.on_event(Status(record))
+        self.on_event(Evaluated(record))
 
     def _generator_meta(self) -> dict[str, Any]:
         return {"spec": self.spec.model_dump(mode="json"), "architecture": self.nets.architecture,
@@ -222,7 +227,7 @@ class Distillation:
             "images_seen": self.images_seen,
             "nonfinite_total": self.progress.nonfinite_total,
             "wall_time_s": round(self.progress.elapsed_s, 3),
-            "best_fid": self.progress.best_fid,
+            "best_score": self.progress.best_score,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "generator": str(generators[-1]) if generators else None,
         }

@@ -28,7 +28,7 @@ class Progress:
     nonfinite_total: int = 0
     elapsed_s: float = 0.0
     window: dict[str, float] = field(default_factory=_empty_window)
-    best_fid: float | None = None
+    best_score: float | None = None
 
     def reset_window(self) -> None:
         self.window = _empty_window()
@@ -51,7 +51,7 @@ def state_dict(spec: RunSpec, nets: Networks, opts: dict[str, torch.optim.Optimi
             "nonfinite_total": progress.nonfinite_total,
             "elapsed_s": progress.elapsed_s,
             "window": dict(progress.window),
-            "best_fid": progress.best_fid,
+            "best_score": progress.best_score,
         },
     }
 
@@ -67,5 +67,5 @@ def restore(state: dict[str, Any], nets: Networks, opts: dict[str, torch.optim.O
     opts["online"].load_state_dict(state["opt_online"])
     p = state["progress"]
     return Progress(
-        p["step"], p["nonfinite_consecutive"], p["nonfinite_total"], p["elapsed_s"], dict(p["window"]), p.get("best_fid")
+        p["step"], p["nonfinite_consecutive"], p["nonfinite_total"], p["elapsed_s"], dict(p["window"]), p.get("best_score")
     )

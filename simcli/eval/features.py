@@ -157,12 +157,38 @@ def check_images(images: Tensor) -> None:
         raise ValueError(f"feature extractors take images [B, 3, H, W], got {list(images.shape)}")
 
 
-def missing_weights_error(what: str, file_name: str, url: str, destination: Path) -> UsageError:
-    """The one-line error for absent weights: names the file, its URL and the two places simcli reads it from."""
+def missing_weights_error(what: str, file_name: str, url: str, destination: Path, why: str = "") -> UsageError:
+    """The one-line error for absent weights: names the file, its URL and where simcli reads it from."""
+    because = f" ({why})" if why else ""
     return UsageError(
-        f"{what} weights {file_name} not found at {destination}; simcli does not download them (URL: {url})",
-        hint=f"download {url} and pass --feature-weights PATH, or save it as {destination}",
+        f"{what} weights {file_name} are not available{because}; URL: {url}",
+        hint=f"download it and pass --feature-weights PATH, or save it as {destination}",
     )
+
+
+def weights_cache_path(file_name: str) -> Path:
+    """Where simcli keeps feature-extractor weights it downloads: <cache>/weights/<file name>."""
+    from simcli.teachers.cache import cache_dir
+
+    return cache_dir() / "weights" / file_name
+
+
+def locate_weights(what: str, file_name: str, url: str, library_path: Path, feature_weights: Path | None) -> Path:
+    """The weights file to read: --feature-weights, else the library's own cache, else simcli's cache, where
+    it is downloaded (resumable, size-checked) unless offline; never into the library's own directories."""
+    if feature_weights is not None:
+        return feature_weights
+    if library_path.is_file():
+        return library_path
+    from simcli.teachers.download import ensure_file
+
+    dest = weights_cache_path(file_name)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return ensure_file(url, dest)
+    except (UsageError, OSError) as exc:
+        why = "offline" if "OFFLINE" in str(exc) else "the download failed"
+        raise missing_weights_error(what, file_name, url, dest, why) from None
 
 
 def load_error(what: str, path: Path, exc: BaseException) -> UsageError:

@@ -113,9 +113,9 @@ def inception_score(
     for i in range(splits):
         rows = slice(i * n // splits, (i + 1) * n // splits)
         p_i, log_p_i = p[rows], log_p[rows]
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 log 0 = 0: zero probabilities add nothing
             log_marginal = np.log(p_i.mean(axis=0, keepdims=True))
-        terms = np.where(p_i > 0, p_i * (log_p_i - log_marginal), 0.0)  # 0 log 0 = 0
+            terms = np.where(p_i > 0, p_i * (log_p_i - log_marginal), 0.0)
         values.append(float(np.exp(terms.sum(axis=1).mean())))
     return float(np.mean(values)), float(np.std(values))
 

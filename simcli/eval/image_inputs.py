@@ -111,7 +111,8 @@ class FolderImages(ImageSource):
             size = _image_size(path)
             if size != first:
                 raise UsageError(
-                    f"images differ in size: {self.files[0]} is {first[0]}x{first[1]} but {path} is {size[0]}x{size[1]}",
+                    f"images differ in size: {self.files[0]} is {first[0]}x{first[1]} "
+                    f"but {path} is {size[0]}x{size[1]}",
                     hint="resize them to one size first",
                 )
         self.size = first  # (width, height)
@@ -144,7 +145,8 @@ class NpzImages(ImageSource):
         try:
             with np.load(self.path, allow_pickle=False) as data:
                 if NPZ_IMAGES_KEY not in data.files:
-                    raise UsageError(f"{self.path} has no '{NPZ_IMAGES_KEY}' array (it has: {', '.join(data.files) or 'nothing'})",
+                    found = ", ".join(data.files) or "nothing"
+                    raise UsageError(f"{self.path} has no '{NPZ_IMAGES_KEY}' array (it has: {found})",
                                      hint="write one with 'simcli sample --out FILE.npz'")
                 images = data[NPZ_IMAGES_KEY]
         except (OSError, ValueError, zipfile.BadZipFile) as exc:

@@ -142,7 +142,8 @@ def load_stats(path: str | Path) -> FeatureStats:
         with data:
             missing = [k for k in ("mu", "sigma") if k not in data.files]
             if missing:
-                raise _refuse(path, f"no {' or '.join(repr(k) for k in missing)} (it has: {', '.join(data.files) or 'nothing'})")
+                found = ", ".join(data.files) or "nothing"
+                raise _refuse(path, f"no {' or '.join(repr(k) for k in missing)} (it has: {found})")
             mu, sigma = data["mu"], data["sigma"]
             raw_meta = str(data[META_KEY]) if META_KEY in data.files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -288,8 +289,9 @@ def resolve_reference(
     elif _looks_like_path(text):
         raise UsageError(f"reference statistics not found: {path}")
     else:
+        known = ", ".join(FID_REFERENCES)
         raise UsageError(f"unknown FID reference '{text}'",
-                         hint=f"pass a known name ({', '.join(FID_REFERENCES)}), a statistics .npz or a folder of images")
+                         hint=f"pass a known name ({known}), a statistics .npz or a folder of images")
     if extractor is None:
         return stats
     return replace(stats, note=check_compatible(stats, extractor))

@@ -44,7 +44,7 @@ from simcli.eval.features import (
     check_images,
     import_backend_library,
     load_error,
-    missing_weights_error,
+    locate_weights,
     weights_file_sha256,
 )
 
@@ -178,10 +178,8 @@ def make_clean_fid_extractor(
         raise UsageError(f"unknown clean-fid mode {mode!r}", hint=f"use one of: {', '.join(CLEAN_FID_MODES)}")
     device = torch.device(device)
     torchscript = mode != "legacy_pytorch"
-    file_name, url, destination = torchscript_location() if torchscript else pytorch_inception_location()
-    path = feature_weights if feature_weights is not None else destination
-    if not path.is_file():
-        raise missing_weights_error(f"clean-fid Inception ({mode})", file_name, url, destination)
+    file_name, url, library_path = torchscript_location() if torchscript else pytorch_inception_location()
+    path = locate_weights(f"clean-fid Inception ({mode})", file_name, url, library_path, feature_weights)
     try:
         if torchscript:
             model_fn = TorchScriptInception(path, resize_inside=mode == "legacy_tensorflow", device=device)

@@ -29,7 +29,7 @@ from simcli.eval.features import (
     check_images,
     import_backend_library,
     load_error,
-    missing_weights_error,
+    locate_weights,
     weights_file_sha256,
 )
 
@@ -132,10 +132,8 @@ def make_inception_extractor(
             f"torch-fidelity resizes like TensorFlow 1 only (mode legacy_tensorflow), not {mode!r}",
             hint="use --backend clean-fid for the clean or legacy_pytorch modes",
         )
-    file_name, url, destination = inception_weights_location()
-    path = feature_weights if feature_weights is not None else destination
-    if not path.is_file():
-        raise missing_weights_error("torch-fidelity Inception (inception-v3-compat)", file_name, url, destination)
+    file_name, url, library_path = inception_weights_location()
+    path = locate_weights("torch-fidelity Inception (inception-v3-compat)", file_name, url, library_path, feature_weights)
     return TorchFidelityExtractor(
         INCEPTION_NAME, weights_path=path, device=device, name=f"torch-fidelity/{INCEPTION_NAME}"
     )
