@@ -1,4 +1,4 @@
-"""`simcli eval`: score samples. Exact metrics against analytic teachers (FID/IS for images come later)."""
+"""`simcli eval`: FID, IS, KID and precision/recall of images, or exact metrics against a mixture teacher."""
 
 from __future__ import annotations
 
@@ -10,49 +10,116 @@ from rich.table import Table
 
 from simcli.cli.errors import reported_errors
 from simcli.cli.options import DeviceOpt, JsonOpt, SeedOpt, TeacherOpt, ThreadsOpt
-from simcli.cli.output import print_json, stderr_console
+from simcli.cli.output import print_json, stderr_console, stdout_console
 from simcli.errors import UsageError
 
 EPILOG = """Examples:
 
-  simcli eval --teacher gmm-ring8 --samples ring8-sim.npz
+  simcli eval --generator runs/cifar10-sim --fid --is --ref cifar10-train --n 50000
 
-  simcli eval --teacher gmm-ring8 --generator runs/ring8-sim --n 10000 --json
+  simcli eval --samples samples/ --fid --ref ref-images/ --backend clean-fid
+
+  simcli eval --samples ref-images/ --save-stats cifar10-ref.npz
+
+  simcli eval --teacher gmm-ring8 --generator runs/ring8-sim --json
+
+Images: a folder (searched recursively), an npz from 'simcli sample', or a generator sampled in memory
+(seeds 0..N-1). References: a name (cifar10-train, ffhq64, afhqv2-64, imagenet64), a statistics npz or a
+folder of images (its statistics are computed once and cached). Offline, give --feature-weights PATH.
 """
+
+GENERATOR_DEFAULT_N = 50000  # the EDM/SiD protocol
+MIXTURE_DEFAULT_N = 10000
 
 
 def eval_command(
+    samples: Annotated[Path | None, typer.Option("--samples", help="Images: a folder or an .npz from 'simcli sample'.")] = None,
+    generator: Annotated[Path | None, typer.Option("--generator", help="Run directory or generator snapshot (sampled in memory).")] = None,
+    fid: Annotated[bool, typer.Option("--fid", help="Frechet Inception Distance against --ref.")] = False,
+    inception_score: Annotated[bool, typer.Option("--is", help="Inception Score (10 splits; torch-fidelity).")] = False,
+    kid: Annotated[bool, typer.Option("--kid", help="Kernel Inception Distance against --ref images.")] = False,
+    prc: Annotated[bool, typer.Option("--prc", help="Precision and recall against --ref images.")] = False,
+    ref: Annotated[str | None, typer.Option("--ref", help="Reference: a name, a statistics .npz or a folder of images.")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="Feature backend: torch-fidelity or clean-fid.")] = "torch-fidelity",
+    mode: Annotated[str, typer.Option("--mode", help="clean-fid resize mode: legacy_tensorflow, clean, legacy_pytorch.")] = "legacy_tensorflow",
+    feature_weights: Annotated[Path | None, typer.Option("--feature-weights", help="Local Inception weights (offline use).")] = None,
+    save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Also write the images' feature statistics to this .npz.")] = None,
     teacher: TeacherOpt = None,
-    samples: Annotated[Path | None, typer.Option("--samples", help="An .npz written by 'simcli sample'.")] = None,
-    generator: Annotated[Path | None, typer.Option("--generator", help="Run directory or generator snapshot (samples made in memory).")] = None,
-    n: Annotated[int, typer.Option("--n", min=2, help="Samples to generate with --generator.")] = 10000,
+    n: Annotated[int | None, typer.Option("--n", min=2, help="Images to use (default: all of --samples; 50000 from a generator).")] = None,
     seed: SeedOpt = 0,
-    mmd_bandwidth: Annotated[float | None, typer.Option("--mmd-bandwidth", help="RBF bandwidth of MMD (default: twice the mixture's typical component std).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 250,
+    mmd_bandwidth: Annotated[float | None, typer.Option("--mmd-bandwidth", help="Mixtures: RBF bandwidth of MMD.")] = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
-    """Score samples against an analytic teacher: mode weights, precision, MMD, sliced W2."""
+    """Score images (FID, IS, KID, precision/recall) or, with --teacher gmm-..., samples against the exact mixture."""
     with reported_errors():
         from simcli.runtime import set_cpu_threads
 
         set_cpu_threads(threads)
-        from simcli.eval.gmm_eval import evaluate_against_teacher
+        if (samples is None) == (generator is None):
+            raise UsageError("give exactly one of --samples and --generator")
+        if teacher is not None:
+            _exact(teacher, samples, generator, n or MIXTURE_DEFAULT_N, seed, mmd_bandwidth, device, json_out)
+            return
+        from simcli.distill.setup import resolve_device
+        from simcli.eval.image_eval import evaluate_images
 
-        if teacher is None:
-            raise UsageError("no teacher given", hint="exact metrics need --teacher gmm-...")
-        report = evaluate_against_teacher(
-            teacher, samples=samples, generator=generator, n=n, seed=seed, mmd_bandwidth=mmd_bandwidth, device=device
+        metrics = {name for name, on in (("fid", fid), ("is", inception_score), ("kid", kid), ("prc", prc)) if on}
+        if not metrics and save_stats is None:
+            metrics = {"fid", "is"} if backend == "torch-fidelity" else {"fid"}
+        if save_stats is not None and save_stats.suffix != ".npz":
+            raise UsageError(f"--save-stats must name an .npz file, got {save_stats.name}")
+        report = evaluate_images(
+            generator if generator is not None else samples,
+            ref=ref, metrics=metrics, backend=backend, mode=mode, feature_weights=feature_weights,
+            n=n if n is not None or generator is None else GENERATOR_DEFAULT_N,
+            seed=seed, batch_size=batch_size, device=resolve_device(device), save_stats=save_stats,
         )
         if json_out:
             print_json(report)
-            return
-        table = Table(title=f"exact metrics against {teacher} ({report['n']} samples)")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        table.add_row("mode-weight L1 error", f"{report['mode_weight_l1']:.4f}")
-        table.add_row(f"precision (within {report['precision_num_std']:g} std)", f"{report['precision']:.4f}")
-        table.add_row(f"MMD^2 (RBF bandwidth {report['mmd_bandwidth']:.4g})", f"{report['mmd']:.3e}")
-        table.add_row(f"sliced W2 ({report['sw2_num_projections']} directions)", f"{report['sw2']:.4f}")
-        table.add_row("mode weights", " ".join(f"{w:.3f}" for w in report["mode_weights"]))
-        stderr_console().print(table)
+        else:
+            _print_image_report(report)
+
+
+def _print_image_report(report: dict) -> None:
+    table = Table(title=f"{report['source']}: {report['n']} images, {report['extractor']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [("FID", "fid", "{:.4f}"), ("IS", "is_mean", "{:.4f}"), ("KID", "kid_mean", "{:.6f}"),
+            ("precision", "precision", "{:.4f}"), ("recall", "recall", "{:.4f}")]
+    spreads = {"is_mean": "is_std", "kid_mean": "kid_std"}
+    for label, key, fmt in rows:
+        if key in report:
+            value = fmt.format(report[key])
+            if key in spreads:
+                value += " +- " + fmt.format(report[spreads[key]])
+            table.add_row(label, value)
+    stdout_console().print(table)
+    if report.get("reference"):
+        stderr_console().print(f"reference: {report['reference']}")
+    if report.get("note"):
+        stderr_console().print(f"note: {report['note']}")
+    if report.get("saved_stats"):
+        stderr_console().print(f"statistics written to {report['saved_stats']}")
+
+
+def _exact(teacher, samples, generator, n, seed, mmd_bandwidth, device, json_out) -> None:
+    from simcli.eval.gmm_eval import evaluate_against_teacher
+
+    report = evaluate_against_teacher(
+        teacher, samples=samples, generator=generator, n=n, seed=seed, mmd_bandwidth=mmd_bandwidth, device=device
+    )
+    if json_out:
+        print_json(report)
+        return
+    table = Table(title=f"exact metrics against {teacher} ({report['n']} samples)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("mode-weight L1 error", f"{report['mode_weight_l1']:.4f}")
+    table.add_row(f"precision (within {report['precision_num_std']:g} std)", f"{report['precision']:.4f}")
+    table.add_row(f"MMD^2 (RBF bandwidth {report['mmd_bandwidth']:.4g})", f"{report['mmd']:.3e}")
+    table.add_row(f"sliced W2 ({report['sw2_num_projections']} directions)", f"{report['sw2']:.4f}")
+    table.add_row("mode weights", " ".join(f"{w:.3f}" for w in report["mode_weights"]))
+    stdout_console().print(table)

@@ -184,7 +184,6 @@ def locate_weights(what: str, file_name: str, url: str, library_path: Path, feat
 
     dest = weights_cache_path(file_name)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
         return ensure_file(url, dest)
     except (UsageError, OSError) as exc:
         why = "offline" if "OFFLINE" in str(exc) else "the download failed"

@@ -69,14 +69,21 @@ def evaluate_images(
     seed: int = 0,
     batch_size: int = 250,
     device: str | torch.device = "cpu",
+    mode: str = "legacy_tensorflow",
+    save_stats: Path | None = None,
     on_progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Score a folder, a samples npz or a generator (sampled in memory) with the requested metrics."""
+    """Score a folder, a samples npz or a generator (sampled in memory) with the requested metrics.
+
+    With `save_stats`, the images' feature statistics are also written (simcli's float64 npz), for use as a
+    reference later; metrics may then be empty.
+    """
     metrics = set(metrics)
     unknown = metrics - set(METRICS)
-    if unknown or not metrics:
+    if unknown or (not metrics and save_stats is None):
         raise UsageError(f"choose metrics among {', '.join(METRICS)}", hint="for example --fid --is")
-    extractor = get_extractor(backend, feature_weights=feature_weights, device=device)
+    images = open_images(source, limit=n, seed=seed, device=str(device))  # bad input fails before any download
+    extractor = get_extractor(backend, feature_weights=feature_weights, device=device, mode=mode)
     if "is" in metrics and not extractor.has_logits:
         raise UsageError(f"the Inception Score needs class logits, which backend '{backend}' does not give",
                          hint="use --backend torch-fidelity for --is")
@@ -87,7 +94,6 @@ def evaluate_images(
     reference_features = (
         _reference_features(ref, extractor, batch_size, None) if metrics & {"kid", "prc"} else None
     )
-    images = open_images(source, limit=n, seed=seed, device=str(device))
     feats, logits = compute_features(images.batches(batch_size), extractor, want_logits="is" in metrics,
                                      on_progress=on_progress)
     result = {
@@ -101,4 +107,8 @@ def evaluate_images(
     }
     if reference is not None and reference.note:
         result["note"] = reference.note
+    if save_stats is not None:
+        stats = FeatureStats.from_features(feats, extractor=extractor.name, weights_sha256=extractor.weights_sha256,
+                                           source=images.description)
+        result["saved_stats"] = str(stats.save_npz(save_stats))
     return result

@@ -144,6 +144,9 @@ class NpzImages(ImageSource):
             raise UsageError(f"images file not found: {self.path}")
         try:
             with np.load(self.path, allow_pickle=False) as data:
+                if NPZ_IMAGES_KEY not in data.files and "samples" in data.files:
+                    raise UsageError(f"{self.path} holds vector samples, not images",
+                                     hint="score them against their mixture with --teacher gmm-...")
                 if NPZ_IMAGES_KEY not in data.files:
                     found = ", ".join(data.files) or "nothing"
                     raise UsageError(f"{self.path} has no '{NPZ_IMAGES_KEY}' array (it has: {found})",

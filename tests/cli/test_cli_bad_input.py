@@ -321,7 +321,7 @@ def test_eval_samples_malformed(cli, usage_error, tmp_path, arrays, fragment):
 def test_eval_needs_a_teacher_and_one_source(cli, usage_error, teacher_npz, tiny_run):
     _, samples = teacher_npz
     _, run_dir = tiny_run
-    usage_error(cli("eval", "--samples", samples), "no teacher given")
+    usage_error(cli("eval", "--samples", samples), "holds vector samples, not images")
     usage_error(cli("eval", "--teacher", "gmm-ring8"), "exactly one of --samples and --generator")
     usage_error(cli("eval", "--teacher", "gmm-ring8", "--samples", samples, "--generator", run_dir), "exactly one of --samples and --generator")
     usage_error(cli("eval", "--teacher", "gmm-ring9", "--samples", samples), "unknown teacher 'gmm-ring9'")

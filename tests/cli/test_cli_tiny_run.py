@@ -104,12 +104,12 @@ def test_sample_teacher_and_eval_it(teacher_npz, cli, json_doc):
     assert len(report["mode_weights"]) == 8 and math.isclose(sum(report["mode_weights"]), 1.0, abs_tol=1e-9)
 
 
-def test_eval_human_table_goes_to_stderr(teacher_npz, cli):
+def test_eval_human_table_goes_to_stdout(teacher_npz, cli):
     _, out = teacher_npz
     result = cli("eval", "--teacher", "gmm-ring8", "--samples", out)
     assert result.exit_code == 0, result.output
-    assert result.stdout == ""
-    assert "mode-weight L1 error" in result.stderr and "exact metrics against gmm-ring8 (200 samples)" in result.stderr
+    assert result.stderr == ""
+    assert "mode-weight L1 error" in result.stdout and "exact metrics against gmm-ring8 (200 samples)" in result.stdout
 
 
 def test_eval_a_generator_in_memory(tiny_run, cli, json_doc):

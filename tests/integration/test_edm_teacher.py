@@ -6,21 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from edm_pickle_writer import write_edm_pickle
 from PIL import Image
+from tiny_edm import write_tiny_edm
 from typer.testing import CliRunner
 
 from simcli.cli.app import app
-from simcli.nets.registry import build_edm_network
 from simcli.sampling.generator import load_generator
 
-TINY_DDPMPP = {
-    "model_type": "SongUNet", "embedding_type": "positional", "encoder_type": "standard", "decoder_type": "standard",
-    "channel_mult_noise": 1, "resample_filter": [1, 1], "model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1,
-    "attn_resolutions": [4], "augment_dim": 9, "dropout": 0.13, "use_fp16": False, "img_resolution": 8,
-    "img_channels": 3,
-}
 FAST = ["--preset", "tiny", "--batch-size", "4", "--steps", "3"]
 
 
@@ -33,13 +25,7 @@ def run_cli(*args) -> object:
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory):
     """A random-weight conditional DDPM++ written in the official pickle format."""
-    torch.manual_seed(0)
-    init_kwargs = {**TINY_DDPMPP, "label_dim": 10}
-    net = build_edm_network("EDMPrecond", init_kwargs)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn_like(p))  # no zero-initialised layers: every layer matters
-    return write_edm_pickle(tmp_path_factory.mktemp("teacher") / "tiny-edm.pkl", net, init_kwargs)
+    return write_tiny_edm(tmp_path_factory.mktemp("teacher") / "tiny-edm.pkl", label_dim=10)
 
 
 def test_distill_from_a_local_edm_pickle_then_sample_pngs(snapshot, tmp_path):
