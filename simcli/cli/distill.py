@@ -36,6 +36,9 @@ def distill(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Generator images per iteration.")] = None,
     batch_gpu: Annotated[int | None, typer.Option("--batch-gpu", help="Images per forward pass; the batch is accumulated over rounds.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate of both the generator and the online model.")] = None,
+    eval_every: Annotated[float | None, typer.Option("--eval-every", help="Evaluate the EMA generator every this many kimg (FID/IS; exact metrics for mixtures).")] = None,
+    fid_ref: Annotated[str | None, typer.Option("--fid-ref", help="FID reference for --eval-every (default: the teacher's dataset).")] = None,
+    fid_n: Annotated[int | None, typer.Option("--fid-n", help="Samples per in-training evaluation (default 10000).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Run seed.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Spec file (YAML, TOML or JSON).")] = None,
@@ -59,6 +62,8 @@ def distill(
             "training": {"duration_kimg": kimg, "duration_steps": steps, "batch_size": batch_size, "batch_per_round": batch_gpu},
             "generator": {"optimizer": {"lr": lr}},
             "online": {"optimizer": {"lr": lr}},
+            "logging": {"eval_every_kimg": eval_every},
+            "evaluation": {"reference": fid_ref, "num_samples": fid_n},
             "seed": seed,
             "device": device,
         }
