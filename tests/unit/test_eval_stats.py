@@ -287,7 +287,7 @@ def test_npz_images(tmp_path):
     with pytest.raises(UsageError, match="asked for 9 images but .* has only 5"):
         NpzImages(tmp_path / "s.npz", limit=9)
     np.savez(tmp_path / "v.npz", samples=np.zeros((3, 2), np.float32))
-    with pytest.raises(UsageError, match="no 'images' array"):
+    with pytest.raises(UsageError, match="holds vector samples, not images"):
         NpzImages(tmp_path / "v.npz")
     np.savez(tmp_path / "f.npz", images=images.astype(np.float32))
     with pytest.raises(UsageError, match="is float32") as info:
