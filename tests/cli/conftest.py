@@ -53,20 +53,6 @@ def one_json_document(text: str) -> dict:
     return json.loads(text)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny MLPs on a shared 2-core machine: one intra-op thread is many times faster than two competing ones.
-
-    Module-scoped and restored afterwards, so tests outside tests/cli keep torch's default.
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def cli() -> Callable:
     return run_cli

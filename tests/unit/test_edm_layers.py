@@ -21,15 +21,6 @@ from simcli.nets.layers import (
 from simcli.nets.unet_block import UNetBlock
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run far faster single-threaded on a shared machine (OpenMP spin overhead otherwise)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

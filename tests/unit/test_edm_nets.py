@@ -79,15 +79,6 @@ TINY_VARIANTS = [(SongUNet, TINY_DDPMPP), (SongUNet, TINY_NCSNPP), (DhariwalUNet
 TINY_IDS = ["ddpmpp", "ncsnpp", "adm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run far faster single-threaded on a shared machine (OpenMP spin overhead otherwise)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _tsv_path() -> Path:
     """The state_dict listing in ../shared/docs next to the repository root."""
     repo_root = Path(__file__).resolve().parents[2]

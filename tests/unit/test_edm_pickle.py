@@ -60,15 +60,6 @@ OUTER_GLOBALS_NUMPY1 = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions gain nothing from threads, and on a busy 2-core machine spinning threads cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _network(class_name: str, init_kwargs: dict, seed: int = 0) -> torch.nn.Module:
     """A network with every parameter randomised (no zero-initialised layers), in eval mode."""
     torch.manual_seed(seed)

@@ -30,15 +30,6 @@ TINY_ADM = dict(
 SIGMAS = [0.002, 0.5, 2.5, 80.0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run far faster single-threaded on a shared machine (OpenMP spin overhead otherwise)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class RecordingUNet(nn.Module):
     """Stands in for SongUNet/DhariwalUNet: records its inputs and returns a fixed F [N, out_channels, 8, 8]."""
 

@@ -94,15 +94,6 @@ def distance_for(spec: dict):
     )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tall-thin [N, 2] tensors run far faster single-threaded (OpenMP overhead dominates otherwise)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 # --------------------------------------------------------------------------------------------------
 # The toy itself is right (so that agreement below means something)
 # --------------------------------------------------------------------------------------------------
