@@ -32,7 +32,7 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
 
 
-def assert_usage_error(result, *fragments: str) -> str:
+def _check_usage_error(result, *fragments: str) -> str:
     """Exit code 2, exactly one stderr line starting 'simcli: error:', empty stdout, no traceback; returns the line."""
     assert "Traceback" not in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
@@ -64,8 +64,8 @@ def tree() -> Callable:
 
 
 @pytest.fixture
-def usage_error() -> Callable:
-    return assert_usage_error
+def assert_usage_error() -> Callable:
+    return _check_usage_error
 
 
 @pytest.fixture

@@ -237,24 +237,24 @@ def test_plot_without_evaluations_notes_empty_panels(cli, tiny_run, tmp_path):
 # ---------------------------------------------------------------- bad input: exit 2, one line, nothing written
 
 
-def test_missing_run_directory(cli, usage_error, synthetic, tmp_path, tree):
+def test_missing_run_directory(cli, assert_usage_error, synthetic, tmp_path, tree):
     before = tree(tmp_path)
     missing = tmp_path / "nope"
-    usage_error(cli("compare", synthetic["sim"], missing, "--plot", tmp_path / "p.png"), f"run directory {missing} does not exist")
+    assert_usage_error(cli("compare", synthetic["sim"], missing, "--plot", tmp_path / "p.png"), f"run directory {missing} does not exist")
     assert tree(tmp_path) == before
 
 
-def test_directory_that_is_not_a_run(cli, usage_error, synthetic, tmp_path, tree):
+def test_directory_that_is_not_a_run(cli, assert_usage_error, synthetic, tmp_path, tree):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "readme.txt").write_text("hi")
     before = tree(tmp_path)
-    usage_error(cli("compare", synthetic["sim"], other, "--plot", tmp_path / "p.png", "--json"), f"{other} is not a simcli run")
+    assert_usage_error(cli("compare", synthetic["sim"], other, "--plot", tmp_path / "p.png", "--json"), f"{other} is not a simcli run")
     assert tree(tmp_path) == before
 
 
-def test_file_instead_of_directory(cli, usage_error, synthetic):
-    usage_error(cli("compare", synthetic["sim"] / "config.json"), "is not a directory")
+def test_file_instead_of_directory(cli, assert_usage_error, synthetic):
+    assert_usage_error(cli("compare", synthetic["sim"] / "config.json"), "is not a directory")
 
 
 def test_unreadable_lines_are_skipped_as_on_resume(cli, json_doc, synthetic):
@@ -276,10 +276,10 @@ def test_unreadable_lines_are_skipped_as_on_resume(cli, json_doc, synthetic):
         (("--sort", "kimg"), "unknown sort key 'kimg'"),
     ],
 )
-def test_bad_options(cli, usage_error, synthetic, tmp_path, tree, monkeypatch, args, fragment):
+def test_bad_options(cli, assert_usage_error, synthetic, tmp_path, tree, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)
     before = tree(tmp_path)
-    usage_error(cli("compare", synthetic["sim"], *args), fragment)
+    assert_usage_error(cli("compare", synthetic["sim"], *args), fragment)
     assert tree(tmp_path) == before
 
 
