@@ -66,7 +66,12 @@ STATUS_COLUMNS = (
     ("cpu_mem_gib", "cpu GiB"),
     ("gpu_mem_gib", "gpu GiB"),
     ("nonfinite_total", "non-finite"),
+    ("fid", "FID"),
+    ("is_mean", "IS"),
+    ("mode_weight_l1", "mode L1"),
+    ("mmd", "MMD"),
 )
+LATEST_EVAL_KEYS = ("fid", "is_mean", "mode_weight_l1", "mmd")
 
 
 def status_line(record: dict[str, Any]) -> str:
@@ -96,14 +101,16 @@ class DistillReporter:
         self.live: Live | None = None
         self._fit_line_shown = False
         self._download_mark = -1
+        self.latest_eval: dict[str, Any] = {}  # the last evaluation, shown in every later status row
         self.total_steps: int | None = None
         self.batch_size: int | None = None
 
     def _with_progress(self, record: dict[str, Any]) -> dict[str, Any]:
         """Add 'done' and 'eta' (human-only columns) from the run's length and the current speed."""
+        latest = {k: self.latest_eval[k] for k in LATEST_EVAL_KEYS if self.latest_eval.get(k) is not None}
         if not self.total_steps:
-            return record
-        row = dict(record, done=f"{record['step'] / self.total_steps:.0%}")
+            return {**record, **latest}
+        row = dict(record, done=f"{record['step'] / self.total_steps:.0%}", **latest)
         if record.get("sec_per_kimg") is not None:
             remaining_kimg = (self.total_steps - record["step"]) * self.batch_size / 1000
             row["eta"] = _duration(remaining_kimg * record["sec_per_kimg"])
@@ -144,6 +151,11 @@ class DistillReporter:
             else:
                 self.console.print(status_line(self.rows[-1]), soft_wrap=True)
         elif isinstance(event, Evaluated):
+            self.latest_eval = event.record
+            if self.rows:  # show it at once in the newest row, too
+                self.rows[-1] = self._with_progress(self.rows[-1])
+                if self.live is not None:
+                    self.live.update(self._table())
             self.console.print(evaluation_line(event.record))
         elif isinstance(event, NonFiniteStep):
             self.console.print(f"warning: non-finite {event.phase} loss or gradient at iteration {event.step}, update skipped ({event.consecutive} in a row)")
