@@ -60,8 +60,9 @@ def make_generator_loss(loss: LossSpec, weighting: str, sample_dim: int, sigma_d
 
 
 def grads_are_finite(params: list[nn.Parameter]) -> bool:
-    """True when every gradient present is finite."""
-    return all(torch.isfinite(p.grad).all().item() for p in params if p.grad is not None)
+    """True when every gradient present is finite (one device sync, not one per tensor)."""
+    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 @dataclass(frozen=True)
