@@ -18,13 +18,14 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from simcli.distill.checkpoint import atomic_write
 from simcli.errors import UsageError
+from simcli.eval.features import FeatureExtractor
 from simcli.eval.image_inputs import FolderImages, list_image_files
 from simcli.teachers.cache import cache_dir
 from simcli.teachers.download import ProgressFn, ensure_fid_reference_file
@@ -38,18 +39,6 @@ SYMMETRY_RTOL = 1e-6  # |sigma - sigma^T| allowed, relative to max |sigma|
 EDM_DETECTOR = "NVIDIA inception-2015-12-05 port (EDM fid.py)"
 
 ImageProgressFn = Callable[[int], None]
-
-
-class FeatureExtractor(Protocol):
-    """What simcli.eval.features provides: a named, fixed network from uint8 images to features (and logits)."""
-
-    name: str
-    weights_sha256: str | None
-    feature_dim: int
-
-    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """uint8 [B, 3, H, W] -> (float features [B, F], logits [B, K] or None)."""
-        ...
 
 
 # ---------------------------------------------------------------------------------------------- statistics
