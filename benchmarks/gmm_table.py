@@ -24,7 +24,7 @@ from simcli.distill.loop import run_distillation
 from simcli.distill.setup import TEACHER_FIT_FILE, fitted_teacher_network
 from simcli.eval.gmm_metrics import gmm_report
 from simcli.sampling.run import generator_samples, teacher_samples
-from simcli.teachers.registry import load_teacher
+from simcli.teachers.registry import describe_teacher_name, load_teacher
 
 METHODS = {
     "SIM pseudo-huber": ["loss.method=sim", "loss.distance=pseudo-huber"],
@@ -37,7 +37,7 @@ COLUMNS = ("mode_weight_l1", "precision", "mmd", "sw2")
 
 
 def score(x: torch.Tensor, teacher: str) -> dict:
-    report = gmm_report(x, load_teacher(teacher), seed=REFERENCE_SEED)
+    report = gmm_report(x, load_teacher(teacher).mixture, seed=REFERENCE_SEED)
     return {k: report[k] for k in (*COLUMNS, "mmd_bandwidth", "mode_weights")}
 
 
@@ -57,19 +57,19 @@ def main() -> None:
         x, _, _ = teacher_samples(teacher, args.n, seed=0, heun_steps=18, device="cpu")
         rows.append({"teacher": teacher, "sampler": "teacher Heun, 18 steps", "nfe": 35,
                      "wall_time_s": time.perf_counter() - t0, **score(x, teacher)})
-        exact, _ = load_teacher(teacher).sample(args.n, generator=torch.Generator().manual_seed(7))
+        exact, _ = load_teacher(teacher).mixture.sample(args.n, generator=torch.Generator().manual_seed(7))
         rows.append({"teacher": teacher, "sampler": "exact samples", "nfe": None, "wall_time_s": None, **score(exact, teacher)})
         fitted = None  # every method starts from the same fitted MLP: fit once, copy it into each run
         for name in args.methods:
             run_dir = args.runs_dir / teacher.replace(":", "_").replace("/", "_") / name.replace(" ", "_")
             shutil.rmtree(run_dir, ignore_errors=True)
-            spec, _ = resolve_spec(teacher, sets=[*METHODS[name], *args.sets])
+            spec, _ = resolve_spec(teacher, describe_teacher_name, sets=[*METHODS[name], *args.sets])
             fit_s = 0.0
             if fitted is None:
                 t0 = time.perf_counter()
                 fit_dir = args.runs_dir / "fit" / teacher.replace(":", "_").replace("/", "_")
                 fit_dir.mkdir(parents=True, exist_ok=True)
-                fitted_teacher_network(load_teacher(teacher), spec, fit_dir, torch.device("cpu"), lambda e: None)
+                fitted_teacher_network(load_teacher(teacher).mixture, spec, fit_dir, torch.device("cpu"), lambda e: None)
                 fitted, fit_s = fit_dir / TEACHER_FIT_FILE, time.perf_counter() - t0
             run_dir.mkdir(parents=True)
             shutil.copy(fitted, run_dir / TEACHER_FIT_FILE)

@@ -1,4 +1,4 @@
-"""Process-wide runtime settings that do not change results: CPU threads."""
+"""Process-wide runtime settings: the device to run on and the CPU threads (neither changes results on CPU)."""
 
 from __future__ import annotations
 
@@ -14,3 +14,16 @@ def set_cpu_threads(threads: int | None) -> None:
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is cuda when available, else cpu; anything else must name an available device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device '{name}'", hint="use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device '{name}' asked for, but CUDA is not available", hint="use --device cpu")
+    return device

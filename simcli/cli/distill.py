@@ -59,7 +59,7 @@ def distill(
             raise UsageError("--kimg and --steps both given", hint="give one duration")
         flags = {
             "loss": {"method": method, "distance": distance},
-            "training": {"duration_kimg": kimg, "duration_steps": steps, "batch_size": batch_size, "batch_per_round": batch_gpu},
+            "training": {"duration_kimg": kimg, "duration_steps": steps, "batch_size": batch_size, "batch_gpu": batch_gpu},
             "generator": {"optimizer": {"lr": lr}},
             "online": {"optimizer": {"lr": lr}},
             "logging": {"eval_every_kimg": eval_every},
@@ -67,20 +67,21 @@ def distill(
             "seed": seed,
             "device": device,
         }
-        spec, provenance = resolve_spec(teacher, preset=preset, config_file=config, flags=flags, sets=set_)
-        if dry_run:
-            from simcli.teachers.registry import check_teacher
+        from simcli.teachers.registry import check_teacher, describe_teacher_name
 
+        spec, provenance = resolve_spec(teacher, describe_teacher_name, preset=preset, config_file=config, flags=flags, sets=set_)
+        if dry_run:
             check_teacher(spec.teacher)
             _print_dry_run(spec, provenance, json_out)
             return
         if out is None:
             raise UsageError("no run directory given", hint="pass --out RUN_DIR")
         from simcli.distill.loop import run_distillation
+        from simcli.eval.during_training import make_evaluator
 
         reporter = DistillReporter()
         try:
-            summary = run_distillation(spec, out, reporter)
+            summary = run_distillation(spec, out, reporter, make_evaluator)
         finally:
             reporter.close()
         if json_out:

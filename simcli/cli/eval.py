@@ -63,8 +63,8 @@ def eval_command(
         if teacher is not None:
             _exact(teacher, samples, generator, n or MIXTURE_DEFAULT_N, seed, mmd_bandwidth, device, json_out)
             return
-        from simcli.distill.setup import resolve_device
         from simcli.eval.image_eval import evaluate_images
+        from simcli.runtime import resolve_device
 
         metrics = {name for name, on in (("fid", fid), ("is", inception_score), ("kid", kid), ("prc", prc)) if on}
         if not metrics and save_stats is None:

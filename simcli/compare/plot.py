@@ -126,7 +126,7 @@ def render_comparison(runs: list[dict[str, Any]]):
 
 def write_comparison_png(runs: list[dict[str, Any]], path: Path) -> Path:
     """Render the comparison and write it atomically to `path` (PNG); returns the path."""
-    from simcli.distill.checkpoint import atomic_write
+    from simcli.rundir.atomic import atomic_write
 
     path = Path(path)
     fig = render_comparison(runs)

@@ -2,7 +2,7 @@
 
 No torch here: comparing runs must work on a laptop that only holds copies of the run directories.
 The metrics log is append-only and may be written while it is read; it is read with the engine's own
-reader (simcli.distill.metrics_log), which skips a half-written last line, as a resumed run does.
+reader (simcli.rundir.metrics), which skips a half-written last line, as a resumed run does.
 
 A run summary (summarise) holds: name, path, teacher, method, distance (sim only, else None), steps,
 images_seen, kimg (of the latest record), wall_time_s (the latest elapsed_s), best_fid and
@@ -19,8 +19,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from simcli.distill.metrics_log import METRICS_FILE, read_records
 from simcli.errors import UsageError
+from simcli.rundir.metrics import METRICS_FILE, read_records
 
 CONFIG_FILE = "config.json"
 SORT_KEYS = ("fid", "name")

@@ -1,6 +1,7 @@
 """Named presets: partial specs layered over the method defaults (defaults < preset < file < flags).
 
-`auto` picks the preset that fits the teacher: `gmm` for analytic mixtures, `cifar10` otherwise. A preset's
+`auto` picks the preset that fits the teacher's kind (each kind names its preset in simcli/teachers/registry.py:
+`gmm` for analytic mixtures, `cifar10` for EDM networks). A preset's
 `by_method` entry holds settings that apply only to one method (layered right above the preset).
 """
 
@@ -38,8 +39,3 @@ PRESETS: dict[str, dict[str, Any]] = {
         "logging": {"status_every_kimg": 0.16, "snapshot_every_kimg": 0.32},
     },
 }
-
-
-def auto_preset(teacher: str) -> str:
-    """The preset `auto` stands for, given the teacher name."""
-    return "gmm" if teacher.startswith("gmm") else "cifar10"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +17,12 @@ import yaml
 from pydantic import ValidationError
 
 from simcli.config.methods import METHOD_DEFAULTS
-from simcli.config.presets import PRESETS, auto_preset
+from simcli.config.presets import PRESETS
 from simcli.config.spec import KarrasUniformNoise, LognormalNoise, RunSpec
 from simcli.errors import UsageError
 
-FILE_TEACHER_PREFIXES = ("gmm:",)
 _EXCLUSIVE = {("training", "duration_kimg"): ("training", "duration_steps")}
 _EXCLUSIVE.update({v: k for k, v in _EXCLUSIVE.items()})
-
-
-def normalise_teacher(name: str) -> str:
-    """File-backed teacher names get an absolute path, so a run resumes from any working directory."""
-    for prefix in FILE_TEACHER_PREFIXES:
-        if name.startswith(prefix) and len(name) > len(prefix):
-            return prefix + str(Path(name[len(prefix) :]).expanduser().resolve())
-    if name.endswith(".pkl"):  # a local EDM snapshot
-        return str(Path(name).expanduser().resolve())
-    return name
 
 
 def parse_set_option(item: str) -> dict[str, Any]:
@@ -164,8 +154,14 @@ def _known_keys_hint(parent: str) -> str:
     return f"known keys {where}: {', '.join(model.model_fields)}"
 
 
+TeacherNames = Callable[[str], tuple[str, str]]
+"""Maps a teacher name to (the name as stored in the spec, the preset `auto` stands for); supplied by the
+caller (the CLI passes `simcli.teachers.registry.describe_teacher_name`), so config knows no teacher kinds."""
+
+
 def resolve_spec(
     teacher: str | None,
+    describe_teacher: TeacherNames,
     preset: str | None = None,
     config_file: str | Path | None = None,
     flags: dict[str, Any] | None = None,
@@ -185,12 +181,12 @@ def resolve_spec(
     teacher_name = merged_upper.get("teacher")
     if not isinstance(teacher_name, str) or not teacher_name:
         raise UsageError("no teacher given", hint="pass --teacher NAME (for example --teacher gmm-ring8)")
-    teacher_name = normalise_teacher(teacher_name)
+    teacher_name, auto_preset = describe_teacher(teacher_name)
 
     preset_name = preset or file_layer.get("preset") or "auto"
     file_layer.pop("preset", None)
     if preset_name == "auto":
-        preset_name = auto_preset(teacher_name)
+        preset_name = auto_preset
     if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise UsageError(f"unknown preset '{preset_name}'", hint=f"known presets: auto, {', '.join(PRESETS)}")
     preset_layer = {k: v for k, v in PRESETS[preset_name].items() if k != "by_method"}
@@ -207,6 +203,11 @@ def resolve_spec(
     ] + upper
     merged, provenance = merge_layers(layers)
     merged["teacher"] = teacher_name
+    if method != "sim" and "loss.distance" in provenance:
+        raise UsageError(
+            f"a distance ({provenance['loss.distance']}: loss.distance) was given, but the method is {method}",
+            hint="--distance applies to --method sim only; drop it",
+        )
     try:
         spec = RunSpec.model_validate(merged)
     except ValidationError as exc:

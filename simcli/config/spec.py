@@ -159,8 +159,8 @@ class TrainingSpec(Strict):
 
     batch_size: int = Field(256, gt=0)
     """Generator images per iteration (also the online step's batch)."""
-    batch_per_round: int | None = Field(None, gt=0)
-    """Images per forward pass; batch_size / batch_per_round rounds of gradient accumulation (none: one round)."""
+    batch_gpu: int | None = Field(None, gt=0)
+    """Images per forward pass (--batch-gpu); batch_size / batch_gpu rounds of gradient accumulation (none: one round)."""
     duration_kimg: float | None = Field(None, gt=0)
     """Stop after this many thousand generator images (exclusive with duration_steps)."""
     duration_steps: int | None = Field(None, gt=0)
@@ -176,8 +176,8 @@ class TrainingSpec(Strict):
             raise ValueError("give duration_kimg or duration_steps, not both")
         if self.duration_kimg is None and self.duration_steps is None:
             raise ValueError("give a duration: duration_kimg or duration_steps")
-        if self.batch_per_round is not None and self.batch_size % self.batch_per_round:
-            raise ValueError(f"batch_per_round ({self.batch_per_round}) must divide batch_size ({self.batch_size})")
+        if self.batch_gpu is not None and self.batch_size % self.batch_gpu:
+            raise ValueError(f"batch_gpu ({self.batch_gpu}) must divide batch_size ({self.batch_size})")
         return self
 
     @property
@@ -190,7 +190,7 @@ class TrainingSpec(Strict):
     @property
     def rounds(self) -> int:
         """Gradient-accumulation rounds per iteration."""
-        return 1 if self.batch_per_round is None else self.batch_size // self.batch_per_round
+        return 1 if self.batch_gpu is None else self.batch_size // self.batch_gpu
 
 
 class LoggingSpec(Strict):
@@ -233,7 +233,7 @@ class RunSpec(Strict):
     """Everything that defines a distillation run; written to config.json and embedded in checkpoints."""
 
     teacher: str
-    """Teacher name (gmm-ring8, gmm-grid25) or gmm:PATH.json."""
+    """Teacher: an official EDM name (edm-cifar10, ...), a local EDM .pkl, gmm-ring8, gmm-grid25 or gmm:PATH.json."""
     network: NetworkSpec = NetworkSpec()
     """Architecture of the MLP fitted to an analytic teacher."""
     teacher_fit: TeacherFitSpec = TeacherFitSpec()

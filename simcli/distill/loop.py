@@ -10,6 +10,7 @@ import math
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,6 @@ import torch
 from torch import nn
 
 from simcli.config.spec import RunSpec
-from simcli.distill.checkpoint import (
-    kimg_tag,
-    list_generators,
-    load_latest_state,
-    prune_states,
-    remove_stale_temp_files,
-    save_generator,
-    save_state,
-)
 from simcli.distill.ema import ema_beta, update_ema
 from simcli.distill.events import (
     DownloadProgress,
@@ -38,28 +30,33 @@ from simcli.distill.events import (
     Status,
     ignore_event,
 )
-from simcli.distill.metrics_log import append_record, truncate_after
-from simcli.distill.setup import build_networks, prepare_run_dir, resolve_device
+from simcli.distill.setup import build_networks, prepare_run_dir
 from simcli.distill.state import Progress, restore, state_dict
 from simcli.distill.steps import BatchPlan, generator_update, make_generator_loss, online_update
 from simcli.errors import RunFailed
-from simcli.eval.during_training import make_evaluator
-from simcli.teachers.registry import load_teacher
+from simcli.rundir.atomic import remove_stale_temp_files
+from simcli.rundir.metrics import append_record, truncate_after
+from simcli.rundir.snapshots import (
+    kimg_tag,
+    list_generators,
+    load_latest_state,
+    prune_states,
+    save_generator,
+    save_state,
+)
+from simcli.runtime import resolve_device
+from simcli.teachers.registry import Teacher, load_teacher
 
-# Called with (EMA generator, images seen) at every evaluation point; returns the metrics record's values.
 Evaluator = Callable[[nn.Module, int], dict[str, Any]]
+"""Called with (EMA generator, images seen) at every evaluation point; returns the eval record's values and a
+'score' (lower is better) that decides the best generator."""
+EvaluatorFactory = Callable[[RunSpec, Teacher, torch.device], Evaluator | None]
+"""Builds the evaluator for a run once its teacher is loaded (the CLI passes simcli.eval's); None: no evaluation."""
 
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
     """A 63-bit seed for (run seed, iteration, stream), independent across iterations."""
     return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def _crossed(prev_nimg: int, nimg: int, every_kimg: float | None) -> bool:
-    if every_kimg is None:
-        return False
-    interval = every_kimg * 1000
-    return math.floor(nimg / interval) > math.floor(prev_nimg / interval)
 
 
 def _memory_record(device: torch.device) -> dict[str, float]:
@@ -69,16 +66,37 @@ def _memory_record(device: torch.device) -> dict[str, float]:
     return rec
 
 
+@dataclass(frozen=True)
+class Due:
+    """What an iteration's end calls for."""
+
+    status: bool
+    evaluate: bool
+    snapshot: bool
+
+
+class Clock:
+    """The run's wall time; a resumed run continues from the time saved in its state."""
+
+    def __init__(self, elapsed_before: float = 0.0):
+        self.origin = time.perf_counter() - elapsed_before
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.origin
+
+
 class Distillation:
     """One run directory's distillation: set up (or resumed) in __init__, advanced by run()."""
 
-    def __init__(self, spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, evaluator: Evaluator | None = None):
-        self.spec, self.run_dir, self.on_event, self.evaluator = spec, Path(run_dir), on_event, evaluator
+    def __init__(
+        self, spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, make_evaluator: EvaluatorFactory | None = None
+    ):
+        self.spec, self.run_dir, self.on_event = spec, Path(run_dir), on_event
         self.device = resolve_device(spec.device)
         # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
         teacher = load_teacher(spec.teacher, on_download=lambda done, total: on_event(DownloadProgress(done, total)))
-        if self.evaluator is None:  # its reference and feature weights, too, are checked before the run directory
-            self.evaluator = make_evaluator(spec, teacher, self.device)
+        # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
+        self.evaluator = make_evaluator(spec, teacher, self.device) if make_evaluator is not None else None
         prepare_run_dir(self.run_dir, spec)
         remove_stale_temp_files(self.run_dir)
         self.nets = build_networks(spec, teacher, self.run_dir, self.device, on_event)
@@ -109,28 +127,38 @@ class Distillation:
     def images_seen(self) -> int:
         return self.progress.step * self.spec.training.batch_size
 
+    @property
+    def done(self) -> bool:
+        return self.progress.step >= self.spec.training.total_steps
+
     def run(self) -> dict[str, Any]:
         """Iterate to the end of the run; returns a JSON-ready summary."""
         self.on_event(self.started)
-        logging = self.spec.logging
-        window_start, window_step = time.perf_counter(), self.progress.step
-        while self.progress.step < self.spec.training.total_steps:
-            prev_nimg = self.images_seen
-            t0 = time.perf_counter()
+        self.clock = Clock(self.progress.elapsed_s)
+        self.window_start = (self.clock.elapsed(), self.progress.step)  # (seconds, step) of the status window
+        while not self.done:
+            images_before = self.images_seen
             self.iteration()  # online update(s), generator update, EMA
-            done = self.progress.step >= self.spec.training.total_steps
-            if done or _crossed(prev_nimg, self.images_seen, logging.status_every_kimg):
-                self.progress.elapsed_s += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                self.report_status(time.perf_counter() - window_start, self.progress.step - window_step)
-                window_start, window_step = time.perf_counter(), self.progress.step
-            evaluate = self.evaluator is not None and (done or _crossed(prev_nimg, self.images_seen, logging.eval_every_kimg))
-            if evaluate:
+            due = self.due(images_before)
+            if due.status:
+                self.report_status()
+            if due.evaluate:
                 self.evaluate()
-            self.progress.elapsed_s += time.perf_counter() - t0  # wall time, reports and evaluations included
-            if done or evaluate or _crossed(prev_nimg, self.images_seen, logging.snapshot_every_kimg):
+            if due.snapshot:
                 self.snapshot()
         return self.summary()
+
+    def due(self, images_before: int) -> Due:
+        """Which reports the images seen in the last iteration crossed (all of them at the end of the run)."""
+        logging, end = self.spec.logging, self.done
+
+        def crossed(every_kimg: float | None) -> bool:
+            if every_kimg is None:
+                return False
+            return math.floor(self.images_seen / (every_kimg * 1000)) > math.floor(images_before / (every_kimg * 1000))
+
+        evaluate = self.evaluator is not None and (end or crossed(logging.eval_every_kimg))
+        return Due(end or crossed(logging.status_every_kimg), evaluate, end or evaluate or crossed(logging.snapshot_every_kimg))
 
     def iteration(self) -> None:
         """One iteration of Algorithm 2, with every random draw seeded by (seed, iteration)."""
@@ -169,10 +197,12 @@ class Distillation:
                 hint="lower the learning rates or check the teacher",
             )
 
-    def report_status(self, window_seconds: float, window_steps: int) -> None:
+    def report_status(self) -> None:
         """Append a status record (losses averaged since the last one) and announce it."""
         p, n = self.progress, max(self.progress.window["n"], 1)
-        kimg = window_steps * self.spec.training.batch_size / 1000
+        p.elapsed_s = self.clock.elapsed()
+        window_seconds, window_step = p.elapsed_s - self.window_start[0], self.window_start[1]
+        kimg = (p.step - window_step) * self.spec.training.batch_size / 1000
         record = {
             "kind": "status",
             "step": p.step,
@@ -188,6 +218,7 @@ class Distillation:
         append_record(self.run_dir, record)
         self.on_event(Status(record))
         p.reset_window()
+        self.window_start = (self.clock.elapsed(), p.step)
 
     def evaluate(self) -> None:
         """Score the EMA generator, log an 'eval' record, and keep the best generator so far."""
@@ -210,6 +241,7 @@ class Distillation:
 
     def snapshot(self) -> None:
         """Write the EMA generator and a resumable state, keeping the newest states only."""
+        self.progress.elapsed_s = self.clock.elapsed()
         gen_path = self.run_dir / f"generator-{kimg_tag(self.images_seen)}.safetensors"
         save_generator(gen_path, self.nets.ema.state_dict(), self._generator_meta())
         state_path = save_state(self.run_dir, self.images_seen, state_dict(self.spec, self.nets, self.opts, self.progress))
@@ -234,7 +266,7 @@ class Distillation:
 
 
 def run_distillation(
-    spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, evaluator: Evaluator | None = None
+    spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, make_evaluator: EvaluatorFactory | None = None
 ) -> dict[str, Any]:
     """Distill, or resume distilling, into run_dir; returns a JSON-ready summary of the run."""
-    return Distillation(spec, run_dir, on_event, evaluator).run()
+    return Distillation(spec, run_dir, on_event, make_evaluator).run()

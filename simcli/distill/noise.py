@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from simcli.nets.schedule import karras_sigma
+
 
 def sample_lognormal_sigma(
     n: int,
@@ -22,13 +24,6 @@ def sample_lognormal_sigma(
     return sigma
 
 
-def karras_sigma_at(u: torch.Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
-    """sigma(u) = (sigma_max^(1/rho) + (1 - u)(sigma_min^(1/rho) - sigma_max^(1/rho)))^rho (EDM eq. 5; u=1 is sigma_max)."""
-    a = sigma_max ** (1 / rho)
-    b = sigma_min ** (1 / rho)
-    return (a + (1 - u) * (b - a)) ** rho
-
-
 def sample_karras_uniform_sigma(
     n: int,
     t_max: float = 800.0,
@@ -40,4 +35,4 @@ def sample_karras_uniform_sigma(
 ) -> torch.Tensor:
     """SiD's generator noise: u ~ U(0, t_max/1000) mapped through the Karras schedule (SiD eq. B.8): [n]."""
     u = torch.rand(n, generator=generator, device=device) * (t_max / 1000.0)
-    return karras_sigma_at(u, sigma_min, sigma_max, rho)
+    return karras_sigma(1 - u, sigma_min, sigma_max, rho)

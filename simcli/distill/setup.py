@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +13,12 @@ from torch import nn
 
 from simcli.config.resolve import spec_differences
 from simcli.config.spec import RESUMABLE_CHANGES, RunSpec
-from simcli.distill.checkpoint import load_generator_file, save_generator, write_json_atomic
-from simcli.distill.events import EventHandler, TeacherFitProgress
+from simcli.distill.events import EventHandler
+from simcli.distill.teacher_fit import TEACHER_FIT_FILE, fitted_teacher_network
 from simcli.errors import UsageError
-from simcli.nets.registry import build_network, mlp_architecture
-from simcli.teachers.base import Denoiser
-from simcli.teachers.fit import fit_mlp_denoiser
-from simcli.teachers.gmm import GaussianMixture
-
-TEACHER_FIT_FILE = "teacher-fit.safetensors"
+from simcli.nets.denoiser import Denoiser
+from simcli.rundir.atomic import write_json_atomic
+from simcli.teachers.registry import Teacher
 
 
 @dataclass
@@ -34,19 +30,6 @@ class Networks:
     online: nn.Module
     ema: nn.Module
     architecture: dict[str, Any]
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' is cuda when available, else cpu; anything else must name an available device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device '{name}'", hint="use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device '{name}' asked for, but CUDA is not available", hint="use --device cpu")
-    return device
 
 
 def _summarise_keys(keys: list[str], limit: int = 6) -> str:
@@ -92,59 +75,18 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec) -> bool:
     return existing
 
 
-def _fit_key(teacher: GaussianMixture, spec: RunSpec) -> str:
-    h = hashlib.sha256()
-    for t in (teacher.weights, teacher.means, teacher.stds):
-        h.update(t.detach().cpu().numpy().tobytes())
-    h.update(json.dumps([spec.network.model_dump(), spec.teacher_fit.model_dump(), spec.seed], sort_keys=True).encode())
-    return h.hexdigest()
-
-
-def fitted_teacher_network(
-    teacher: GaussianMixture, spec: RunSpec, run_dir: Path, device: torch.device, on_event: EventHandler
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The MLP fitted to an analytic teacher, from the run directory's cache when it matches."""
-    architecture = mlp_architecture(teacher.dim, spec.network)
-    network = build_network(architecture)
-    key = _fit_key(teacher, spec)
-    cache = run_dir / TEACHER_FIT_FILE
-    if cache.is_file():
-        tensors, meta = load_generator_file(cache)
-        if meta.get("fit_key") == key:
-            network.load_state_dict(tensors)
-            return network.to(device).eval(), architecture
-    torch.manual_seed(spec.seed)  # the MLP's initial weights
-    network = build_network(architecture).to(device)
-    fit = spec.teacher_fit
-    fit_mlp_denoiser(
-        teacher,
-        network,
-        steps=fit.steps,
-        batch_size=fit.batch_size,
-        lr=fit.lr,
-        sigma_min=fit.sigma_min,
-        sigma_max=fit.sigma_max,
-        seed=spec.seed,
-        device=device,
-        on_progress=lambda step, loss: on_event(TeacherFitProgress(step, fit.steps, loss)),
-    )
-    save_generator(cache, network.state_dict(), {"fit_key": key, "architecture": architecture, "teacher": spec.teacher})
-    return network.eval(), architecture
-
-
-def build_networks(spec: RunSpec, teacher: Denoiser, run_dir: Path, device: torch.device, on_event: EventHandler) -> Networks:
+def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.device, on_event: EventHandler) -> Networks:
     """Teacher plus generator, online model and EMA, all three initialised from the teacher's network.
 
-    An EDM teacher's network is copied as it is (dropout as recorded: active while the generator or the
-    online model is being updated, as in SiD); an analytic teacher gets an MLP fitted to it first.
+    A teacher's network is copied as it is (dropout as recorded: active while the generator or the online
+    model is being updated, as in SiD); a teacher without a network (an analytic mixture) gets an MLP fitted
+    to it first.
     """
-    if isinstance(teacher, GaussianMixture):
-        teacher = teacher.to(device)
+    teacher = loaded.denoiser.to(device)
+    if loaded.architecture is None:
         base, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event)
     else:
-        architecture = teacher.architecture
-        teacher = teacher.to(device)
-        base = copy.deepcopy(teacher)
+        base, architecture = copy.deepcopy(teacher), loaded.architecture
     teacher.eval().requires_grad_(False)
     generator = copy.deepcopy(base).requires_grad_(True)
     online = copy.deepcopy(base).requires_grad_(False)

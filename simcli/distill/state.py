@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,14 +46,7 @@ def state_dict(spec: RunSpec, nets: Networks, opts: dict[str, torch.optim.Optimi
         "ema": nets.ema.state_dict(),
         "opt_generator": opts["generator"].state_dict(),
         "opt_online": opts["online"].state_dict(),
-        "progress": {
-            "step": progress.step,
-            "nonfinite_consecutive": progress.nonfinite_consecutive,
-            "nonfinite_total": progress.nonfinite_total,
-            "elapsed_s": progress.elapsed_s,
-            "window": dict(progress.window),
-            "best_score": progress.best_score,
-        },
+        "progress": dataclasses.asdict(progress),
     }
 
 
@@ -65,7 +59,6 @@ def restore(state: dict[str, Any], nets: Networks, opts: dict[str, torch.optim.O
     nets.ema.load_state_dict(state["ema"])
     opts["generator"].load_state_dict(state["opt_generator"])
     opts["online"].load_state_dict(state["opt_online"])
-    p = state["progress"]
-    return Progress(
-        p["step"], p["nonfinite_consecutive"], p["nonfinite_total"], p["elapsed_s"], dict(p["window"]), p.get("best_score")
-    )
+    saved = state["progress"]
+    known = {f.name for f in dataclasses.fields(Progress)}
+    return Progress(**{k: v for k, v in saved.items() if k in known})

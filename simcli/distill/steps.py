@@ -19,6 +19,7 @@ from simcli.config.spec import KarrasUniformNoise, LognormalNoise, LossSpec
 from simcli.distill.distances import default_pseudo_huber_c, make_distance
 from simcli.distill.losses import di_generator_loss, edm_weight, online_dsm_loss, sid_generator_loss, sim_generator_loss
 from simcli.distill.noise import sample_karras_uniform_sigma, sample_lognormal_sigma
+from simcli.nets.denoiser import generate
 
 GeneratorLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -28,12 +29,6 @@ def draw_sigma(noise: LognormalNoise | KarrasUniformNoise, n: int, rng: torch.Ge
     if isinstance(noise, LognormalNoise):
         return sample_lognormal_sigma(n, noise.p_mean, noise.p_std, rng, device, noise.sigma_min, noise.sigma_max)
     return sample_karras_uniform_sigma(n, noise.t_max, noise.sigma_min, noise.sigma_max, noise.rho, rng, device)
-
-
-def generate(generator: nn.Module, z: torch.Tensor, sigma_init: float, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-    """G(z) = D_theta(sigma_init z; sigma_init) (SIM eq. B.4)."""
-    sigma = torch.full((z.shape[0],), sigma_init, device=z.device, dtype=torch.float32)
-    return generator(sigma_init * z, sigma, class_labels)
 
 
 def make_generator_loss(loss: LossSpec, weighting: str, sample_dim: int, sigma_data: float = 0.5) -> GeneratorLoss:

@@ -21,26 +21,16 @@ from simcli.eval.image_eval import score_features
 from simcli.eval.stats import compute_features, resolve_reference
 from simcli.sampling.images import to_uint8
 from simcli.sampling.run import generator_batches
-from simcli.teachers.base import Denoiser
-from simcli.teachers.edm_catalog import EDM_TEACHERS
-from simcli.teachers.gmm import GaussianMixture
+from simcli.teachers.registry import Teacher
 
 Evaluation = dict[str, Any]
 
 
-def default_reference(teacher_name: str) -> str:
-    """The FID reference of an official teacher's dataset; other teachers need evaluation.reference."""
-    entry = EDM_TEACHERS.get(teacher_name)
-    if entry is None:
-        raise UsageError(
-            f"in-training FID for teacher '{teacher_name}' needs a reference",
-            hint="set evaluation.reference to a statistics .npz, a folder of images or a known name",
-        )
-    return entry.fid_reference
+def make_evaluator(spec: RunSpec, teacher: Teacher, device: torch.device):
+    """The callable (EMA generator, images seen) -> record values, or None when evaluation is off.
 
-
-def make_evaluator(spec: RunSpec, teacher: Denoiser, device: torch.device):
-    """The callable (EMA generator, images seen) -> record values, or None when evaluation is off."""
+    Passed to the distillation loop by the CLI (`simcli.distill.loop.EvaluatorFactory`).
+    """
     if spec.logging.eval_every_kimg is None:
         return None
     ev, sigma_init = spec.evaluation, spec.generator.sigma_init
@@ -48,8 +38,8 @@ def make_evaluator(spec: RunSpec, teacher: Denoiser, device: torch.device):
     def samples(net: nn.Module):
         return generator_batches(net, sigma_init, ev.num_samples, ev.seed, ev.batch_size, device)
 
-    if isinstance(teacher, GaussianMixture):
-        mixture = copy.deepcopy(teacher).to("cpu")  # .to() moves a module in place: keep the training one
+    if teacher.mixture is not None:
+        mixture = copy.deepcopy(teacher.mixture).to("cpu")  # .to() moves a module in place: keep the training one
 
         def exact(net: nn.Module, images_seen: int) -> Evaluation:
             x = torch.cat([batch for batch, _ in samples(net)])
@@ -62,7 +52,12 @@ def make_evaluator(spec: RunSpec, teacher: Denoiser, device: torch.device):
 
     extractor = get_extractor(ev.backend, feature_weights=ev.feature_weights, device=device)
     want_is = ev.inception_score and extractor.has_logits
-    ref_name = ev.reference or default_reference(spec.teacher)
+    ref_name = ev.reference or teacher.fid_reference
+    if ref_name is None:
+        raise UsageError(
+            f"in-training FID for teacher '{teacher.display_name}' needs a reference",
+            hint="set --fid-ref (evaluation.reference) to a statistics .npz, a folder of images or a known name",
+        )
     reference = resolve_reference(ref_name, extractor, batch_size=ev.batch_size)
     metrics = {"fid", "is"} if want_is else {"fid"}
 

@@ -12,7 +12,6 @@ import torch
 from simcli.errors import UsageError
 from simcli.eval.gmm_metrics import gmm_report
 from simcli.sampling.run import generator_samples
-from simcli.teachers.gmm import GaussianMixture
 from simcli.teachers.registry import load_teacher
 
 
@@ -46,9 +45,9 @@ def evaluate_against_teacher(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Mode weights, their L1 error, precision, MMD and SW2 of samples against the exact teacher."""
-    mixture = load_teacher(teacher)
-    if not isinstance(mixture, GaussianMixture):
-        raise UsageError(f"exact metrics need an analytic teacher, not '{teacher}'")
+    mixture = load_teacher(teacher).mixture
+    if mixture is None:
+        raise UsageError(f"exact metrics need an analytic teacher, not '{teacher}'", hint="use --fid with --ref for image teachers")
     if (samples is None) == (generator is None):
         raise UsageError("give exactly one of --samples and --generator")
     if samples is not None:

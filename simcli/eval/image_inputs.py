@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from simcli.distill.checkpoint import list_generators
-from simcli.distill.setup import resolve_device
 from simcli.errors import UsageError
+from simcli.rundir.snapshots import list_generators
+from simcli.runtime import resolve_device
 from simcli.sampling.generator import load_generator
 from simcli.sampling.images import to_uint8
 from simcli.sampling.run import generator_batches

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from simcli.distill.checkpoint import atomic_write
 from simcli.errors import UsageError
 from simcli.eval.features import FeatureExtractor
 from simcli.eval.image_inputs import FolderImages, list_image_files
+from simcli.rundir.atomic import atomic_write
 from simcli.teachers.cache import cache_dir
 from simcli.teachers.download import ProgressFn, ensure_fid_reference_file
 from simcli.teachers.edm_catalog import FID_REFERENCES, get_fid_reference

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from simcli.errors import UsageError
+from simcli.nets.denoiser import Denoiser
 from simcli.nets.dhariwal_unet import DhariwalUNet
+from simcli.nets.precond import edm_coefficients
 from simcli.nets.song_unet import SongUNet
-from simcli.teachers.base import Denoiser
 
 MODEL_TYPES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
@@ -111,12 +112,7 @@ class EDMPrecond(ImagePrecond):
         self.sigma_data = sigma_data
 
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sd**2 + sigma**2).sqrt()
-        c_noise = sigma.log() / 4
-        return c_skip, c_out, c_in, c_noise
+        return edm_coefficients(sigma, self.sigma_data)
 
 
 class VPPrecond(ImagePrecond):

@@ -11,8 +11,8 @@ import math
 import torch
 from torch import nn
 
+from simcli.nets.denoiser import Denoiser, sigma_column
 from simcli.nets.precond import edm_coefficients
-from simcli.teachers.base import Denoiser, sigma_column
 
 
 class FourierNoiseEmbedding(nn.Module):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from simcli.config.spec import NetworkSpec
 from simcli.errors import UsageError
+from simcli.nets.denoiser import Denoiser
 from simcli.nets.edm_precond import EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
 from simcli.nets.mlp import MLPDenoiser
-from simcli.teachers.base import Denoiser
 
 # Preconditioner class names as recorded in the official EDM pickles (`class_name` of the `ema` object).
 EDM_CLASSES: dict[str, type[Denoiser]] = {
@@ -17,11 +16,6 @@ EDM_CLASSES: dict[str, type[Denoiser]] = {
     "VEPrecond": VEPrecond,
     "iDDPMPrecond": iDDPMPrecond,
 }
-
-
-def mlp_architecture(dim: int, network: NetworkSpec) -> dict[str, Any]:
-    """The architecture record of an MLP denoiser."""
-    return {"kind": "mlp", "dim": dim, **network.model_dump()}
 
 
 def build_edm_network(class_name: str, init_kwargs: dict[str, Any]) -> Denoiser:

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from simcli.distill.checkpoint import load_generator_file, resolve_generator_path
 from simcli.errors import UsageError
+from simcli.nets.denoiser import Denoiser
 from simcli.nets.registry import build_network
-from simcli.teachers.base import Denoiser
+from simcli.rundir.snapshots import load_generator_file, resolve_generator_path
 
 
 def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tuple[Denoiser, dict[str, Any], Path]:

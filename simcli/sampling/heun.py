@@ -16,7 +16,8 @@ from typing import Protocol
 import torch
 
 from simcli.errors import UsageError
-from simcli.teachers.base import Denoiser
+from simcli.nets.denoiser import Denoiser, generate
+from simcli.nets.schedule import karras_sigma
 
 Tensor = torch.Tensor
 
@@ -51,7 +52,7 @@ def karras_sigmas(
         raise UsageError(f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     step = torch.arange(num_steps, dtype=torch.float64, device=device)  # [N]
     frac = step / (num_steps - 1) if num_steps > 1 else torch.zeros_like(step)
-    t = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho  # [N]
+    t = karras_sigma(frac, sigma_min, sigma_max, rho)  # [N]
     if round_sigma is not None:
         t = torch.as_tensor(round_sigma(t)).to(dtype=torch.float64, device=device)
     return torch.cat([t, torch.zeros_like(t[:1])])  # [N + 1]
@@ -139,8 +140,7 @@ def one_step_generate(
     for start in range(0, n, max(step, 1)):
         z = latents[start : start + step].to(run_device)  # [b, ...]
         labels = None if class_labels is None else class_labels[start : start + step].to(run_device)
-        sigma = torch.full((z.shape[0],), sigma_init, dtype=z.dtype, device=run_device)  # [b]
-        x0 = generator_denoiser(sigma_init * z, sigma, labels)  # [b, ...]
+        x0 = generate(generator_denoiser, z, sigma_init, labels)  # [b, ...]
         outputs.append(x0.to(device=latents.device, dtype=torch.float32))
     if not outputs:
         return torch.empty(latents.shape, dtype=torch.float32, device=latents.device)

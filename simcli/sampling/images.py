@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from simcli.distill.checkpoint import atomic_write
+from simcli.rundir.atomic import atomic_write
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from simcli.distill.checkpoint import atomic_write
-from simcli.distill.setup import resolve_device
 from simcli.errors import UsageError
+from simcli.nets.denoiser import Denoiser
+from simcli.rundir.atomic import atomic_write
+from simcli.runtime import resolve_device
 from simcli.sampling.generator import load_generator
 from simcli.sampling.heun import edm_heun_sample, heun_num_evals, one_step_generate
 from simcli.sampling.images import save_grid, save_pngs, to_uint8
 from simcli.sampling.seeds import SeedRNG
-from simcli.teachers.base import Denoiser
 from simcli.teachers.registry import load_teacher
 
 
@@ -79,7 +79,7 @@ def teacher_samples(
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """n samples of the teacher's EDM Heun sampler (2*steps - 1 evaluations each), with their classes."""
     dev = resolve_device(device)
-    net = (load_teacher(teacher) if isinstance(teacher, str) else teacher).to(dev).eval()
+    net = (load_teacher(teacher).denoiser if isinstance(teacher, str) else teacher).to(dev).eval()
     xs, labels = [], []
     for seeds in _chunks(seed, n, batch_size):
         rng = SeedRNG(seeds, device=dev)

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from simcli.rundir.atomic import write_json_atomic
 from simcli.teachers.edm_catalog import EDM_ROOT_URL, EdmTeacher, FidReference, get_edm_teacher, get_fid_reference
 
 CACHE_ENV = "SIMCLI_CACHE"
@@ -139,12 +140,6 @@ def read_record(dest: Path) -> DownloadRecord | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def write_record(dest: Path, record: DownloadRecord) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from simcli import __version__
 from simcli.errors import UsageError
+from simcli.rundir.atomic import write_json_atomic
 from simcli.teachers.cache import (
     CACHE_ENV,
     CHUNK_BYTES,
@@ -38,7 +39,6 @@ from simcli.teachers.cache import (
     sha256_file,
     teacher_path,
     verify_cached,
-    write_json_atomic,
     write_record,
 )
 from simcli.teachers.edm_catalog import EdmTeacher, FidReference, get_edm_teacher, get_fid_reference

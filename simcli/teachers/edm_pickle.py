@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from simcli.errors import UsageError
-from simcli.teachers.base import Denoiser
+from simcli.nets.denoiser import Denoiser
+from simcli.nets.registry import build_edm_network
 
 PERSISTENCE_VERSION = 6
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a legacy (non-zip) torch.save stream
@@ -452,8 +453,6 @@ def load_edm_pickle(path: str | Path, key: str = "ema") -> tuple[Denoiser, dict[
     Returns (network, metadata); metadata holds class_name, init_kwargs, the pickle's keys, the file size,
     the sha256 of the embedded module source and tensor counts. No code from the file is run.
     """
-    from simcli.nets.registry import build_edm_network  # deferred: the nets package imports teachers.base
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"EDM pickle not found: {path}", hint="pass the path of an edm-*.pkl file")

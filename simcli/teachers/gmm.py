@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from simcli.errors import UsageError
-from simcli.teachers.base import Denoiser, sigma_column
+from simcli.nets.denoiser import Denoiser, sigma_column
 
 
 class GaussianMixture(Denoiser):

@@ -1,68 +1,168 @@
-"""Teacher names: what `--teacher` accepts and how each name becomes a Denoiser.
+"""Teacher names: what `--teacher` accepts, and the one `Teacher` record each name loads into.
 
-- analytic mixtures: `gmm-ring8`, `gmm-grid25`, `gmm:PATH.json`;
-- official EDM checkpoints by name (`edm-cifar10`, ...; see edm_catalog.py), downloaded into the cache;
-- a local EDM snapshot: any path ending in `.pkl`, loaded without running code from it.
+Every kind of teacher is one `TeacherKind` in `TEACHER_KINDS`: which names it answers to, how a name is made
+absolute (file-backed names, so a run resumes from any working directory), the preset `auto` stands for, a
+check that needs no network or download, and the loader. A new kind of teacher is added there and nowhere else.
+
+- analytic mixtures: `gmm-ring8`, `gmm-grid25`, `gmm:PATH.json` (exact denoiser, exact samples);
+- official EDM checkpoints by name (`edm-cifar10`, ...; see edm_catalog.py), downloaded into the cache, and
+  local EDM snapshots: any path ending in `.pkl`, loaded without running code from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from simcli.errors import UsageError
-from simcli.teachers.base import Denoiser
 from simcli.teachers.edm_catalog import EDM_TEACHERS
-from simcli.teachers.gmm import GaussianMixture, grid, load_mixture_json, ring
 
-ANALYTIC_TEACHERS: dict[str, Callable[[], GaussianMixture]] = {
-    "gmm-ring8": lambda: ring(num_modes=8, radius=1.0, std=0.1),
-    "gmm-grid25": lambda: grid(side=5, spacing=0.5, std=0.05),
+if TYPE_CHECKING:  # the loaders import torch when they run; naming teachers needs no torch
+    from simcli.nets.denoiser import Denoiser
+    from simcli.teachers.gmm import GaussianMixture
+
+DownloadProgressFn = Callable[[int, int | None], None]
+"""Called with (bytes done, total bytes or None) while a teacher checkpoint downloads."""
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A loaded teacher and what the rest of simcli needs to know about it.
+
+    denoiser       the frozen teacher D_phi (eval mode, parameters without gradients)
+    architecture   the rebuild record of its network (`simcli.nets.registry.build_network`), which the generator
+                   and the online model copy; None when the teacher has no network (analytic mixtures: simcli
+                   fits one first)
+    mixture        the analytic distribution, for exact samples and metrics; None for network teachers
+    fid_reference  the FID reference of its dataset (`eval --ref` name), None when there is none
+    """
+
+    name: str
+    kind: str
+    display_name: str
+    denoiser: Denoiser
+    architecture: dict[str, Any] | None = None
+    mixture: GaussianMixture | None = None
+    fid_reference: str | None = None
+
+
+@dataclass(frozen=True)
+class TeacherKind:
+    """One kind of teacher: the names it answers to and how they load."""
+
+    name: str
+    names: tuple[str, ...]
+    """Names and name patterns for help texts and error hints."""
+    matches: Callable[[str], bool]
+    check: Callable[[str], None]
+    """Refuses an unusable name (missing or malformed file) without loading a network or downloading."""
+    load: Callable[[str, DownloadProgressFn | None], Teacher]
+    preset: str
+    """The preset `auto` stands for with this kind of teacher."""
+    normalise: Callable[[str], str] = str
+
+
+# ---------------------------------------------------------------------------------------------- mixtures
+
+def _gmm():
+    from simcli.teachers import gmm
+
+    return gmm
+
+
+NAMED_MIXTURES: dict[str, Callable[[], GaussianMixture]] = {
+    "gmm-ring8": lambda: _gmm().ring(num_modes=8, radius=1.0, std=0.1),
+    "gmm-grid25": lambda: _gmm().grid(side=5, spacing=0.5, std=0.05),
 }
+MIXTURE_FILE_PREFIX = "gmm:"
 
-ProgressFn = Callable[[int, int | None], None]
+
+def _mixture(name: str) -> GaussianMixture:
+    if name in NAMED_MIXTURES:
+        return NAMED_MIXTURES[name]()
+    return _gmm().load_mixture_json(name.removeprefix(MIXTURE_FILE_PREFIX))
+
+
+def _load_mixture(name: str, on_download: DownloadProgressFn | None) -> Teacher:
+    mixture = _mixture(name)
+    return Teacher(name, "mixture", name, mixture.eval().requires_grad_(False), mixture=mixture)
+
+
+def _absolute_mixture_file(name: str) -> str:
+    path = name.removeprefix(MIXTURE_FILE_PREFIX)
+    if name in NAMED_MIXTURES or not path:
+        return name
+    return MIXTURE_FILE_PREFIX + str(Path(path).expanduser().resolve())
+
+
+def _check_mixture(name: str) -> None:
+    if name.startswith(MIXTURE_FILE_PREFIX):
+        _mixture(name)
+
+
+# ---------------------------------------------------------------------------------------------- EDM networks
+
+
+def _is_edm(name: str) -> bool:
+    return name in EDM_TEACHERS or name.endswith(".pkl")
+
+
+def _check_edm(name: str) -> None:
+    if name not in EDM_TEACHERS and not Path(name).is_file():
+        raise UsageError(f"EDM pickle not found: {name}", hint="pass the path of an edm-*.pkl file")
+
+
+def _absolute_pickle(name: str) -> str:
+    return name if name in EDM_TEACHERS else str(Path(name).expanduser().resolve())
+
+
+def _load_edm(name: str, on_download: DownloadProgressFn | None) -> Teacher:
+    from simcli.teachers.download import ensure_teacher_file
+    from simcli.teachers.edm_pickle import load_edm_pickle
+
+    entry = EDM_TEACHERS.get(name)
+    path = ensure_teacher_file(name, on_progress=on_download) if entry is not None else Path(name)
+    net, meta = load_edm_pickle(path)
+    architecture = {"kind": "edm", "class_name": meta["class_name"], "init_kwargs": meta["init_kwargs"]}
+    display = name if entry is not None else Path(name).name
+    return Teacher(name, "edm", display, net, architecture, fid_reference=entry.fid_reference if entry else None)
+
+
+TEACHER_KINDS: tuple[TeacherKind, ...] = (
+    TeacherKind(
+        "mixture", (*NAMED_MIXTURES, "gmm:PATH.json"), lambda n: n in NAMED_MIXTURES or n.startswith(MIXTURE_FILE_PREFIX),
+        _check_mixture, _load_mixture, preset="gmm", normalise=_absolute_mixture_file,
+    ),
+    TeacherKind("edm", (*EDM_TEACHERS, "PATH.pkl"), _is_edm, _check_edm, _load_edm, preset="cifar10", normalise=_absolute_pickle),
+)
 
 
 def known_teachers() -> list[str]:
-    """Every name `--teacher` accepts, plus the file forms."""
-    return [*ANALYTIC_TEACHERS, *EDM_TEACHERS, "gmm:PATH.json", "PATH.pkl"]
+    """Every name and name pattern `--teacher` accepts."""
+    return [name for kind in TEACHER_KINDS for name in kind.names]
 
 
-def is_analytic(name: str) -> bool:
-    """True for analytic mixture teachers (exact denoiser, exact samples)."""
-    return name in ANALYTIC_TEACHERS or name.startswith("gmm:")
+def teacher_kind(name: str) -> TeacherKind:
+    """The kind a teacher name belongs to; UsageError listing the known names otherwise."""
+    for kind in TEACHER_KINDS:
+        if kind.matches(name):
+            return kind
+    raise UsageError(f"unknown teacher '{name}'", hint=f"known teachers: {', '.join(known_teachers())}")
 
 
-def _unknown(name: str) -> UsageError:
-    return UsageError(f"unknown teacher '{name}'", hint=f"known teachers: {', '.join(known_teachers())}")
+def describe_teacher_name(name: str) -> tuple[str, str]:
+    """(the name as stored in a spec, the preset `auto` stands for); what the config layer needs to know."""
+    kind = teacher_kind(name)
+    return kind.normalise(name), kind.preset
 
 
 def check_teacher(name: str) -> None:
-    """Refuse unknown teacher names and unreadable mixture files without loading or downloading a network."""
-    if name.startswith("gmm:"):
-        load_mixture_json(name[len("gmm:") :])
-    elif name.endswith(".pkl"):
-        if not Path(name).is_file():
-            raise UsageError(f"EDM pickle not found: {name}", hint="pass the path of an edm-*.pkl file")
-    elif name not in ANALYTIC_TEACHERS and name not in EDM_TEACHERS:
-        raise _unknown(name)
+    """Refuse unknown teacher names and unusable files without loading a network or downloading."""
+    teacher_kind(name).check(name)
 
 
-def load_teacher(name: str, on_download: ProgressFn | None = None) -> Denoiser:
-    """Build the teacher a name refers to (downloading an official checkpoint into the cache if needed).
-
-    EDM networks come back frozen, in eval mode, with `architecture` set to their rebuild record.
-    """
-    if name in ANALYTIC_TEACHERS:
-        return ANALYTIC_TEACHERS[name]()
-    if name.startswith("gmm:"):
-        return load_mixture_json(name[len("gmm:") :])
-    if name in EDM_TEACHERS or name.endswith(".pkl"):
-        from simcli.teachers.download import ensure_teacher_file
-        from simcli.teachers.edm_pickle import load_edm_pickle
-
-        path = ensure_teacher_file(name, on_progress=on_download) if name in EDM_TEACHERS else Path(name)
-        net, meta = load_edm_pickle(path)
-        net.architecture = {"kind": "edm", "class_name": meta["class_name"], "init_kwargs": meta["init_kwargs"]}
-        return net
-    raise _unknown(name)
+def load_teacher(name: str, on_download: DownloadProgressFn | None = None) -> Teacher:
+    """The Teacher a name refers to (downloading an official checkpoint into the cache if needed)."""
+    return teacher_kind(name).load(name, on_download)

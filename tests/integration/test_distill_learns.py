@@ -14,7 +14,7 @@ from simcli.eval.gmm_metrics import gmm_report
 from simcli.nets.registry import build_network
 from simcli.sampling.generator import load_generator
 from simcli.sampling.heun import one_step_generate
-from simcli.teachers.registry import load_teacher
+from simcli.teachers.registry import describe_teacher_name, load_teacher
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 METRICS = ("mode_weight_l1", "precision", "mmd", "sw2")
@@ -28,9 +28,9 @@ def _scores(net, teacher, n=4000):
 
 def test_sim_moves_the_generator_from_the_blurred_init_towards_the_modes(tmp_path):
     sets = ["training.duration_steps=150", "training.batch_size=64", "teacher_fit.steps=200", "network.hidden_dim=64"]
-    spec, _ = resolve_spec("gmm-ring8", preset="tiny", sets=sets)
+    spec, _ = resolve_spec("gmm-ring8", describe_teacher_name, preset="tiny", sets=sets)
     run_distillation(spec, tmp_path)
-    teacher = load_teacher("gmm-ring8")
+    teacher = load_teacher("gmm-ring8").mixture
     ema, meta, _ = load_generator(tmp_path)
     init = build_network(meta["architecture"])
     init.load_state_dict(load_file(str(tmp_path / "teacher-fit.safetensors")))
@@ -46,8 +46,8 @@ def test_sim_moves_the_generator_from_the_blurred_init_towards_the_modes(tmp_pat
 @pytest.mark.parametrize("teacher", ["gmm-ring8", f"gmm:{EXAMPLES / 'gmm-5mode-8d.json'}"])
 def test_sim_pseudo_huber_reaches_the_mode_weights(tmp_path, teacher):
     """The gmm preset (a few CPU minutes) gets every mode's weight right: L1 error <= 0.05."""
-    spec, _ = resolve_spec(teacher)
+    spec, _ = resolve_spec(teacher, describe_teacher_name)
     run_distillation(spec, tmp_path)
     ema, _, _ = load_generator(tmp_path)
-    scores = _scores(ema, load_teacher(teacher), n=20000)
+    scores = _scores(ema, load_teacher(teacher).mixture, n=20000)
     assert scores["mode_weight_l1"] <= 0.05

@@ -9,17 +9,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import simcli.distill.checkpoint as checkpoint
 import simcli.distill.loop as loop
+import simcli.rundir.snapshots as checkpoint
 from simcli.config.resolve import resolve_spec
-from simcli.distill.checkpoint import list_generators, list_states, load_latest_state
 from simcli.distill.events import NonFiniteStep
 from simcli.distill.loop import run_distillation
 from simcli.errors import RunFailed
+from simcli.rundir.snapshots import list_generators, list_states, load_latest_state
+from simcli.teachers.registry import describe_teacher_name
 
 
 def tiny_spec(steps: int, *sets: str):
-    spec, _ = resolve_spec("gmm-ring8", preset="tiny", flags={"training": {"duration_steps": steps}}, sets=list(sets))
+    spec, _ = resolve_spec("gmm-ring8", describe_teacher_name, preset="tiny", flags={"training": {"duration_steps": steps}}, sets=list(sets))
     return spec
 
 
@@ -31,7 +32,7 @@ def records(run_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize("method", ["sim", "sid", "di"])
 def test_resumed_run_repeats_the_uninterrupted_run(tmp_path, method):
-    extra = (f"loss.method={method}", "network.dropout=0.1", "training.batch_per_round=16")
+    extra = (f"loss.method={method}", "network.dropout=0.1", "training.batch_gpu=16")
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_distillation(tiny_spec(30, *extra), straight)
     run_distillation(tiny_spec(10, *extra), split)

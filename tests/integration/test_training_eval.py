@@ -11,7 +11,7 @@ from tiny_edm import write_tiny_edm
 from typer.testing import CliRunner
 
 from simcli.cli.app import app
-from simcli.distill.metrics_log import read_records
+from simcli.rundir.metrics import read_records
 from simcli.sampling.generator import load_generator
 
 

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from simcli.errors import UsageError
+from simcli.nets.denoiser import Denoiser
 from simcli.nets.dhariwal_unet import DhariwalUNet
 from simcli.nets.edm_precond import EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
 from simcli.nets.mlp import MLPDenoiser
 from simcli.nets.registry import EDM_CLASSES, build_edm_network, build_network
 from simcli.nets.song_unet import SongUNet
-from simcli.teachers.base import Denoiser
 
 TINY_SONG = dict(
     model_type="SongUNet", model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0

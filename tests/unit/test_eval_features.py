@@ -19,6 +19,7 @@ from PIL import Image
 
 from simcli.errors import UsageError
 from simcli.eval import features as feat
+from simcli.eval.backends import common
 
 pytest.importorskip("torch_fidelity")
 pytest.importorskip("cleanfid")
@@ -186,14 +187,14 @@ def test_online_weights_are_downloaded_into_simcli_cache_only(tmp_path, torch_ho
     monkeypatch.setenv("SIMCLI_CACHE", str(tmp_path / "simcli-cache"))
     monkeypatch.delenv("SIMCLI_OFFLINE", raising=False)
     library_path = torch_home / "hub" / "checkpoints" / TF_FILE
-    got = feat.locate_weights("test weights", TF_FILE, source.as_uri(), library_path, None)
+    got = common.locate_weights("test weights", TF_FILE, source.as_uri(), library_path, None)
     assert got == tmp_path / "simcli-cache" / "weights" / TF_FILE
     assert got.read_bytes() == source.read_bytes() and not library_path.exists()
     # A file already in the library's cache is used as it is, and --feature-weights wins over both.
     library_path.parent.mkdir(parents=True)
     library_path.write_bytes(b"library copy")
-    assert feat.locate_weights("test weights", TF_FILE, source.as_uri(), library_path, None) == library_path
-    assert feat.locate_weights("test weights", TF_FILE, source.as_uri(), library_path, source) == source
+    assert common.locate_weights("test weights", TF_FILE, source.as_uri(), library_path, None) == library_path
+    assert common.locate_weights("test weights", TF_FILE, source.as_uri(), library_path, source) == source
 
 
 def test_offline_env_never_downloads(monkeypatch, cleanfid_dir, no_downloads):

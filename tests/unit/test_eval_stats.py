@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from simcli.distill.checkpoint import save_generator
 from simcli.errors import UsageError
 from simcli.eval import stats as stats_mod
 from simcli.eval.image_inputs import FolderImages, GeneratorImages, NpzImages, open_images
@@ -22,6 +21,7 @@ from simcli.eval.stats import (
     resolve_reference,
 )
 from simcli.nets.registry import build_edm_network
+from simcli.rundir.snapshots import save_generator
 from simcli.sampling.images import to_uint8
 from simcli.sampling.run import generator_samples
 

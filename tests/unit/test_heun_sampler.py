@@ -7,9 +7,9 @@ import torch
 
 from simcli.errors import UsageError
 from simcli.eval.gmm_metrics import gmm_report
+from simcli.nets.denoiser import Denoiser
 from simcli.sampling.heun import edm_heun_sample, heun_num_evals, karras_sigmas, one_step_generate
 from simcli.sampling.seeds import SeedRNG, per_seed_randn
-from simcli.teachers.base import Denoiser
 from simcli.teachers.gmm import GaussianMixture, ring
 
 # edm-spec.md section 3.5, N = 18.

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from simcli.errors import UsageError
-from simcli.eval.features import (
+from simcli.eval.backends.common import (
     CLEAN_FID_MODES,
     DEFAULT_MODE,
     check_images,

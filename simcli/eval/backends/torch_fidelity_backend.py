@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 
 from simcli.errors import UsageError
-from simcli.eval.features import (
+from simcli.eval.backends.common import (
     DEFAULT_MODE,
     check_images,
     import_backend_library,

@@ -1,19 +1,16 @@
-"""Run-directory files: atomic writes, resumable state, slim generator snapshots.
+"""Run-directory snapshots: resumable states and slim generator files, named by images seen.
 
 - `state-<kimg>.pt`: everything needed to resume (weights, optimiser states, counters); plain tensors and
   Python data only, so it loads with torch.load(weights_only=True).
 - `generator-<kimg>.safetensors`: the EMA generator's weights with the run spec and architecture in the
   metadata; all that `sample` and `eval` need.
-Every file is written to a temporary name in the same directory and moved into place with os.replace, so
-an interrupted write never replaces a good file.
+Both are written atomically (simcli.rundir.atomic), so an interrupted write never replaces a good file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from simcli.errors import UsageError
+from simcli.rundir.atomic import atomic_write
 
 STATE_RE = re.compile(r"^state-(\d+\.\d{3})\.pt$")
 GENERATOR_RE = re.compile(r"^generator-(\d+\.\d{3})\.safetensors$")
@@ -31,39 +29,6 @@ GENERATOR_FORMAT = "simcli-generator/1"
 def kimg_tag(images_seen: int) -> str:
     """File-name tag for a number of images seen: thousands with three decimals, zero-padded to sort."""
     return f"{images_seen / 1000:011.3f}"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through `write(tmp_path)` and move into place; the old file survives any failure."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # some writers create 0600 files; give ordinary permissions
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Atomically write pretty JSON."""
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Delete temporary files left by writes that were killed; returns what was removed."""
-    stale = [p for p in run_dir.glob(".*.tmp-*") if p.is_file()]
-    for p in stale:
-        p.unlink()
-    return stale
 
 
 def save_state(run_dir: Path, images_seen: int, state: dict[str, Any]) -> Path:

@@ -1,7 +1,8 @@
 """The one interface every teacher, generator and online model shares: an EDM-form denoiser.
 
 A denoiser maps a noisy sample x = x0 + sigma * eps to an estimate of E[x0 | x] (EDM, Karras et al. 2022,
-eq. 2). Scores follow as s(x; sigma) = (D(x; sigma) - x) / sigma^2.
+eq. 2). Scores follow as s(x; sigma) = (D(x; sigma) - x) / sigma^2. The one-step generator of SIM is a
+denoiser evaluated once, at sigma_init (`generate`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def sigma_column(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def score_from_denoiser(denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """Score of the diffused density from a denoiser output: s = (D - x) / sigma^2 (EDM eq. 3)."""
-    s = sigma_column(sigma, x)
-    return (denoised - x) / s**2
+def generate(
+    generator: nn.Module, z: torch.Tensor, sigma_init: float, class_labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The one-step generator G(z) = D_theta(sigma_init z; sigma_init), sigma as a [B] tensor in z's dtype (SIM eq. B.4)."""
+    sigma = torch.full((z.shape[0],), sigma_init, device=z.device, dtype=z.dtype)
+    return generator(sigma_init * z, sigma, class_labels)

@@ -1,0 +1,4 @@
+"""The run directory and other files simcli writes: atomic writes, snapshots and states, the metrics log.
+
+A leaf of the house: every layer may import it; it imports only `simcli.errors`.
+"""
