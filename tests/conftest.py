@@ -1,14 +1,9 @@
-"""Suite-wide test setup: tiny networks run fastest on one CPU thread, and tests/ holds shared helpers."""
+"""Suite-wide test setup: tiny networks run fastest on one CPU thread (shared helpers live in tests/helpers)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/edm_pickle_writer.py
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import get_args
 
 import torch
+
+from simcli.config.spec import DistanceName
 
 Tensor = torch.Tensor
 
@@ -40,44 +43,44 @@ def l1_grad(y: Tensor) -> Tensor:
     return torch.sign(y)
 
 
-def lp(y: Tensor, alpha: int = 4) -> Tensor:
+def lp(y: Tensor, *, alpha: int) -> Tensor:
     """d(y) = ||y||_alpha^alpha for even alpha >= 2 (Table 4, lp)."""
     return _flat(y).pow(alpha).sum(1)
 
 
-def lp_grad(y: Tensor, alpha: int = 4) -> Tensor:
+def lp_grad(y: Tensor, *, alpha: int) -> Tensor:
     """d'(y) = alpha y^(alpha - 1), elementwise (Table 4, lp)."""
     return alpha * y.pow(alpha - 1)
 
 
-def exp_lp(y: Tensor, alpha: int = 2, beta: float = 1.0) -> Tensor:
+def exp_lp(y: Tensor, *, alpha: int, beta: float) -> Tensor:
     """d(y) = exp(beta ||y||_alpha^alpha) - 1 (Table 4, exp-lp)."""
     return torch.expm1(beta * _flat(y).pow(alpha).sum(1))
 
 
-def exp_lp_grad(y: Tensor, alpha: int = 2, beta: float = 1.0) -> Tensor:
+def exp_lp_grad(y: Tensor, *, alpha: int, beta: float) -> Tensor:
     """d'(y) = alpha beta exp(beta ||y||_alpha^alpha) y^(alpha-1) (Table 4, exp-lp, with the beta the table drops)."""
     scale = alpha * beta * torch.exp(beta * _flat(y).pow(alpha).sum(1))  # [B]
     return scale.reshape(-1, *([1] * (y.ndim - 1))) * y.pow(alpha - 1)
 
 
-def huber(y: Tensor, delta: float = 1.0) -> Tensor:
+def huber(y: Tensor, *, delta: float) -> Tensor:
     """d(y) = sum_i h(y_i), h = y^2/2 if |y| <= delta else delta (|y| - delta/2) (standard Huber, Table 4)."""
     a = _flat(y).abs()
     return torch.where(a <= delta, 0.5 * a**2, delta * (a - 0.5 * delta)).sum(1)
 
 
-def huber_grad(y: Tensor, delta: float = 1.0) -> Tensor:
+def huber_grad(y: Tensor, *, delta: float) -> Tensor:
     """d'(y) = clamp(y, -delta, delta) (Table 4, Huber)."""
     return y.clamp(-delta, delta)
 
 
-def pseudo_huber(y: Tensor, c: float = 0.03) -> Tensor:
+def pseudo_huber(y: Tensor, *, c: float) -> Tensor:
     """d(y) = sqrt(||y||^2 + c^2) - c (Table 4, pseudo-Huber; the paper's default distance)."""
     return torch.sqrt(_flat(y).pow(2).sum(1) + c**2) - c
 
 
-def pseudo_huber_grad(y: Tensor, c: float = 0.03) -> Tensor:
+def pseudo_huber_grad(y: Tensor, *, c: float) -> Tensor:
     """d'(y) = y / sqrt(||y||^2 + c^2) (Table 4 without its harmless factor 2); the normaliser stays live."""
     norm = torch.sqrt(_flat(y).pow(2).sum(1) + c**2)  # [B]
     return y / norm.reshape(-1, *([1] * (y.ndim - 1)))
@@ -98,30 +101,40 @@ class Distance:
     smooth: bool  # False when d' is discontinuous (the SIM surrogate then drops a boundary term)
 
 
-DISTANCE_NAMES = ("pseudo-huber", "l2", "l1", "huber", "lp", "exp-lp")
+DISTANCE_NAMES: tuple[str, ...] = get_args(DistanceName)
+
+
+def _need(name: str, **constants: float | None) -> None:
+    missing = [k for k, v in constants.items() if v is None]
+    if missing:
+        raise ValueError(f"distance {name!r} needs {', '.join(missing)}")
 
 
 def make_distance(
     name: str,
     *,
-    pseudo_huber_c: float = 0.03,
-    huber_delta: float = 1.0,
-    lp_alpha: int = 4,
-    exp_lp_alpha: int = 2,
-    exp_lp_beta: float = 1.0,
+    pseudo_huber_c: float | None = None,
+    huber_delta: float | None = None,
+    lp_alpha: int | None = None,
+    exp_lp_alpha: int | None = None,
+    exp_lp_beta: float | None = None,
 ) -> Distance:
-    """Bind a named distance to its constants."""
+    """Bind a named distance to its constants (those of the other distances may be left out)."""
     if name == "pseudo-huber":
+        _need(name, pseudo_huber_c=pseudo_huber_c)
         return Distance(name, partial(pseudo_huber, c=pseudo_huber_c), partial(pseudo_huber_grad, c=pseudo_huber_c), True)
     if name == "l2":
         return Distance(name, l2, l2_grad, True)
     if name == "l1":
         return Distance(name, l1, l1_grad, False)
     if name == "huber":
+        _need(name, huber_delta=huber_delta)
         return Distance(name, partial(huber, delta=huber_delta), partial(huber_grad, delta=huber_delta), True)
     if name == "lp":
+        _need(name, lp_alpha=lp_alpha)
         return Distance(name, partial(lp, alpha=lp_alpha), partial(lp_grad, alpha=lp_alpha), True)
     if name == "exp-lp":
+        _need(name, exp_lp_alpha=exp_lp_alpha, exp_lp_beta=exp_lp_beta)
         return Distance(
             name,
             partial(exp_lp, alpha=exp_lp_alpha, beta=exp_lp_beta),

@@ -1,1 +1,1 @@
-"""Evaluation: exact metrics against analytic teachers (and, later, FID/IS feature-based metrics)."""
+"""Evaluation: feature backends (torch-fidelity, clean-fid, registered ones), FID/IS/KID/precision-recall in float64, reference statistics, exact metrics against analytic teachers, in-training evaluators."""

@@ -4,7 +4,7 @@ evaluation compute. Features come from a backend's extractor; every metric is si
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,13 @@ from simcli.errors import UsageError
 from simcli.eval.features import FeatureExtractor, get_extractor
 from simcli.eval.fid_math import frechet_distance, inception_score, kid, precision_recall
 from simcli.eval.image_inputs import open_images
-from simcli.eval.stats import FeatureStats, compute_features, resolve_reference
+from simcli.eval.stats import FeatureStats, ImageProgressFn, compute_features, resolve_reference
 
 METRICS = ("fid", "is", "kid", "prc")
-ProgressFn = Callable[[int], None]
 
 
-def _reference_features(ref: str, extractor: FeatureExtractor, batch_size: int, on_progress: ProgressFn | None) -> np.ndarray:
+
+def _reference_features(ref: str, extractor: FeatureExtractor, batch_size: int, on_progress: ImageProgressFn | None) -> np.ndarray:
     """Features of a folder (or npz) of reference images, for KID and precision/recall."""
     path = Path(ref)
     if not (path.is_dir() or (path.is_file() and path.suffix == ".npz" and _holds_images(path))):
@@ -71,7 +71,7 @@ def evaluate_images(
     device: str | torch.device = "cpu",
     mode: str = "legacy_tensorflow",
     save_stats: Path | None = None,
-    on_progress: ProgressFn | None = None,
+    on_progress: ImageProgressFn | None = None,
 ) -> dict[str, Any]:
     """Score a folder, a samples npz or a generator (sampled in memory) with the requested metrics.
 

@@ -28,7 +28,7 @@ from simcli.eval.features import FeatureExtractor
 from simcli.eval.image_inputs import FolderImages, list_image_files
 from simcli.rundir.atomic import atomic_write
 from simcli.teachers.cache import cache_dir
-from simcli.teachers.download import ProgressFn, ensure_fid_reference_file
+from simcli.teachers.download import DownloadProgressFn, ensure_fid_reference_file
 from simcli.teachers.edm_catalog import FID_REFERENCES, get_fid_reference
 
 STATS_FORMAT = "simcli-feature-stats/1"
@@ -39,6 +39,7 @@ SYMMETRY_RTOL = 1e-6  # |sigma - sigma^T| allowed, relative to max |sigma|
 EDM_DETECTOR = "NVIDIA inception-2015-12-05 port (EDM fid.py)"
 
 ImageProgressFn = Callable[[int], None]
+"""Called with the number of images processed so far."""
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -256,7 +257,7 @@ def _looks_like_path(ref: str) -> bool:
 
 
 def resolve_reference(
-    ref: str | Path, extractor: FeatureExtractor | None = None, *, on_download: ProgressFn | None = None,
+    ref: str | Path, extractor: FeatureExtractor | None = None, *, on_download: DownloadProgressFn | None = None,
     on_progress: ImageProgressFn | None = None, batch_size: int | None = None,
 ) -> FeatureStats:
     """Reference statistics from a folder of images, a statistics .npz, or a catalog name (e.g. 'cifar10-train').

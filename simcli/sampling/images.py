@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from simcli.rundir.atomic import atomic_write
+from simcli.rundir.atomic import write_bytes_atomic
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -26,7 +26,7 @@ def _pil(image: np.ndarray) -> Image.Image:
 def _write_png(path: Path, image: Image.Image) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def save_pngs(images: np.ndarray, seeds: list[int], out_dir: Path) -> list[Path]:

@@ -16,7 +16,7 @@ import torch
 
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
-from simcli.rundir.atomic import atomic_write
+from simcli.rundir.atomic import write_bytes_atomic
 from simcli.runtime import resolve_device
 from simcli.sampling.generator import load_generator
 from simcli.sampling.heun import edm_heun_sample, heun_num_evals, one_step_generate
@@ -147,4 +147,4 @@ def sample_to_file(
 def _write_npz(out: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write(out, lambda p: p.write_bytes(buf.getvalue()))
+    write_bytes_atomic(out, buf.getvalue())

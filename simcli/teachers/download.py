@@ -47,7 +47,8 @@ PROGRESS_EVERY_BYTES = 1 << 20  # on_progress is called at most once per MiB, pl
 DEFAULT_TIMEOUT_S = 30.0
 USER_AGENT = f"simcli/{__version__} (python-urllib)"
 
-ProgressFn = Callable[[int, int | None], None]
+DownloadProgressFn = Callable[[int, int | None], None]
+"""Called with (bytes done, total bytes or None) while a file downloads."""
 
 
 class DownloadError(UsageError):
@@ -138,7 +139,7 @@ def _content_length(resp) -> int | None:
 
 
 def _attempt(
-    url: str, dest: Path, expected_size: int | None, tol: int, on_progress: ProgressFn | None, timeout_s: float
+    url: str, dest: Path, expected_size: int | None, tol: int, on_progress: DownloadProgressFn | None, timeout_s: float
 ) -> tuple[int, str]:
     """One request into X.part (resuming it when possible). Returns (size, sha256) of the complete part."""
     part, meta_path = part_path(dest), part_meta_path(dest)
@@ -288,7 +289,7 @@ def _fetch_locked(
     dest: Path,
     expected_size: int | None,
     tol: int,
-    on_progress: ProgressFn | None,
+    on_progress: DownloadProgressFn | None,
     timeout_s: float,
     retries: int,
 ) -> Path:
@@ -340,7 +341,7 @@ def fetch(
     *,
     expected_size: int | None = None,
     size_tolerance: int = 0,
-    on_progress: ProgressFn | None = None,
+    on_progress: DownloadProgressFn | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     retries: int = 2,
 ) -> Path:
@@ -365,7 +366,7 @@ def ensure_file(
     *,
     expected_size: int | None = None,
     size_tolerance: int = 0,
-    on_progress: ProgressFn | None = None,
+    on_progress: DownloadProgressFn | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     check_sha256: bool = False,
 ) -> Path:
@@ -406,7 +407,7 @@ def ensure_file(
 def ensure_teacher_file(
     name_or_entry: str | EdmTeacher,
     *,
-    on_progress: ProgressFn | None = None,
+    on_progress: DownloadProgressFn | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     check_sha256: bool = False,
 ) -> Path:
@@ -426,7 +427,7 @@ def ensure_teacher_file(
 def ensure_fid_reference_file(
     name_or_ref: str | FidReference,
     *,
-    on_progress: ProgressFn | None = None,
+    on_progress: DownloadProgressFn | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     check_sha256: bool = False,
 ) -> Path:

@@ -106,11 +106,6 @@ class EdmTeacher:
             f"{self.resolution}x{self.resolution}, {cond}{fp16}"
         )
 
-    @property
-    def size_range(self) -> tuple[int, int]:
-        """Plausible byte sizes of the real file: approx_size_bytes +- size_tolerance."""
-        return self.approx_size_bytes - self.size_tolerance, self.approx_size_bytes + self.size_tolerance
-
 
 @dataclass(frozen=True)
 class FidReference:
@@ -182,11 +177,6 @@ FID_REFERENCES: dict[str, FidReference] = {
                      "ImageNet 64x64, for the baseline ADM model only"),
     )
 }
-
-
-def teacher_names() -> list[str]:
-    """simcli names of the official EDM teachers, in catalog order."""
-    return list(EDM_TEACHERS)
 
 
 def get_edm_teacher(name: str) -> EdmTeacher:

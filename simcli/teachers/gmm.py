@@ -53,10 +53,6 @@ class GaussianMixture(Denoiser):
         """Posterior probability of each component given x at noise sigma: [B, K]."""
         return torch.softmax(self.component_log_probs(x, sigma), dim=-1)
 
-    def log_prob(self, x: torch.Tensor, sigma: torch.Tensor | float = 0.0) -> torch.Tensor:
-        """Log-density of the diffused marginal at x: [B]."""
-        return torch.logsumexp(self.component_log_probs(x, sigma), dim=-1)
-
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """Exact denoiser E[x0 | x_sigma = x], computed in float64 and returned in x's dtype."""
         x64 = x.to(torch.float64)

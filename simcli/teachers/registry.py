@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simcli.errors import UsageError
+from simcli.teachers.download import DownloadProgressFn
 from simcli.teachers.edm_catalog import EDM_TEACHERS
 
 if TYPE_CHECKING:  # the loaders import torch when they run; naming teachers needs no torch
     from simcli.nets.denoiser import Denoiser
     from simcli.teachers.gmm import GaussianMixture
-
-DownloadProgressFn = Callable[[int, int | None], None]
-"""Called with (bytes done, total bytes or None) while a teacher checkpoint downloads."""
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_edm import write_tiny_edm
 from typer.testing import CliRunner
 
 from simcli.cli.app import app
 from simcli.sampling.generator import load_generator
+from tests.helpers.tiny_edm import write_tiny_edm
 
 FAST = ["--preset", "tiny", "--batch-size", "4", "--steps", "3"]
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_tiny_extractor import TINY_CLEANFID_NAME, TINY_NAME, register_tiny_extractors
-from tiny_edm import write_tiny_edm
 from typer.testing import CliRunner
 
 from simcli.cli.app import app
+from tests.helpers.eval_tiny_extractor import TINY_CLEANFID_NAME, TINY_NAME, register_tiny_extractors
+from tests.helpers.tiny_edm import write_tiny_edm
 
 N = 40
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from eval_tiny_extractor import TINY_NAME, register_tiny_extractors
 from PIL import Image
-from tiny_edm import write_tiny_edm
 from typer.testing import CliRunner
 
 from simcli.cli.app import app
 from simcli.rundir.metrics import read_records
 from simcli.sampling.generator import load_generator
+from tests.helpers.eval_tiny_extractor import TINY_NAME, register_tiny_extractors
+from tests.helpers.tiny_edm import write_tiny_edm
 
 
 def run_cli(*args):

@@ -112,7 +112,7 @@ def test_dprime_closed_forms_at_explicit_values():
 
 @pytest.mark.parametrize("name", DISTANCE_NAMES)
 def test_d_is_zero_at_zero_and_positive_elsewhere(name):
-    D = make_distance(name, pseudo_huber_c=0.03, exp_lp_beta=0.5)
+    D = make_distance(name, pseudo_huber_c=0.03, huber_delta=1.0, lp_alpha=4, exp_lp_alpha=2, exp_lp_beta=0.5)
     zero = torch.zeros(3, 3, 2, 2, dtype=DT)
     assert torch.equal(D.d(zero), torch.zeros(3, dtype=DT))
     y = _rand((64, 3, 2, 2), seed=9)
@@ -143,8 +143,9 @@ def test_make_distance_binds_constants_and_flags_smoothness():
     assert float(make_distance("exp-lp", exp_lp_alpha=4, exp_lp_beta=0.01).d(y)) == pytest.approx(
         math.exp(3.37) - 1, rel=1e-14
     )
+    constants = dict(pseudo_huber_c=0.03, huber_delta=1.0, lp_alpha=4, exp_lp_alpha=2, exp_lp_beta=1.0)
     for name in DISTANCE_NAMES:
-        D = make_distance(name)
+        D = make_distance(name, **constants)
         assert D.name == name
         assert D.smooth is (name != "l1")
 

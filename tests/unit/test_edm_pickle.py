@@ -1,6 +1,6 @@
 """Loading official-format EDM pickles without running their code (simcli.teachers.edm_pickle).
 
-Fixtures come from tests/edm_pickle_writer.py, which writes simcli's own tiny networks in the upstream
+Fixtures come from tests/helpers/edm_pickle_writer.py, which writes simcli's own tiny networks in the upstream
 torch_utils.persistence format (edm-spec 1.2-1.6). Loaded networks must give bit-identical outputs to the
 networks they were written from; hostile and broken files must be refused with one-line UsageErrors.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,14 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the test-only writer
-
-import edm_pickle_writer as w  # noqa: E402
-
-from simcli.errors import UsageError  # noqa: E402
-from simcli.nets.registry import build_edm_network  # noqa: E402
-from simcli.teachers import edm_pickle  # noqa: E402
-from simcli.teachers.edm_pickle import load_edm_pickle, parse_legacy_storage, unpickle_edm  # noqa: E402
+from simcli.errors import UsageError
+from simcli.nets.registry import build_edm_network
+from simcli.teachers import edm_pickle
+from simcli.teachers.edm_pickle import load_edm_pickle, parse_legacy_storage, unpickle_edm
+from tests.helpers import edm_pickle_writer as w
 
 DDPMPP = {"model_type": "SongUNet", "embedding_type": "positional", "encoder_type": "standard",
           "decoder_type": "standard", "channel_mult_noise": 1, "resample_filter": [1, 1]}

@@ -24,7 +24,7 @@ from simcli.eval.backends import common
 pytest.importorskip("torch_fidelity")
 pytest.importorskip("cleanfid")
 
-from eval_tiny_extractor import (  # noqa: E402  (tests/ is on sys.path, see conftest.py)
+from tests.helpers.eval_tiny_extractor import (  # noqa: E402  (after the importorskips above)
     FEATURE_DIM,
     NUM_CLASSES,
     TINY_CLEANFID_NAME,

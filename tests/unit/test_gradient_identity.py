@@ -1,6 +1,6 @@
 """The key correctness test: simcli's SIM generator loss has the gradient of the divergence it claims.
 
-Setup (see gaussian_toy.py): Gaussian teacher N(mu_p, diag(s_p^2)) and affine Gaussian generator
+Setup (see tests/helpers/gaussian_toy.py): Gaussian teacher N(mu_p, diag(s_p^2)) and affine Gaussian generator
 x0 = A z + b in D = 2 (one check in D = 3). Every denoiser is exact. The online model is the generator's
 exact denoiser with theta frozen at (A0, b0), so the loss is evaluated exactly where Theorem 3.1 applies.
 
@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gaussian_toy import (
+
+from simcli.distill.distances import make_distance, pseudo_huber
+from tests.helpers.gaussian_toy import (
     DT,
     Toy,
     expect_exp_l2,
@@ -39,8 +41,6 @@ from gaussian_toy import (
     sim_mc_gradient,
     true_gradient,
 )
-
-from simcli.distill.distances import make_distance, pseudo_huber
 
 TOL = 0.02  # the identity must hold to 2% relative
 MAX_NOISE = TOL / 4  # the MC standard error (relative) must be well below the tolerance
@@ -142,9 +142,9 @@ def test_closed_form_expectations_match_monte_carlo(sigma):
     # pseudo-Huber's quadrature: against MC, and converged in the number of nodes
     c = p["c"]
     L0 = torch.linalg.cholesky(S0)
-    quad = expect_quadrature(lambda v: pseudo_huber(v, c), mu_y, G, L0, n=64)
-    quad_fine = expect_quadrature(lambda v: pseudo_huber(v, c), mu_y, G, L0, n=128)
-    vals = pseudo_huber(y, c)
+    quad = expect_quadrature(lambda v: pseudo_huber(v, c=c), mu_y, G, L0, n=64)
+    quad_fine = expect_quadrature(lambda v: pseudo_huber(v, c=c), mu_y, G, L0, n=128)
+    vals = pseudo_huber(y, c=c)
     assert abs(vals.mean() - quad) < 4 * vals.std() / len(vals) ** 0.5
     assert abs(quad - quad_fine) < 1e-9 * quad
     # quadrature is exact for the polynomial l2 / lp: a cross-check of the closed forms

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from edm_pickle_writer import write_edm_pickle
 
 from simcli.nets.registry import build_edm_network
+from tests.helpers.edm_pickle_writer import write_edm_pickle
 
 TINY_DDPMPP = {
     "model_type": "SongUNet", "embedding_type": "positional", "encoder_type": "standard", "decoder_type": "standard",
