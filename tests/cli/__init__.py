@@ -1,0 +1,1 @@
+"""CLI tests: the typer app in-process, its messages, exit codes and output files."""

@@ -1,0 +1,1 @@
+"""Integration tests: whole runs through the engine or the CLI (tiny networks, CPU; CUDA where marked)."""
