@@ -72,13 +72,22 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _leaves(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """(path, value) of every leaf; an empty mapping sets nothing, and a `kind` comes before its siblings."""
     out = []
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
+    for k, v in sorted(d.items(), key=lambda kv: kv[0] != "kind"):
+        if isinstance(v, dict):
             out += _leaves(v, prefix + (k,))
         else:
             out.append((prefix + (k,), v))
     return out
+
+
+def _get_path(d: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
 
 
 def _set_path(d: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -111,7 +120,7 @@ def merge_layers(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, An
                 _drop_path(merged, other)  # a duration set here replaces the other kind from lower layers
                 provenance.pop(".".join(other), None)
             # A noise distribution of another kind replaces the whole sub-mapping, not just its keys.
-            if path[-1] == "kind":
+            if path[-1] == "kind" and _get_path(merged, path) != value:
                 _set_path(merged, path[:-1], {})
                 for key in [k for k in provenance if k.startswith(".".join(path[:-1]) + ".")]:
                     provenance.pop(key)

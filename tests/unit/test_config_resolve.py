@@ -215,11 +215,23 @@ def test_method_sid_brings_karras_uniform_generator_noise_and_lognormal_replaces
     assert "generator.noise.t_max" not in provenance
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a 'kind' listed after its sibling keys in one layer wipes them (merge_layers)")
 def test_key_order_inside_one_layer_does_not_matter():
     first = resolve(flags={"generator": {"noise": {"kind": "lognormal", "p_mean": -1.0}}})[0]
     last = resolve(flags={"generator": {"noise": {"p_mean": -1.0, "kind": "lognormal"}}})[0]
     assert first.generator.noise.p_mean == last.generator.noise.p_mean == -1.0
+
+
+def test_repeating_the_noise_kind_keeps_the_lower_layers_settings():
+    """--set generator.noise.kind=lognormal on the gmm preset keeps the preset's N(-2, 2^2), not the class defaults."""
+    spec, provenance = resolve("gmm-ring8", sets=["generator.noise.kind=lognormal"])
+    assert (spec.generator.noise.p_mean, spec.generator.noise.p_std) == (-2.0, 2.0)
+    assert provenance["generator.noise.p_mean"] == "preset:gmm:sim"
+
+
+def test_an_empty_mapping_sets_nothing():
+    spec, provenance = resolve(flags={"loss": {"method": "sid"}, "generator": {}})
+    assert spec.generator.noise.kind == "karras-uniform" and spec.generator.noise.t_max == 800.0
+    assert provenance["generator.noise.t_max"] == "method:sid"
 
 
 # ---------------------------------------------------------------------------------------------- errors
