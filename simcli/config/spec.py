@@ -125,13 +125,18 @@ class GeneratorSpec(Strict):
     """The one-step generator G(z) = D_theta(sigma_init z; sigma_init) (SIM eq. B.4)."""
 
     sigma_init: float = Field(2.5, gt=0)
-    """Noise level at which the generator denoises pure noise."""
+    """Noise level at which the generator denoises pure noise (2.5 in SIM and SiD; 1.0 for di, as Diff-Instruct's
+    README recipe --init_sigma 1.0)."""
     noise: NoiseSpec = LognormalNoise(p_mean=-3.5, p_std=2.5)
     """Noise levels of the generator step (SIM: ln sigma ~ N(-3.5, 2.5^2), eq. B.10)."""
     weighting: Literal["none", "edm"] = "none"
     """Per-noise weight w(sigma) of the generator loss ('none' is the paper's 'nowgt')."""
     optimizer: OptimizerSpec = OptimizerSpec()
     """Adam for the generator."""
+    score_dropout: Literal["off", "shared-mask"] = "off"
+    """Dropout of the teacher and the online model in the generator step. off: both in eval mode (SIM; SiD's
+    code). shared-mask: both in train mode, the online model's call replaying the random state of the teacher's,
+    so both drop the same units (Diff-Instruct's code; the default for di). The generator's own dropout is on."""
 
 
 class OnlineSpec(Strict):
@@ -143,6 +148,11 @@ class OnlineSpec(Strict):
     """Adam for the online model."""
     updates_per_generator_update: int = Field(1, gt=0)
     """Online updates before each generator update (1 in Algorithm 2)."""
+    augment_p: float = Field(0.0, ge=0, lt=1)
+    """Probability p of EDM's augmentation pipeline on the online step's generated images: the augmented image is
+    the denoising target and its 9 augment labels go to the online model. Only for networks with augment_dim 9
+    (EDM's CIFAR-10, FFHQ and AFHQ teachers); other networks are not augmented and the run warns. 0.12 for sid and
+    di (their code); 0 for sim (our choice: the SIM paper does not mention augmentation)."""
 
 
 class EMASpec(Strict):
@@ -204,6 +214,9 @@ class LoggingSpec(Strict):
     """Generator snapshot and resumable state every this many thousand images (and at the end)."""
     keep_states: int = Field(2, gt=0)
     """Resumable state files kept (the newest ones); generator snapshots are all kept."""
+    grid_samples: int = Field(100, ge=0)
+    """Image teachers: samples in the grid PNGs of the EMA generator (at the start and with every snapshot) and of
+    the teacher's 18-step Heun sampler (once); a conditional model gets one row per class; 0: no grids."""
 
 
 class EvaluationSpec(Strict):

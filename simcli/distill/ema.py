@@ -7,7 +7,13 @@ from torch import nn
 
 
 def ema_beta(batch_size: int, cur_nimg: int, halflife_kimg: float, rampup_ratio: float | None = 0.05) -> float:
-    """beta = 0.5^(batch / halflife), halflife = min(halflife_kimg*1000, rampup_ratio*cur_nimg) (EDM train loop)."""
+    """beta = 0.5^(batch / halflife), halflife = min(halflife_kimg*1000, rampup_ratio*cur_nimg) (EDM train loop).
+
+    cur_nimg is the number of images seen *before* the update being averaged in: EDM's training_loop.py (and
+    SiD's and Diff-Instruct's loops after it) computes the half-life from cur_nimg and only then adds the batch.
+    With the ramp-up, the first update therefore has half-life 0 and beta 0: the EMA starts as the generator
+    after one step. This is a convention of the EMA, the same for every method.
+    """
     halflife_nimg = halflife_kimg * 1000.0
     if rampup_ratio is not None:
         halflife_nimg = min(halflife_nimg, cur_nimg * rampup_ratio)

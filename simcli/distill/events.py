@@ -71,6 +71,14 @@ class SnapshotSaved:
     images_seen: int
 
 
+@dataclass(frozen=True)
+class GridSaved:
+    """A sample grid PNG was written (of the EMA generator, or of the teacher's own sampler)."""
+
+    path: Path
+    what: str
+
+
 EventHandler = Callable[[object], None]
 
 

@@ -19,11 +19,13 @@ import torch
 from torch import nn
 
 from simcli.config.spec import RunSpec
+from simcli.distill.augment import online_augmentation
 from simcli.distill.ema import ema_beta, update_ema
 from simcli.distill.events import (
     DownloadProgress,
     Evaluated,
     EventHandler,
+    GridSaved,
     NonFiniteStep,
     RunStarted,
     SnapshotSaved,
@@ -45,7 +47,14 @@ from simcli.rundir.snapshots import (
     save_state,
 )
 from simcli.runtime import resolve_device
+from simcli.sampling.grids import grid_images
+from simcli.sampling.heun import heun_num_evals
+from simcli.sampling.images import save_grid
 from simcli.teachers.registry import Teacher, load_teacher
+
+TEACHER_GRID = "teacher-grid.png"
+TEACHER_GRID_STEPS = 18
+GRID_SEED = 0
 
 Evaluator = Callable[[nn.Module, int], dict[str, Any]]
 """Called with (EMA generator, images seen) at every evaluation point; returns the eval record's values and a
@@ -114,6 +123,8 @@ class Distillation:
         sample_shape = tuple(self.nets.teacher.sample_shape)
         self.plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, tr.rounds, sample_shape, self.nets.teacher.label_dim, self.device)
         self.loss_fn = make_generator_loss(spec.loss, spec.generator.weighting, int(np.prod(sample_shape)))
+        self.augment, augment_warnings = online_augmentation(spec.online.augment_p, self.nets.online)
+        warnings = [*warnings, *augment_warnings]
         self.started = RunStarted(
             self.run_dir, str(self.device), self.progress.step, tr.total_steps, tr.batch_size, self.resumed_from,
             sum(p.numel() for p in self.nets.generator.parameters()), warnings,
@@ -134,6 +145,7 @@ class Distillation:
     def run(self) -> dict[str, Any]:
         """Iterate to the end of the run; returns a JSON-ready summary."""
         self.on_event(self.started)
+        self.write_grids()
         self.clock = Clock(self.progress.elapsed_s)
         self.window_start = (self.clock.elapsed(), self.progress.step)  # (seconds, step) of the status window
         while not self.done:
@@ -167,14 +179,18 @@ class Distillation:
         torch.manual_seed(step_seed(spec.seed, step, stream=1))  # dropout masks
         ok_online = True
         for _ in range(spec.online.updates_per_generator_update):
-            loss_online, ok = online_update(nets.generator, nets.online, self.opts["online"], self.plan, spec.online.noise, rng)
+            loss_online, ok = online_update(
+                nets.generator, nets.online, self.opts["online"], self.plan, spec.online.noise, rng, augment=self.augment
+            )
             ok_online = ok_online and ok
         loss_gen, ok_gen = generator_update(
             nets.generator, nets.online, nets.teacher, self.opts["generator"], self.loss_fn, self.plan,
             spec.generator.noise, rng, grad_through_networks=spec.loss.method != "di",
+            score_dropout=spec.generator.score_dropout,
         )
         self.progress.step += 1
-        beta = ema_beta(spec.training.batch_size, self.images_seen, spec.ema.halflife_kimg, spec.ema.rampup_ratio)
+        # EDM's convention: the half-life's ramp-up counts the images seen before this step (simcli.distill.ema).
+        beta = ema_beta(spec.training.batch_size, step * spec.training.batch_size, spec.ema.halflife_kimg, spec.ema.rampup_ratio)
         update_ema(nets.ema, nets.generator, beta)
         self._account(step, loss_online, loss_gen, ok_online, ok_gen)
 
@@ -242,14 +258,31 @@ class Distillation:
     def snapshot(self) -> None:
         """Write the EMA generator and a resumable state, keeping the newest states only."""
         self.progress.elapsed_s = self.clock.elapsed()
+        self.write_grids()
         gen_path = self.run_dir / f"generator-{kimg_tag(self.images_seen)}.safetensors"
         save_generator(gen_path, self.nets.ema.state_dict(), self._generator_meta())
         state_path = save_state(self.run_dir, self.images_seen, state_dict(self.spec, self.nets, self.opts, self.progress))
         prune_states(self.run_dir, self.spec.logging.keep_states)
         self.on_event(SnapshotSaved(gen_path, state_path, self.images_seen))
 
+    def write_grids(self) -> None:
+        """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler."""
+        n, net = self.spec.logging.grid_samples, self.nets.teacher
+        if n == 0 or len(net.sample_shape) != 3:
+            return
+        teacher_path = self.run_dir / TEACHER_GRID
+        if not teacher_path.exists():
+            images, columns = grid_images(net, n, GRID_SEED, self.device, heun_steps=TEACHER_GRID_STEPS)
+            save_grid(images, teacher_path, columns)
+            self.on_event(GridSaved(teacher_path, f"the teacher, {TEACHER_GRID_STEPS} Heun steps ({heun_num_evals(TEACHER_GRID_STEPS)} NFE)"))
+        path = self.run_dir / f"grid-{kimg_tag(self.images_seen)}.png"
+        images, columns = grid_images(self.nets.ema, n, GRID_SEED, self.device, sigma_init=self.spec.generator.sigma_init)
+        save_grid(images, path, columns)
+        self.on_event(GridSaved(path, f"the EMA generator at {self.images_seen / 1000:g} kimg, 1 NFE"))
+
     def summary(self) -> dict[str, Any]:
         generators = list_generators(self.run_dir)
+        grids = sorted(self.run_dir.glob("grid-*.png"))
         return {
             "run_dir": str(self.run_dir),
             "teacher": self.spec.teacher,
@@ -262,6 +295,7 @@ class Distillation:
             "best_score": self.progress.best_score,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "generator": str(generators[-1]) if generators else None,
+            "grid": str(grids[-1]) if grids else None,
         }
 
 

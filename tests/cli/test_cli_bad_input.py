@@ -202,8 +202,8 @@ def test_non_empty_directory_without_a_run_is_untouched(cli, tree, assert_usage_
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (("--method", "sid"), "(loss.method, generator.noise.*)"),
-        (("--method", "di"), "(loss.method, generator.noise.*)"),
+        (("--method", "sid"), "(loss.method, generator.noise.*, online.augment_p)"),
+        (("--method", "di"), "(loss.method, generator.noise.*, generator.score_dropout, generator.sigma_init, online.augment_p)"),
         (("--distance", "l1"), "(loss.distance)"),
         (("--set", "network.hidden_dim=64"), "(network.hidden_dim)"),
         (("--lr", "3e-3"), "generator.optimizer.lr"),
