@@ -10,6 +10,7 @@ import typer
 from simcli.cli.errors import reported_errors
 from simcli.cli.options import JsonOpt, TeacherOpt, ThreadsOpt
 from simcli.cli.output import DistillReporter, print_json, stderr_console, stdout_console
+from simcli.config.presets import PRESETS
 from simcli.errors import UsageError
 
 EPILOG = """Examples:
@@ -42,7 +43,7 @@ def distill(
     seed: Annotated[int | None, typer.Option("--seed", help="Run seed.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Spec file (YAML, TOML or JSON).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="Named preset: auto, gmm, cifar10, tiny.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help=f"Named preset: auto, {', '.join(PRESETS)}.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any spec key: --set online.optimizer.lr=1e-4 (repeatable).")] = None,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,

@@ -15,6 +15,7 @@ from rich.table import Table
 from simcli.distill.events import (
     DownloadProgress,
     Evaluated,
+    GridSaved,
     NonFiniteStep,
     RunStarted,
     SnapshotSaved,
@@ -157,6 +158,8 @@ class DistillReporter:
                 if self.live is not None:
                     self.live.update(self._table())
             self.console.print(evaluation_line(event.record))
+        elif isinstance(event, GridSaved):
+            self.console.print(f"sample grid of {event.what}: {event.path}", soft_wrap=True)
         elif isinstance(event, NonFiniteStep):
             self.console.print(f"warning: non-finite {event.phase} loss or gradient at iteration {event.step}, update skipped ({event.consecutive} in a row)")
         elif isinstance(event, SnapshotSaved):

@@ -18,6 +18,7 @@ from simcli.errors import UsageError
 from simcli.eval.features import get_extractor
 from simcli.eval.gmm_metrics import gmm_report
 from simcli.eval.image_eval import score_features
+from simcli.eval.image_inputs import to_rgb_nchw
 from simcli.eval.stats import compute_features, resolve_reference
 from simcli.sampling.images import to_uint8
 from simcli.sampling.run import generator_batches
@@ -62,7 +63,7 @@ def make_evaluator(spec: RunSpec, teacher: Teacher, device: torch.device):
     metrics = {"fid", "is"} if want_is else {"fid"}
 
     def fid(net: nn.Module, images_seen: int) -> Evaluation:
-        batches = (torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2) for x, _ in samples(net))
+        batches = (to_rgb_nchw(to_uint8(x)) for x, _ in samples(net))
         feats, logits = compute_features(batches, extractor, want_logits=want_is)
         scores = score_features(feats, logits, metrics, reference)
         return {"n": int(len(feats)), "backend": ev.backend, "reference": ref_name, "score": scores["fid"],

@@ -1,4 +1,5 @@
-"""Feature extractors for FID/KID/IS: one interface over torch-fidelity, clean-fid and registered test extractors.
+"""Feature extractors for FID/KID/IS: one interface over torch-fidelity, clean-fid, the digits classifier and
+registered test extractors.
 
 Every extractor takes uint8 images [B, 3, H, W] (any size, any device) and returns pool features [B, F] and,
 when it has a classifier head, logits [B, K] for the Inception Score. Both come back on the CPU in the dtype the
@@ -14,6 +15,8 @@ Backends (the names `get_extractor` resolves; see eval-notes.md sections 2 and 3
                      the resize of `mode`: legacy_tensorflow (default; resize inside NVIDIA's TorchScript
                      Inception), clean (PIL bicubic on float) or legacy_pytorch (torch bilinear + pytorch-fid
                      Inception). Code: simcli/eval/backends/clean_fid_backend.py.
+    digits           the shipped 8x8 digits classifier: a 64-d feature layer and 10 logits (FID and IS on the
+                     digits teacher; no extra library). Code: simcli/eval/backends/digits_backend.py.
     any other name   a factory added with `register_extractor` (tests plug in tiny networks this way).
 
 simcli never downloads Inception weights. Without `feature_weights` the backend looks for the file where its
@@ -139,8 +142,15 @@ def _clean_fid_factory(*, feature_weights: Path | None, device: torch.device, mo
     return make_clean_fid_extractor(feature_weights=feature_weights, device=device, mode=mode)
 
 
+def _digits_factory(*, feature_weights: Path | None, device: torch.device, mode: str) -> FeatureExtractor:
+    from simcli.eval.backends.digits_backend import make_digits_extractor
+
+    return make_digits_extractor(feature_weights=feature_weights, device=device, mode=mode)
+
+
 register_extractor("torch-fidelity", _torch_fidelity_factory)
 register_extractor("clean-fid", _clean_fid_factory)
+register_extractor("digits", _digits_factory)
 
 __all__ = [
     "CLEAN_FID_MODES",

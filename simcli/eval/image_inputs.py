@@ -46,7 +46,7 @@ def _apply_limit(count: int, limit: int | None, what: str) -> int:
     return limit
 
 
-def _to_rgb_nchw(images: np.ndarray) -> torch.Tensor:
+def to_rgb_nchw(images: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W, C] with C in 1, 3, 4 -> uint8 [B, 3, H, W] (grayscale repeated, alpha dropped)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     if x.shape[1] == 1:
@@ -129,7 +129,7 @@ class FolderImages(ImageSource):
             for path, a in zip(chunk, arrays, strict=True):
                 if (a.shape[1], a.shape[0]) != self.size:
                     raise UsageError(f"image {path} changed size while being read")
-            yield _to_rgb_nchw(np.stack(arrays))
+            yield to_rgb_nchw(np.stack(arrays))
 
 
 # ---------------------------------------------------------------------------------------------- npz
@@ -167,7 +167,7 @@ class NpzImages(ImageSource):
     def batches(self, batch_size: int | None = None) -> Iterator[torch.Tensor]:
         step = batch_size or self.default_batch_size
         for start in range(0, len(self.images), step):
-            yield _to_rgb_nchw(self.images[start : start + step])
+            yield to_rgb_nchw(self.images[start : start + step])
 
 
 # ---------------------------------------------------------------------------------------------- generator
@@ -196,7 +196,7 @@ class GeneratorImages(ImageSource):
         step = batch_size or self.default_batch_size
         for x, _ in generator_batches(self.net, self.meta["sigma_init"], self.n, self.seed, step, self.device,
                                       self.class_label):
-            yield _to_rgb_nchw(to_uint8(x))
+            yield to_rgb_nchw(to_uint8(x))
 
 
 # ---------------------------------------------------------------------------------------------- dispatch

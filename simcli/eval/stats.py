@@ -4,8 +4,9 @@
 - simcli's own npz holds float64 'mu' [F] and 'sigma' [F, F] plus a JSON 'simcli_meta' string (n, extractor,
   weights sha256, source), written atomically. EDM fid-refs and clean-fid npz files hold just 'mu' and 'sigma';
   they load with the metadata unknown (eval-notes.md section 8.3).
-- A reference is a catalog name (EDM fid-refs, downloaded into the cache), a statistics .npz, or a folder of images
-  whose statistics are computed once per extractor and cached under <cache>/fid-stats/<key>.npz.
+- A reference is a catalog name (EDM fid-refs, downloaded into the cache; digits-train and digits-test, shipped),
+  a statistics .npz, or a folder of images whose statistics are computed once per extractor and cached under
+  <cache>/fid-stats/<key>.npz.
 - Statistics made by a different extractor are refused when both sides record one; when the reference does not
   record its extractor the result carries a `note` for the caller to show (the engine never prints).
 """
@@ -32,6 +33,8 @@ from simcli.teachers.download import DownloadProgressFn, ensure_fid_reference_fi
 from simcli.teachers.edm_catalog import FID_REFERENCES, get_fid_reference
 
 STATS_FORMAT = "simcli-feature-stats/1"
+# References that ship inside the package (simcli/assets), made by examples/digits/make_reference_stats.py.
+SHIPPED_REFERENCES = {"digits-train": "digits/stats-train.npz", "digits-test": "digits/stats-test.npz"}
 META_KEY = "simcli_meta"
 FID_STATS_DIR = "fid-stats"
 COV_CHUNK_ROWS = 4096  # rows per block when accumulating the covariance
@@ -271,6 +274,11 @@ def resolve_reference(
         stats = folder_stats(path, extractor, batch_size=batch_size, on_progress=on_progress)
     elif path.is_file():
         stats = load_stats(path)
+    elif text in SHIPPED_REFERENCES:
+        from simcli.assets import asset_path
+
+        loaded = load_stats(asset_path(SHIPPED_REFERENCES[text]))
+        stats = replace(loaded, source=f"shipped reference '{text}', {loaded.source}")
     elif text in FID_REFERENCES or any(text == r.file_name for r in FID_REFERENCES.values()):
         entry = get_fid_reference(text)
         loaded = load_stats(ensure_fid_reference_file(entry, on_progress=on_download))
@@ -279,7 +287,7 @@ def resolve_reference(
     elif _looks_like_path(text):
         raise UsageError(f"reference statistics not found: {path}")
     else:
-        known = ", ".join(FID_REFERENCES)
+        known = ", ".join([*SHIPPED_REFERENCES, *FID_REFERENCES])
         raise UsageError(f"unknown FID reference '{text}'",
                          hint=f"pass a known name ({known}), a statistics .npz or a folder of images")
     if extractor is None:

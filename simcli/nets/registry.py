@@ -38,3 +38,13 @@ def build_network(architecture: dict[str, Any]) -> Denoiser:
     if kind == "edm":
         return build_edm_network(str(arch.get("class_name")), dict(arch.get("init_kwargs", {})))
     raise UsageError(f"unknown network kind {kind!r} in checkpoint", hint="was it written by a newer simcli?")
+
+
+def network_with_weights(architecture: dict[str, Any], state_dict: dict[str, Any], source: str) -> Denoiser:
+    """Rebuild the recorded architecture and load its weights (strictly); one-line UsageError on a mismatch."""
+    net = build_network(architecture)
+    try:
+        net.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise UsageError(f"{source}: weights do not match the recorded architecture ({str(exc).splitlines()[0]})") from None
+    return net

@@ -9,21 +9,18 @@ Both are written atomically (simcli.rundir.atomic), so an interrupted write neve
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from simcli.errors import UsageError
 from simcli.rundir.atomic import atomic_write
+from simcli.rundir.network_file import GENERATOR_FORMAT, load_network_file, save_network_file
 
 STATE_RE = re.compile(r"^state-(\d+\.\d{3})\.pt$")
 GENERATOR_RE = re.compile(r"^generator-(\d+\.\d{3})\.safetensors$")
-GENERATOR_FORMAT = "simcli-generator/1"
 
 
 def kimg_tag(images_seen: int) -> str:
@@ -63,9 +60,7 @@ def prune_states(run_dir: Path, keep: int) -> None:
 
 def save_generator(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Atomically write generator weights with JSON-encoded metadata."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    meta = {"format": GENERATOR_FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    save_network_file(path, state_dict, metadata, GENERATOR_FORMAT)
 
 
 def list_generators(run_dir: Path) -> list[Path]:
@@ -89,18 +84,4 @@ def resolve_generator_path(path: str | Path) -> Path:
 
 def load_generator_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a generator snapshot: (state_dict, decoded metadata)."""
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            raw_meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UsageError(f"{path} is not a readable generator snapshot ({exc})") from None
-    if raw_meta.get("format") != GENERATOR_FORMAT:
-        raise UsageError(f"{path} is not a simcli generator snapshot (format {raw_meta.get('format')!r})")
-    try:
-        meta = {k: json.loads(v) for k, v in raw_meta.items() if k != "format"}
-    except json.JSONDecodeError:
-        raise UsageError(f"{path} has corrupt metadata") from None
-    return tensors, meta
+    return load_network_file(path, GENERATOR_FORMAT)

@@ -9,7 +9,7 @@ import torch
 
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
-from simcli.nets.registry import build_network
+from simcli.nets.registry import network_with_weights
 from simcli.rundir.snapshots import load_generator_file, resolve_generator_path
 
 
@@ -19,9 +19,5 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tupl
     tensors, meta = load_generator_file(file)
     if "architecture" not in meta or "sigma_init" not in meta:
         raise UsageError(f"{file} lacks the architecture or sigma_init record", hint="is it a teacher-fit file?")
-    net = build_network(meta["architecture"])
-    try:
-        net.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise UsageError(f"{file}: weights do not match the recorded architecture ({str(exc).splitlines()[0]})") from None
+    net = network_with_weights(meta["architecture"], tensors, str(file))
     return net.to(device).eval().requires_grad_(False), meta, file

@@ -53,7 +53,14 @@ def image_grid(images: np.ndarray, columns: int | None = None, padding: int = 2)
     return _pil(canvas)
 
 
+MIN_GRID_CELL = 32  # pixels: smaller images (8x8 digits) are enlarged so a person can see them
+
+
 def save_grid(images: np.ndarray, path: Path, columns: int | None = None) -> Path:
-    """Write a PNG grid of the images."""
-    _write_png(path, image_grid(images, columns))
+    """Write a PNG grid of the images; images under 32 pixels are enlarged by an integer factor (nearest)."""
+    grid = image_grid(images, columns)
+    scale = max(1, math.ceil(MIN_GRID_CELL / images.shape[1]))
+    if scale > 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    _write_png(path, grid)
     return path

@@ -6,7 +6,9 @@ check that needs no network or download, and the loader. A new kind of teacher i
 
 - analytic mixtures: `gmm-ring8`, `gmm-grid25`, `gmm:PATH.json` (exact denoiser, exact samples);
 - official EDM checkpoints by name (`edm-cifar10`, ...; see edm_catalog.py), downloaded into the cache, and
-  local EDM snapshots: any path ending in `.pkl`, loaded without running code from it.
+  local EDM snapshots: any path ending in `.pkl`, loaded without running code from it;
+- `digits`: the small class-conditional EDM teacher that ships inside simcli (8x8 handwritten digits), and any
+  network in simcli's native format: a path ending in `.safetensors` (simcli/teachers/native.py).
 """
 
 from __future__ import annotations
@@ -128,7 +130,34 @@ def _load_edm(name: str, on_download: DownloadProgressFn | None) -> Teacher:
     return Teacher(name, "edm", display, net, architecture, fid_reference=entry.fid_reference if entry else None)
 
 
+# ---------------------------------------------------------------------------------------------- native files
+
+DIGITS_TEACHER = "digits"
+DIGITS_FILE = "digits/teacher.safetensors"  # in simcli/assets; made by examples/digits/train_teacher.py
+DIGITS_REFERENCE = "digits-train"
+
+
+def _load_native(name: str, on_download: DownloadProgressFn | None) -> Teacher:
+    from simcli.assets import asset_path
+    from simcli.teachers.native import load_native_teacher
+
+    shipped = name == DIGITS_TEACHER
+    net, meta = load_native_teacher(asset_path(DIGITS_FILE) if shipped else name)
+    display = "digits (8x8, 10 classes)" if shipped else Path(name).name
+    return Teacher(name, "native", display, net, meta["architecture"], fid_reference=DIGITS_REFERENCE if shipped else None)
+
+
+def _check_native_file(name: str) -> None:
+    if not Path(name).is_file():
+        raise UsageError(f"teacher file not found: {name}", hint="pass a simcli-teacher .safetensors file")
+
+
 TEACHER_KINDS: tuple[TeacherKind, ...] = (
+    TeacherKind("digits", (DIGITS_TEACHER,), lambda n: n == DIGITS_TEACHER, lambda n: None, _load_native, preset="digits"),
+    TeacherKind(
+        "native", ("PATH.safetensors",), lambda n: n.endswith(".safetensors"), _check_native_file, _load_native,
+        preset="cifar10", normalise=lambda n: str(Path(n).expanduser().resolve()),
+    ),
     TeacherKind(
         "mixture", (*NAMED_MIXTURES, "gmm:PATH.json"), lambda n: n in NAMED_MIXTURES or n.startswith(MIXTURE_FILE_PREFIX),
         _check_mixture, _load_mixture, preset="gmm", normalise=_absolute_mixture_file,

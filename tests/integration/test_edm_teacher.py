@@ -47,7 +47,8 @@ def test_distill_from_a_local_edm_pickle_then_sample_pngs(snapshot, tmp_path):
     assert names == [f"{s:06d}.png" for s in range(10, 16)]
     image = np.asarray(Image.open(pngs / "000012.png"))
     assert image.shape == (8, 8, 3) and image.dtype == np.uint8
-    assert Image.open(tmp_path / "grid.png").size == (3 * 10 + 2, 2 * 10 + 2)  # 6 images, 3 columns, padding 2
+    # 6 images, 3 columns, padding 2; 8x8 images are enlarged 4x so they can be seen
+    assert Image.open(tmp_path / "grid.png").size == (4 * (3 * 10 + 2), 4 * (2 * 10 + 2))
 
     # The same seed gives the same image whatever the batch, and --class fixes the label.
     run_cli("sample", "--generator", run, "--n", 3, "--seed", 12, "--batch-size", 1, "--out", tmp_path / "b.npz")
