@@ -24,8 +24,9 @@ EPILOG = """Examples:
   simcli eval --teacher gmm-ring8 --generator runs/ring8-sim --json
 
 Images: a folder (searched recursively), an npz from 'simcli sample', or a generator sampled in memory
-(seeds 0..N-1). References: a name (cifar10-train, ffhq64, afhqv2-64, imagenet64), a statistics npz or a
-folder of images (its statistics are computed once and cached). Offline, give --feature-weights PATH.
+(seeds 0..N-1). References: a name (cifar10-train, ffhq64, afhqv2-64, imagenet64; digits-train, digits-test
+with --backend digits), a statistics npz or a folder of images (its statistics are computed once and cached).
+Offline, give --feature-weights PATH for Inception.
 """
 
 GENERATOR_DEFAULT_N = 50000  # the EDM/SiD protocol
@@ -36,13 +37,13 @@ def eval_command(
     samples: Annotated[Path | None, typer.Option("--samples", help="Images: a folder or an .npz from 'simcli sample'.")] = None,
     generator: Annotated[Path | None, typer.Option("--generator", help="Run directory or generator snapshot (sampled in memory).")] = None,
     fid: Annotated[bool, typer.Option("--fid", help="Frechet Inception Distance against --ref.")] = False,
-    inception_score: Annotated[bool, typer.Option("--is", help="Inception Score (10 splits; torch-fidelity).")] = False,
+    inception_score: Annotated[bool, typer.Option("--is", help="Inception Score (10 splits; torch-fidelity or digits).")] = False,
     kid: Annotated[bool, typer.Option("--kid", help="Kernel Inception Distance against --ref images.")] = False,
     prc: Annotated[bool, typer.Option("--prc", help="Precision and recall against --ref images.")] = False,
     ref: Annotated[str | None, typer.Option("--ref", help="Reference: a name, a statistics .npz or a folder of images.")] = None,
-    backend: Annotated[str, typer.Option("--backend", help="Feature backend: torch-fidelity or clean-fid.")] = "torch-fidelity",
+    backend: Annotated[str, typer.Option("--backend", help="Feature backend: torch-fidelity, clean-fid, or digits (8x8 digits).")] = "torch-fidelity",
     mode: Annotated[str, typer.Option("--mode", help="clean-fid resize mode: legacy_tensorflow, clean, legacy_pytorch.")] = "legacy_tensorflow",
-    feature_weights: Annotated[Path | None, typer.Option("--feature-weights", help="Local Inception weights (offline use).")] = None,
+    feature_weights: Annotated[Path | None, typer.Option("--feature-weights", help="Local feature-network weights (Inception offline; another digits classifier).")] = None,
     save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Also write the images' feature statistics to this .npz.")] = None,
     teacher: TeacherOpt = None,
     n: Annotated[int | None, typer.Option("--n", min=2, help="Images to use (default: all of --samples; 50000 from a generator).")] = None,
@@ -69,6 +70,8 @@ def eval_command(
         metrics = {name for name, on in (("fid", fid), ("is", inception_score), ("kid", kid), ("prc", prc)) if on}
         if not metrics and save_stats is None:
             metrics = {"fid", "is"} if backend == "torch-fidelity" else {"fid"}
+        if ref is not None and not metrics:
+            raise UsageError("--ref given, but no metric uses it", hint="add --fid, --is, --kid or --prc")
         if save_stats is not None and save_stats.suffix != ".npz":
             raise UsageError(f"--save-stats must name an .npz file, got {save_stats.name}")
         report = evaluate_images(

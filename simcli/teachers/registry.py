@@ -144,7 +144,8 @@ def _load_native(name: str, on_download: DownloadProgressFn | None) -> Teacher:
     shipped = name == DIGITS_TEACHER
     net, meta = load_native_teacher(asset_path(DIGITS_FILE) if shipped else name)
     display = "digits (8x8, 10 classes)" if shipped else Path(name).name
-    return Teacher(name, "native", display, net, meta["architecture"], fid_reference=DIGITS_REFERENCE if shipped else None)
+    kind = DIGITS_TEACHER if shipped else "native"
+    return Teacher(name, kind, display, net, meta["architecture"], fid_reference=DIGITS_REFERENCE if shipped else None)
 
 
 def _check_native_file(name: str) -> None:

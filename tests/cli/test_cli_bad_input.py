@@ -382,3 +382,13 @@ def test_edm_teacher_names_are_known_to_dry_run(cli):
     result = cli("distill", "--teacher", "edm-cifar10-cond", "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     assert '"teacher": "edm-cifar10-cond"' in result.stdout
+
+
+def test_eval_refuses_a_reference_that_no_metric_uses(cli, assert_usage_error, tmp_path):
+    """--ref with only --save-stats scores nothing against it: refused rather than silently ignored."""
+    samples = tmp_path / "x.npz"
+    np.savez(samples, images=np.zeros((4, 8, 8, 1), np.uint8), labels=np.zeros(4, np.int64), seeds=np.arange(4))
+    result = cli("eval", "--samples", samples, "--backend", "digits", "--save-stats", tmp_path / "s.npz",
+                 "--ref", "digits-train")
+    assert_usage_error(result, "--ref given, but no metric uses it")
+    assert not (tmp_path / "s.npz").exists()
