@@ -27,3 +27,22 @@ class RunFailed(SimcliError):
     """A run that started but could not go on (for example, too many non-finite steps). Exit code 1."""
 
     exit_code = 1
+
+
+class WriteFailed(RunFailed, OSError):
+    """The OS refused a write (disk full, I/O error, quota, ...); the file it was replacing is kept. Exit code 1.
+
+    Also an OSError (with the cause's errno and strerror, and the path as filename), so code that handles
+    OSError from a write keeps working.
+    """
+
+    def __init__(self, path: object, cause: OSError):
+        why = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(
+            f"cannot write {path}: {why}",
+            hint="the files already there are kept; fix the cause and run the same command again",
+        )
+        self.errno, self.strerror, self.filename = cause.errno, cause.strerror, str(path)
+
+    def __str__(self) -> str:
+        return self.message

@@ -41,20 +41,12 @@ def sha256(path: Path) -> str:
 def save_safetensors(state: dict[str, torch.Tensor], path: Path, fmt: str, metadata: dict[str, Any]) -> None:
     """Write weights with metadata as simcli's network files hold it: `format` = fmt, every other value JSON.
 
-    The header is canonical (keys sorted, compact JSON), so equal content gives equal bytes: safetensors
-    itself writes the metadata map in a per-process random order.
+    simcli's own writer (simcli.rundir.network_file): the header is canonical (keys sorted, compact JSON), so
+    equal content gives equal bytes, although safetensors itself writes the metadata map in a random order.
     """
-    import struct
+    from simcli.rundir.network_file import save_network_file
 
-    from safetensors.torch import save
-
-    meta = {"format": fmt, **{k: json.dumps(v) for k, v in metadata.items()}}
-    raw = save({k: v.detach().contiguous() for k, v in state.items()}, metadata=meta)
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + n])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned, as safetensors does
-    Path(path).write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+    save_network_file(Path(path), state, metadata, fmt)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -23,7 +23,8 @@ EPILOG = """Examples:
 
   simcli distill --teacher edm-cifar10 --distance pseudo-huber --out runs/cifar10-sim --batch-gpu 32
 
-Running the same command again on an existing run directory resumes it.
+Running the same command again on an existing run directory resumes it. One process at a time may write
+a run directory; a second one is refused with the first one's PID and host.
 """
 
 
@@ -48,6 +49,7 @@ def distill(
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec with where each value came from, and exit.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="When no state file in RUN_DIR is readable: move them aside into discarded-<time>/ and start again from iteration 0.")] = False,
 ) -> None:
     """Distill a teacher into a one-step generator with SIM, SiD or Diff-Instruct."""
     with reported_errors():
@@ -82,7 +84,7 @@ def distill(
 
         reporter = DistillReporter()
         try:
-            summary = run_distillation(spec, out, reporter, make_evaluator)
+            summary = run_distillation(spec, out, reporter, make_evaluator, restart=restart)
         finally:
             reporter.close()
         if json_out:

@@ -213,7 +213,9 @@ class LoggingSpec(Strict):
     snapshot_every_kimg: float = Field(500.0, gt=0)
     """Generator snapshot and resumable state every this many thousand images (and at the end)."""
     keep_states: int = Field(2, gt=0)
-    """Resumable state files kept (the newest ones); generator snapshots are all kept."""
+    """Resumable state files kept (the newest ones)."""
+    keep_generators: int | None = Field(None, gt=0)
+    """Generator snapshots (generator-<kimg>.safetensors) kept, the newest ones; none: all; generator-best is always kept."""
     grid_samples: int = Field(100, ge=0)
     """Image teachers: samples in the grid PNGs of the EMA generator (at the start and with every snapshot) and of
     the teacher's 18-step Heun sampler (once); a conditional model gets one row per class; 0: no grids."""
@@ -286,5 +288,6 @@ RESUMABLE_CHANGES = (
     "evaluation.feature_weights",
     "evaluation.batch_size",
     "logging.keep_states",
+    "logging.keep_generators",
     "device",
 )

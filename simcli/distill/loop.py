@@ -35,13 +35,15 @@ from simcli.distill.events import (
 from simcli.distill.setup import build_networks, prepare_run_dir
 from simcli.distill.state import Progress, restore, state_dict
 from simcli.distill.steps import BatchPlan, generator_update, make_generator_loss, online_update
-from simcli.errors import RunFailed
+from simcli.errors import RunFailed, UsageError
 from simcli.rundir.atomic import remove_stale_temp_files
+from simcli.rundir.lock import RunDirLock
 from simcli.rundir.metrics import append_record, truncate_after
 from simcli.rundir.snapshots import (
     kimg_tag,
     list_generators,
-    load_latest_state,
+    load_generator_file,
+    prune_generators,
     prune_states,
     save_generator,
     save_state,
@@ -95,10 +97,16 @@ class Clock:
 
 
 class Distillation:
-    """One run directory's distillation: set up (or resumed) in __init__, advanced by run()."""
+    """One run directory's distillation: set up (or resumed) in __init__, advanced by run(), ended by close().
+
+    It holds the run directory's lock (simcli.rundir.lock) from before anything there is written until close()
+    (or the end of a `with` block, or of the process); a second process on the same directory is refused.
+    `restart`: when the directory's state files are all unreadable, move them aside and start from 0.
+    """
 
     def __init__(
-        self, spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, make_evaluator: EvaluatorFactory | None = None
+        self, spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, make_evaluator: EvaluatorFactory | None = None,
+        restart: bool = False,
     ):
         self.spec, self.run_dir, self.on_event = spec, Path(run_dir), on_event
         self.device = resolve_device(spec.device)
@@ -106,19 +114,30 @@ class Distillation:
         teacher = load_teacher(spec.teacher, on_download=lambda done, total: on_event(DownloadProgress(done, total)))
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device) if make_evaluator is not None else None
-        prepare_run_dir(self.run_dir, spec)
+        self.lock = RunDirLock(self.run_dir)
+        try:
+            self._set_up(teacher, restart)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, teacher: Teacher, restart: bool) -> None:
+        spec = self.spec
+        prepared = prepare_run_dir(self.run_dir, spec, restart=restart, map_location=self.device)
         remove_stale_temp_files(self.run_dir)
-        self.nets = build_networks(spec, teacher, self.run_dir, self.device, on_event)
+        self.nets = build_networks(spec, teacher, self.run_dir, self.device, self.on_event)
         self.opts = {
             "generator": self._adam(self.nets.generator, spec.generator.optimizer),
             "online": self._adam(self.nets.online, spec.online.optimizer),
         }
-        self.progress, self.resumed_from, warnings = Progress(), None, []
-        loaded = load_latest_state(self.run_dir, map_location=self.device)
-        if loaded is not None:
-            state, self.resumed_from, warnings = loaded
+        self.progress, self.resumed_from, warnings = Progress(), None, prepared.warnings
+        if prepared.loaded is not None:
+            state, self.resumed_from, _ = prepared.loaded
             self.progress = restore(state, self.nets, self.opts)
-        truncate_after(self.run_dir, self.progress.step)
+            repaired = self._repair_generator()
+            warnings += [repaired] if repaired else []
+        dropped = truncate_after(self.run_dir, self.progress.step).describe(self.progress.step)
+        warnings += [dropped] if dropped else []
         tr = spec.training
         sample_shape = tuple(self.nets.teacher.sample_shape)
         self.plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, tr.rounds, sample_shape, self.nets.teacher.label_dim, self.device)
@@ -129,6 +148,30 @@ class Distillation:
             self.run_dir, str(self.device), self.progress.step, tr.total_steps, tr.batch_size, self.resumed_from,
             sum(p.numel() for p in self.nets.generator.parameters()), warnings,
         )
+
+    def close(self) -> None:
+        """Release the run directory's lock (idempotent)."""
+        self.lock.release()
+
+    def __enter__(self) -> Distillation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _repair_generator(self) -> str | None:
+        """Rewrite the generator snapshot of the state resumed from when it is missing or unreadable; says so."""
+        path = self.run_dir / f"generator-{kimg_tag(self.images_seen)}.safetensors"
+        if path.is_file():
+            try:
+                load_generator_file(path)
+                return None
+            except UsageError:
+                what = "unreadable"
+        else:
+            what = "missing"
+        save_generator(path, self.nets.ema.state_dict(), self._generator_meta())
+        return f"{path.name} was {what}; rewrote it from {self.resumed_from.name}"
 
     @staticmethod
     def _adam(net: nn.Module, opt) -> torch.optim.Adam:
@@ -263,6 +306,7 @@ class Distillation:
         save_generator(gen_path, self.nets.ema.state_dict(), self._generator_meta())
         state_path = save_state(self.run_dir, self.images_seen, state_dict(self.spec, self.nets, self.opts, self.progress))
         prune_states(self.run_dir, self.spec.logging.keep_states)
+        prune_generators(self.run_dir, self.spec.logging.keep_generators)
         self.on_event(SnapshotSaved(gen_path, state_path, self.images_seen))
 
     def write_grids(self) -> None:
@@ -300,7 +344,12 @@ class Distillation:
 
 
 def run_distillation(
-    spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, make_evaluator: EvaluatorFactory | None = None
+    spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, make_evaluator: EvaluatorFactory | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
-    """Distill, or resume distilling, into run_dir; returns a JSON-ready summary of the run."""
-    return Distillation(spec, run_dir, on_event, make_evaluator).run()
+    """Distill, or resume distilling, into run_dir; returns a JSON-ready summary of the run.
+
+    The run directory stays locked until the run ends, also when it fails. `restart`: see Distillation.
+    """
+    with Distillation(spec, run_dir, on_event, make_evaluator, restart=restart) as distillation:
+        return distillation.run()

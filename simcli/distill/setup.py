@@ -18,7 +18,12 @@ from simcli.distill.teacher_fit import TEACHER_FIT_FILE, fitted_teacher_network
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
 from simcli.rundir.atomic import write_json_atomic
+from simcli.rundir.metrics import METRICS_FILE
+from simcli.rundir.snapshots import list_generators, list_states, load_latest_state, move_aside
 from simcli.teachers.registry import Teacher
+
+LoadedState = tuple[dict[str, Any], Path, list[str]]
+"""(state, its path, warnings about unreadable newer states), as simcli.rundir.snapshots.load_latest_state gives it."""
 
 
 @dataclass
@@ -42,10 +47,40 @@ def _summarise_keys(keys: list[str], limit: int = 6) -> str:
     return ", ".join(shown[:limit]) + (" ..." if len(shown) > limit else "")
 
 
-def prepare_run_dir(run_dir: Path, spec: RunSpec) -> bool:
-    """Create or check the run directory and write config.json; returns True when a run is already there.
+@dataclass
+class PreparedRunDir:
+    """What prepare_run_dir found: whether a run was there, its newest readable state, and warnings for the user."""
 
-    A new run needs an empty directory, or one holding only a teacher-fit cache copied from another run.
+    existing: bool
+    loaded: LoadedState | None
+    warnings: list[str]
+
+
+def _spec_of_state(state: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        spec = json.loads(state["spec"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
+def _old_run_outputs(run_dir: Path) -> list[Path]:
+    """What a restart moves aside: states, generator snapshots (generator-best too), metrics.jsonl, EMA grids."""
+    outputs = [*list_states(run_dir), *list_generators(run_dir)]
+    outputs += [p for p in (run_dir / "generator-best.safetensors", run_dir / METRICS_FILE) if p.is_file()]
+    return outputs + sorted(run_dir.glob("grid-*.png"))
+
+
+def prepare_run_dir(
+    run_dir: Path, spec: RunSpec, restart: bool = False, map_location: str | torch.device = "cpu"
+) -> PreparedRunDir:
+    """Create or check the run directory, load its newest readable state, and write config.json.
+
+    A new run needs an empty directory, or one holding only a teacher-fit cache copied from another run. A run
+    that is there resumes when the spec differs at most in the resumable settings; a missing config.json is
+    recovered from the spec embedded in the newest readable state. State files none of which is readable are
+    refused (the run would silently start again from iteration 0); with `restart` they are moved aside, with
+    the old run's other outputs, into a `discarded-<time>/` folder, and the run starts from 0.
     """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -56,12 +91,22 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec) -> bool:
         raise UsageError(f"cannot write to run directory {run_dir}: {exc.strerror or exc}", hint="choose another --out") from None
     config_path = run_dir / "config.json"
     new = spec.model_dump(mode="json")
-    existing = config_path.is_file()
-    if existing:
+    states = list_states(run_dir)
+    loaded = load_latest_state(run_dir, map_location=map_location) if states else None
+    warnings = list(loaded[2]) if loaded is not None else []
+    old = None
+    if config_path.is_file():
         try:
             old = json.loads(config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UsageError(f"{config_path} is corrupt", hint="choose a new --out") from None
+    elif loaded is not None:
+        old = _spec_of_state(loaded[0])
+        if old is None:
+            raise UsageError(f"{config_path} is missing and {loaded[1].name} records no spec to recover it from",
+                             hint="put config.json back, or choose a new --out")
+        warnings.append(f"config.json was missing; recovered the run's spec from {loaded[1].name}")
+    if old is not None:
         changed = spec_differences(old, new, RESUMABLE_CHANGES)
         if changed:
             shown = _summarise_keys(changed)
@@ -69,10 +114,26 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec) -> bool:
                 f"{run_dir} holds a run with a different spec ({shown}); refusing to resume it",
                 hint="use a new --out, or repeat the original settings to resume",
             )
-    elif any(not p.name.startswith(".") and p.name != TEACHER_FIT_FILE for p in run_dir.iterdir()):
+    elif not states and any(
+        not p.name.startswith((".", "discarded-")) and p.name != TEACHER_FIT_FILE for p in run_dir.iterdir()
+    ):
         raise UsageError(f"{run_dir} is not empty and holds no simcli run", hint="choose a new or empty --out")
+    if states and loaded is None:
+        names = ", ".join(p.name for p in states)
+        if not restart:
+            raise UsageError(
+                f"{run_dir} holds state files but none is readable ({names}); refusing to start it again from iteration 0",
+                hint="pass --restart to move them aside into discarded-<time>/ and start from 0, or put back a good copy",
+            )
+        outputs = _old_run_outputs(run_dir)
+        folder = move_aside(run_dir, outputs)
+        warnings.append(f"no state file was readable ({names}): moved them and the old run's other outputs "
+                        f"({len(outputs)} files) into {folder.name}/; starting again from iteration 0")
+    elif restart and loaded is not None:
+        raise UsageError(f"--restart given, but {loaded[1].name} in {run_dir} is readable",
+                         hint="drop --restart to resume from it, or choose a new --out")
     write_json_atomic(config_path, new)
-    return existing
+    return PreparedRunDir(old is not None, loaded, warnings)
 
 
 def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.device, on_event: EventHandler) -> Networks:

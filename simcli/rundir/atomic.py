@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary name in the same directory, fsync, then os.replace.
 
 An interrupted write never replaces a good file; a killed writer leaves only a `.NAME.tmp-PID` file, which
-`remove_stale_temp_files` clears on the next start.
+`remove_stale_temp_files` clears on the next start. An OSError while writing (disk full, I/O error) becomes
+simcli.errors.WriteFailed, naming the file and the cause.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from simcli.errors import WriteFailed
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -20,7 +23,10 @@ def _umask() -> int:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through `write(tmp_path)`, fsync, and move into place; the old file survives any failure."""
+    """Write through `write(tmp_path)`, fsync, and move into place; the old file survives any failure.
+
+    An OSError on the way (disk full, I/O error, permissions) is raised as WriteFailed naming `path`.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -29,9 +35,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        raise WriteFailed(path, exc) from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        except OSError:
+            pass  # a leftover temporary file is cleared by remove_stale_temp_files on the next start
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

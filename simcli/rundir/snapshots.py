@@ -10,12 +10,13 @@ Both are written atomically (simcli.rundir.atomic), so an interrupted write neve
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from simcli.errors import UsageError
+from simcli.errors import UsageError, WriteFailed
 from simcli.rundir.atomic import atomic_write
 from simcli.rundir.network_file import GENERATOR_FORMAT, load_network_file, save_network_file
 
@@ -31,7 +32,12 @@ def kimg_tag(images_seen: int) -> str:
 def save_state(run_dir: Path, images_seen: int, state: dict[str, Any]) -> Path:
     """Atomically write a resumable state file."""
     path = run_dir / f"state-{kimg_tag(images_seen)}.pt"
-    atomic_write(path, lambda p: torch.save(state, p))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # through a Python file, so a full disk raises OSError (WriteFailed)
+            torch.save(state, f)
+
+    atomic_write(path, write)
     return path
 
 
@@ -52,6 +58,22 @@ def load_latest_state(run_dir: Path, map_location: str | torch.device = "cpu") -
     return None
 
 
+def move_aside(run_dir: Path, paths: list[Path]) -> Path:
+    """Move files into a new `discarded-<YYYYmmdd-HHMMSS>/` folder inside run_dir (nothing is deleted); returns it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder, n = run_dir / f"discarded-{stamp}", 1
+    while folder.exists():
+        n += 1
+        folder = run_dir / f"discarded-{stamp}-{n}"
+    try:
+        folder.mkdir()
+        for path in paths:
+            path.rename(folder / path.name)
+    except OSError as exc:
+        raise WriteFailed(folder, exc) from exc
+    return folder
+
+
 def prune_states(run_dir: Path, keep: int) -> None:
     """Keep the newest `keep` state files."""
     for path in list_states(run_dir)[:-keep]:
@@ -67,6 +89,16 @@ def list_generators(run_dir: Path) -> list[Path]:
     """Generator snapshots, oldest first."""
     found = [p for p in run_dir.iterdir() if GENERATOR_RE.match(p.name)] if run_dir.is_dir() else []
     return sorted(found, key=lambda p: float(GENERATOR_RE.match(p.name).group(1)))
+
+
+def prune_generators(run_dir: Path, keep: int | None) -> list[Path]:
+    """Keep the newest `keep` generator snapshots (None: all); generator-best is never pruned. Returns the removed."""
+    if keep is None:
+        return []
+    removed = list_generators(run_dir)[:-keep]
+    for path in removed:
+        path.unlink()
+    return removed
 
 
 def resolve_generator_path(path: str | Path) -> Path:

@@ -62,8 +62,8 @@ def test_interrupted_state_write_keeps_previous_state_loadable(tmp_path, monkeyp
     good = list_states(tmp_path)[-1]
     good_bytes = good.read_bytes()
 
-    def crash_midway(obj, path, *args, **kwargs):
-        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+    def crash_midway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")  # save_state writes through a Python file object
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash_midway)
