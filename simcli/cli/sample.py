@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from simcli.cli.errors import reported_errors
-from simcli.cli.options import DeviceOpt, ForceOpt, JsonOpt, SeedOpt, TeacherOpt, ThreadsOpt
+from simcli.cli.options import TEACHER_HELP, DeviceOpt, ForceOpt, JsonOpt, SeedOpt, ThreadsOpt
 from simcli.cli.output import print_json, stderr_console
 from simcli.errors import UsageError
 
@@ -18,15 +18,63 @@ EPILOG = """Examples:
 
   simcli sample --teacher gmm-ring8 --steps 18 --n 10000 --out ring8-teacher.npz
 
-Sample i uses seed + i with its own random generator, so it does not depend on the batch size.
+  simcli sample --teacher edm-imagenet64 --paper --n 64 --out imagenet-teacher/
+
+Sample i uses seed + i with its own random generator, so it does not depend on the batch size. The teacher
+sampler is EDM's edm_sampler (generate.py), bit for bit on the CPU: N steps cost 2N-1 evaluations (NFE);
+--churn, --s-min, --s-max and --s-noise are its S_churn, S_min, S_max and S_noise. --paper takes an official
+EDM teacher's published settings (18 steps at 32x32, 40 at 64x64, ImageNet 256 steps with S_churn 40,
+S_min 0.05, S_max 50, S_noise 1.003); options given with it override them.
 """
+
+GeneratorOpt = Annotated[
+    Path | None,
+    typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors. Give this or --teacher."),
+]
+SampleTeacherOpt = Annotated[
+    str | None, typer.Option("--teacher", help=f"Sample the teacher's EDM Heun sampler. Give this or --generator. {TEACHER_HELP}")
+]
+StepsOpt = Annotated[
+    int | None,
+    typer.Option("--steps", min=1, show_default=False,
+                 help="Heun steps N for --teacher (2N-1 evaluations; default: 18, or the published steps with --paper)."),
+]
+ChurnOpt = Annotated[
+    float | None,
+    typer.Option("--churn", min=0, show_default=False,
+                 help="EDM's S_churn for --teacher: how much noise to re-add per step (default: 0, deterministic)."),
+]
+SMinOpt = Annotated[
+    float | None,
+    typer.Option("--s-min", min=0, show_default=False,
+                 help="EDM's S_min for --teacher: churn only at noise levels >= this (default: 0)."),
+]
+SMaxOpt = Annotated[
+    float | None,
+    typer.Option("--s-max", min=0, show_default=False,
+                 help="EDM's S_max for --teacher: churn only at noise levels <= this (default: inf)."),
+]
+SNoiseOpt = Annotated[
+    float | None,
+    typer.Option("--s-noise", show_default=False, help="EDM's S_noise for --teacher: scale of the churn noise (default: 1)."),
+]
+PaperOpt = Annotated[
+    bool,
+    typer.Option("--paper", help="Use the --teacher's published sampler settings (official edm-* teachers only); "
+                 "--steps, --churn, --s-min, --s-max, --s-noise override them."),
+]
 
 
 def sample(
     out: Annotated[Path, typer.Option("--out", help="Output: .npz, or a directory of {seed:06d}.png for images.")],
-    generator: Annotated[Path | None, typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors.")] = None,
-    teacher: TeacherOpt = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Heun steps for --teacher (2*steps-1 evaluations).")] = 18,
+    generator: GeneratorOpt = None,
+    teacher: SampleTeacherOpt = None,
+    steps: StepsOpt = None,
+    churn: ChurnOpt = None,
+    s_min: SMinOpt = None,
+    s_max: SMaxOpt = None,
+    s_noise: SNoiseOpt = None,
+    paper: PaperOpt = False,
     n: Annotated[int, typer.Option("--n", min=1, help="Number of samples.")] = 10000,
     seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per forward pass.")] = 4096,
@@ -37,17 +85,26 @@ def sample(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write samples of a one-step generator (or of the teacher's multi-step sampler) to an .npz file."""
+    """Write samples of a one-step generator (--generator) or of the teacher's EDM Heun sampler (--teacher) to an
+    .npz file or a directory of PNGs; give exactly one of --generator and --teacher."""
     with reported_errors():
         from simcli.runtime import set_cpu_threads
 
         set_cpu_threads(threads)
-        from simcli.sampling.run import sample_to_file
+        from simcli.sampling.run import SAMPLER_FLAGS, resolve_heun_settings, sample_to_file
 
         if (generator is None) == (teacher is None):
             raise UsageError("give exactly one of --generator and --teacher")
+        sampler = None
+        sampler_options = (steps, churn, s_min, s_max, s_noise)
+        if generator is not None and (paper or any(v is not None for v in sampler_options)):
+            raise UsageError(f"{', '.join(SAMPLER_FLAGS)} and --paper apply to --teacher only",
+                             hint="a one-step generator takes one evaluation per sample")
+        if teacher is not None:
+            sampler = resolve_heun_settings(teacher, paper=paper, steps=steps, churn=churn, s_min=s_min,
+                                            s_max=s_max, s_noise=s_noise)
         summary = sample_to_file(
-            out, generator=generator, teacher=teacher, heun_steps=steps, n=n, seed=seed,
+            out, generator=generator, teacher=teacher, sampler=sampler, n=n, seed=seed,
             batch_size=batch_size, device=device, overwrite=force, class_label=class_label, grid=grid,
         )
         if json_out:

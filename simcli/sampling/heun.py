@@ -2,8 +2,12 @@
 
 `edm_heun_sample` is `edm_sampler` from NVlabs/edm `generate.py` (Karras et al. 2022, Algorithm 2), as
 written down in edm-spec.md section 3.5: a float64 state, the rho-schedule, optional churn, Heun correction
-on every step but the last, so N steps cost 2N - 1 denoiser evaluations. `one_step_generate` is the SIM
-generator G(z) = D(sigma_init * z; sigma_init) (Luo et al. 2024, eq. B.4; sim-method.md section 1).
+on every step but the last, so N steps cost 2N - 1 denoiser evaluations. It reproduces `edm_sampler` bit for
+bit on the CPU: the same operations in the same order, sigma handed to the denoiser as the same 0-dim float64
+tensor, churn noise drawn with the same per-seed `randn_like`, and the float64 result returned as it is.
+`HeunSettings` holds the sampler's knobs (generate.py's --steps, --S_churn, --S_min, --S_max, --S_noise).
+`one_step_generate` is the SIM generator G(z) = D(sigma_init * z; sigma_init) (Luo et al. 2024, eq. B.4;
+sim-method.md section 1).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -31,6 +36,53 @@ class NoiseSource(Protocol):
 def heun_num_evals(num_steps: int) -> int:
     """Denoiser evaluations of an N-step EDM Heun run: 2N - 1 (no correction on the last step)."""
     return 2 * num_steps - 1
+
+
+@dataclass(frozen=True)
+class HeunSettings:
+    """The EDM sampler's settings: steps N and EDM's S_churn, S_min, S_max, S_noise (generate.py's options).
+
+    The defaults are EDM's deterministic 18-step sampler (S_churn = 0 adds no noise whatever S_min, S_max and
+    S_noise are). `preset` names where the values came from ("paper" for a teacher's published settings).
+    """
+
+    num_steps: int = 18
+    s_churn: float = 0.0
+    s_min: float = 0.0
+    s_max: float = float("inf")
+    s_noise: float = 1.0
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise UsageError(f"the EDM sampler needs at least 1 step, got {self.num_steps}")
+        finite = {"churn": self.s_churn, "s-min": self.s_min, "s-noise": self.s_noise}
+        for name, value in finite.items():
+            if not math.isfinite(value):
+                raise UsageError(f"--{name} must be a finite number, got {value}")
+        if self.s_churn < 0:
+            raise UsageError(f"--churn must be >= 0, got {self.s_churn}")
+        if math.isnan(self.s_max) or self.s_max < self.s_min:
+            raise UsageError(f"need --s-min <= --s-max, got s-min={self.s_min}, s-max={self.s_max}")
+
+    @property
+    def nfe(self) -> int:
+        return heun_num_evals(self.num_steps)
+
+    @property
+    def deterministic(self) -> bool:
+        return self.s_churn == 0.0
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of edm_heun_sample."""
+        return {"num_steps": self.num_steps, "S_churn": self.s_churn, "S_min": self.s_min, "S_max": self.s_max,
+                "S_noise": self.s_noise}
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready record; an unbounded s_max is written as null."""
+        return {"name": "edm-heun", "steps": self.num_steps, "s_churn": self.s_churn, "s_min": self.s_min,
+                "s_max": self.s_max if math.isfinite(self.s_max) else None, "s_noise": self.s_noise,
+                "deterministic": self.deterministic, "preset": self.preset, "nfe": self.nfe}
 
 
 def karras_sigmas(
@@ -59,9 +111,10 @@ def karras_sigmas(
 
 
 def _eval(denoiser: Denoiser, x: Tensor, sigma: Tensor, class_labels: Tensor | None) -> Tensor:
-    """D(x; sigma) with a per-sample sigma [B], cast back to the float64 state (EDM casts to float32 inside)."""
-    sigma_b = sigma.to(dtype=x.dtype, device=x.device).expand(x.shape[0])  # [B]
-    return denoiser(x, sigma_b, class_labels).to(torch.float64)
+    """D(x; sigma) on the float64 state x [B, ...] with sigma the 0-dim float64 tensor EDM passes (not expanded
+    per sample: a preconditioner then computes its coefficients once, as upstream does, which can differ from
+    per-sample coefficients by an ulp); the float32 output is cast back to float64."""
+    return denoiser(x, sigma, class_labels).to(torch.float64)
 
 
 @torch.no_grad()
@@ -80,13 +133,16 @@ def edm_heun_sample(
     rng: NoiseSource | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Tensor:
-    """Sample the teacher with EDM's deterministic/stochastic Heun sampler; returns float32 [B, ...].
+    """Sample the teacher with EDM's deterministic/stochastic Heun sampler; returns the float64 state [B, ...].
 
     latents [B, ...] are unit-variance noise (draw them per seed with SeedRNG). Churn noise comes from
-    rng.randn_like (pass the same SeedRNG that drew the latents to keep samples batch-independent); it is
-    drawn at every step when S_churn > 0, as EDM does, and never when S_churn == 0. Exactly
-    heun_num_evals(num_steps) = 2N - 1 denoiser calls. on_step(i, num_steps) is called after step i.
-    Runs under no_grad and leaves the denoiser's train/eval mode as it is.
+    rng.randn_like on the float64 state (pass the same SeedRNG that drew the latents and labels, so samples are
+    batch-independent and line up with EDM's generate.py); it is drawn at every step when S_churn > 0, as EDM
+    does, including steps outside [S_min, S_max]. With S_churn == 0 EDM still draws it but scales it by exactly
+    0 (x + 0 * eps == x), and nothing is drawn after the sampler, so it is not drawn here: same result. The
+    denoiser gets sigma as a 0-dim float64 tensor, as in EDM. Exactly heun_num_evals(num_steps) = 2N - 1
+    denoiser calls. on_step(i, num_steps) is called after step i. Runs under no_grad and leaves the
+    denoiser's train/eval mode as it is. Convert images with to_uint8 on the float64 result, as generate.py does.
     """
     sigma_min = max(sigma_min, float(denoiser.sigma_min))  # clamp to what the denoiser supports
     sigma_max = min(sigma_max, float(denoiser.sigma_max))
@@ -94,11 +150,11 @@ def edm_heun_sample(
     gamma_max = min(S_churn / num_steps, math.sqrt(2) - 1)
 
     x_next = latents.to(torch.float64) * t_steps[0]  # [B, ...]
-    for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
+    for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):  # 0-dim float64 tensors
         x_cur = x_next
         # Churn: raise the noise level to t_hat by adding fresh noise (no-op when S_churn == 0).
         gamma = gamma_max if S_min <= float(t_cur) <= S_max else 0.0
-        t_hat = torch.as_tensor(denoiser.round_sigma(t_cur + gamma * t_cur)).to(torch.float64)
+        t_hat = torch.as_tensor(denoiser.round_sigma(t_cur + gamma * t_cur))
         x_hat = x_cur
         if S_churn > 0:
             eps = rng.randn_like(x_cur) if rng is not None else torch.randn_like(x_cur)
@@ -112,7 +168,7 @@ def edm_heun_sample(
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
         if on_step is not None:
             on_step(i, num_steps)
-    return x_next.to(torch.float32)
+    return x_next
 
 
 @torch.no_grad()

@@ -14,8 +14,16 @@ from simcli.rundir.atomic import write_bytes_atomic
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] via (x * 127.5 + 128).clip(0, 255) (EDM generate.py)."""
-    x = (images.detach().to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)
+    """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C] via (x * 127.5 + 128).clip(0, 255) (EDM generate.py).
+
+    Computed in the images' own dtype when it is float32 or float64, so the teacher sampler's float64 output
+    converts exactly as generate.py converts it (float32 and float64 can round differently near a pixel
+    boundary); other dtypes (half precision) are converted to float32 first.
+    """
+    x = images.detach()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float32)
+    x = (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 

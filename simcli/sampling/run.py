@@ -1,11 +1,14 @@
 """Sample to files: one-step generator samples or the teacher's EDM Heun sampler, seed by seed.
 
 Sample i is drawn from its own random generator seeded with seed + i (latent first, then the class label
-of conditional models, as EDM's generate.py does), so it does not depend on the batch size.
+of conditional models, then the teacher sampler's churn noise, as EDM's generate.py does), so it does not
+depend on the batch size. The teacher sampler's settings are a HeunSettings; `resolve_heun_settings` turns
+the `sample` options (and --paper: a catalog teacher's published settings) into one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,24 +22,28 @@ from simcli.nets.denoiser import Denoiser
 from simcli.rundir.atomic import write_bytes_atomic
 from simcli.runtime import resolve_device
 from simcli.sampling.generator import load_generator
-from simcli.sampling.heun import edm_heun_sample, heun_num_evals, one_step_generate
+from simcli.sampling.heun import HeunSettings, edm_heun_sample, one_step_generate
 from simcli.sampling.images import save_grid, save_pngs, to_uint8
 from simcli.sampling.seeds import SeedRNG
+from simcli.teachers.edm_catalog import EDM_TEACHERS
 from simcli.teachers.registry import load_teacher
 
 
 def _labels(rng: SeedRNG, label_dim: int, class_label: int | None, device: torch.device) -> torch.Tensor | None:
-    """One-hot labels [n, label_dim]: the fixed class, or one drawn per seed; None when unconditional."""
+    """One-hot labels [n, label_dim]: the fixed class, or one drawn per seed; None when unconditional.
+
+    A class is drawn per seed even when class_label is given (then replaced), as EDM's generate.py does, so
+    the churn noise drawn afterwards from the same generators is the same with and without --class.
+    """
     if label_dim == 0:
         if class_label is not None:
             raise UsageError("--class given, but the model is unconditional")
         return None
+    if class_label is not None and not 0 <= class_label < label_dim:
+        raise UsageError(f"--class must be in 0..{label_dim - 1}, got {class_label}")
+    classes = rng.randint(label_dim).cpu()
     if class_label is not None:
-        if not 0 <= class_label < label_dim:
-            raise UsageError(f"--class must be in 0..{label_dim - 1}, got {class_label}")
-        classes = torch.full((len(rng),), class_label, dtype=torch.int64)
-    else:
-        classes = rng.randint(label_dim).cpu()
+        classes = torch.full_like(classes, class_label)
     return torch.nn.functional.one_hot(classes, label_dim).to(device=device, dtype=torch.float32)
 
 
@@ -73,11 +80,45 @@ def generator_samples(
     return torch.cat(xs), (torch.cat(labels) if labels[0] is not None else None), info
 
 
+SAMPLER_FLAGS = ("--steps", "--churn", "--s-min", "--s-max", "--s-noise")
+
+
+def resolve_heun_settings(
+    teacher: str | None, *, paper: bool = False, steps: int | None = None, churn: float | None = None,
+    s_min: float | None = None, s_max: float | None = None, s_noise: float | None = None,
+) -> HeunSettings:
+    """The teacher sampler's settings from the `sample` options: EDM's deterministic 18-step sampler by
+    default; with paper, the published settings of an official EDM teacher (edm_catalog SamplerPreset);
+    options that are given (not None) override either. paper for any other teacher is a UsageError."""
+    base = HeunSettings()
+    if paper:
+        entry = EDM_TEACHERS.get(teacher) if isinstance(teacher, str) else None
+        if entry is None:
+            raise UsageError(
+                f"--paper: teacher '{teacher}' has no published sampler settings",
+                hint=f"--paper knows the official EDM teachers ({', '.join(EDM_TEACHERS)}); "
+                f"give {', '.join(SAMPLER_FLAGS)} instead",
+            )
+        p = entry.sampler
+        base = HeunSettings(p.steps, p.s_churn, p.s_min, p.s_max, p.s_noise, preset="paper")
+    given = {"num_steps": steps, "s_churn": churn, "s_min": s_min, "s_max": s_max, "s_noise": s_noise}
+    given = {key: value for key, value in given.items() if value is not None}
+    if not given:
+        return base
+    return dataclasses.replace(base, **given, preset=f"{base.preset}+overrides" if base.preset else None)
+
+
 def teacher_samples(
     teacher: str | Denoiser, n: int, seed: int = 0, heun_steps: int = 18, batch_size: int = 4096,
-    device: str = "auto", class_label: int | None = None,
+    device: str = "auto", class_label: int | None = None, sampler: HeunSettings | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-    """n samples of the teacher's EDM Heun sampler (2*steps - 1 evaluations each), with their classes."""
+    """n samples of the teacher's EDM Heun sampler (2*steps - 1 evaluations each), with their classes.
+
+    The samples are the sampler's float64 output, as EDM's generate.py hands it to its uint8 conversion.
+    sampler gives all the sampler settings (then heun_steps is ignored); without it, EDM's deterministic
+    sampler with heun_steps steps. Per seed: latent, class label, churn noise (generate.py's draw order).
+    """
+    settings = sampler if sampler is not None else HeunSettings(num_steps=heun_steps)
     dev = resolve_device(device)
     net = (load_teacher(teacher).denoiser if isinstance(teacher, str) else teacher).to(dev).eval()
     xs, labels = [], []
@@ -85,10 +126,10 @@ def teacher_samples(
         rng = SeedRNG(seeds, device=dev)
         latents = rng.randn(tuple(net.sample_shape))
         onehot = _labels(rng, net.label_dim, class_label, dev)
-        xs.append(edm_heun_sample(net, latents, class_labels=onehot, num_steps=heun_steps, rng=rng).cpu())
+        xs.append(edm_heun_sample(net, latents, class_labels=onehot, rng=rng, **settings.sampler_kwargs()).cpu())
         labels.append(None if onehot is None else onehot.argmax(1).cpu())
     info = {"source": "teacher", "teacher": teacher if isinstance(teacher, str) else type(teacher).__name__,
-            "heun_steps": heun_steps, "nfe": heun_num_evals(heun_steps)}
+            "heun_steps": settings.num_steps, "nfe": settings.nfe, "sampler": settings.summary()}
     return torch.cat(xs), (torch.cat(labels) if labels[0] is not None else None), info
 
 
@@ -109,10 +150,14 @@ def _check_out(out: Path, overwrite: bool, is_image: bool) -> None:
 
 
 def sample_to_file(
-    out: Path, *, generator: Path | None, teacher: str | None, heun_steps: int, n: int, seed: int,
-    batch_size: int, device: str, overwrite: bool = False, class_label: int | None = None, grid: Path | None = None,
+    out: Path, *, generator: Path | None, teacher: str | None, n: int, seed: int, batch_size: int, device: str,
+    heun_steps: int = 18, sampler: HeunSettings | None = None, overwrite: bool = False,
+    class_label: int | None = None, grid: Path | None = None,
 ) -> dict[str, Any]:
-    """Write samples and return a summary.
+    """Write samples and return a summary (with the teacher sampler's settings and NFE).
+
+    Teacher samples use sampler (or EDM's deterministic sampler with heun_steps steps); their images are
+    converted to uint8 from the sampler's float64 output, as EDM's generate.py does.
 
     Vector data: npz with 'samples' [N, D] float32 and 'seeds' [N]. Images: a directory of {seed:06d}.png, or
     an npz with 'images' uint8 [N, H, W, C], 'labels' [N] (-1 when unconditional) and 'seeds' [N].
@@ -122,7 +167,7 @@ def sample_to_file(
     if generator is not None:
         x, labels, info = generator_samples(generator, n, seed, batch_size, device, class_label)
     else:
-        x, labels, info = teacher_samples(teacher, n, seed, heun_steps, batch_size, device, class_label)
+        x, labels, info = teacher_samples(teacher, n, seed, heun_steps, batch_size, device, class_label, sampler)
     is_image = x.ndim == 4
     if not is_image and out.suffix != ".npz":
         raise UsageError(f"vector samples are written to an .npz file, got {out.name}")
