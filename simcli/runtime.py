@@ -1,10 +1,17 @@
-"""Process-wide runtime settings: the device to run on and the CPU threads (neither changes results on CPU)."""
+"""Process-wide runtime settings: the device to run on and the CPU threads (neither changes results on CPU).
+
+torch is imported inside the functions: the CLI imports this module before it validates a spec, and importing
+torch takes seconds (tens of seconds on a busy machine) that a mistyped option should not cost.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from simcli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def set_cpu_threads(threads: int | None) -> None:
@@ -13,11 +20,15 @@ def set_cpu_threads(threads: int | None) -> None:
         return
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
+    import torch
+
     torch.set_num_threads(threads)
 
 
 def resolve_device(name: str) -> torch.device:
     """'auto' is cuda when available, else cpu; anything else must name an available device."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from simcli.cli.errors import reported_errors
-from simcli.cli.options import DeviceOpt, JsonOpt, SeedOpt, TeacherOpt, ThreadsOpt
+from simcli.cli.options import DeviceOpt, EvalTeacherOpt, JsonOpt, SeedOpt, ThreadsOpt
 from simcli.cli.output import print_json, stderr_console, stdout_console
 from simcli.errors import UsageError
 
@@ -34,8 +34,8 @@ MIXTURE_DEFAULT_N = 10000
 
 
 def eval_command(
-    samples: Annotated[Path | None, typer.Option("--samples", help="Images: a folder or an .npz from 'simcli sample'.")] = None,
-    generator: Annotated[Path | None, typer.Option("--generator", help="Run directory or generator snapshot (sampled in memory).")] = None,
+    samples: Annotated[Path | None, typer.Option("--samples", help="Images: a folder or an .npz from 'simcli sample'. Required: this or --generator.")] = None,
+    generator: Annotated[Path | None, typer.Option("--generator", help="Run directory or generator snapshot (sampled in memory). Required: this or --samples.")] = None,
     fid: Annotated[bool, typer.Option("--fid", help="Frechet Inception Distance against --ref.")] = False,
     inception_score: Annotated[bool, typer.Option("--is", help="Inception Score (10 splits; torch-fidelity or digits).")] = False,
     kid: Annotated[bool, typer.Option("--kid", help="Kernel Inception Distance against --ref images.")] = False,
@@ -45,7 +45,7 @@ def eval_command(
     mode: Annotated[str, typer.Option("--mode", help="clean-fid resize mode: legacy_tensorflow, clean, legacy_pytorch.")] = "legacy_tensorflow",
     feature_weights: Annotated[Path | None, typer.Option("--feature-weights", help="Local feature-network weights (Inception offline; another digits classifier).")] = None,
     save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Also write the images' feature statistics to this .npz.")] = None,
-    teacher: TeacherOpt = None,
+    teacher: EvalTeacherOpt = None,
     n: Annotated[int | None, typer.Option("--n", min=2, help="Images to use (default: all of --samples; 50000 from a generator).")] = None,
     seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 250,

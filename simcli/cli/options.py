@@ -17,3 +17,22 @@ ThreadsOpt = Annotated[
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 TEACHER_HELP = f"Teacher: {', '.join(known_teachers())}."
 TeacherOpt = Annotated[str | None, typer.Option("--teacher", help=TEACHER_HELP)]
+DistillTeacherOpt = Annotated[
+    str | None, typer.Option("--teacher", help=f"Required (unless the --config file names the teacher). {TEACHER_HELP}")
+]
+EvalTeacherOpt = Annotated[
+    str | None,
+    typer.Option("--teacher", help="Score samples of a mixture against this analytic teacher (exact metrics instead of "
+                 f"FID/IS). {TEACHER_HELP}"),
+]
+
+# Readable metavars in the help, by option (or 'COMMAND --option' where commands differ); the rest get one by
+# type in simcli.cli.app (flags none, paths PATH, integers N, numbers NUMBER, text TEXT).
+METAVARS = {
+    "--teacher": "TEACHER", "--set": "KEY=VALUE", "--config": "FILE", "--kimg": "KIMG", "--eval-every": "KIMG",
+    "--lr": "LR", "--method": "METHOD", "--distance": "DISTANCE", "--preset": "NAME", "--device": "DEVICE",
+    "--fid-ref": "REF", "--ref": "REF", "--generator": "RUN_DIR|FILE", "--samples": "DIR|FILE",
+    "--feature-weights": "FILE", "--save-stats": "FILE", "--grid": "FILE", "--plot": "FILE", "--backend": "NAME",
+    "--mode": "MODE", "--sort": "KEY", "--class": "N", "distill --out": "RUN_DIR", "sample --out": "FILE|DIR",
+    "compare run_dirs": "RUN_DIR",
+}

@@ -29,10 +29,10 @@ S_min 0.05, S_max 50, S_noise 1.003); options given with it override them.
 
 GeneratorOpt = Annotated[
     Path | None,
-    typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors. Give this or --teacher."),
+    typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors. Required: this or --teacher."),
 ]
 SampleTeacherOpt = Annotated[
-    str | None, typer.Option("--teacher", help=f"Sample the teacher's EDM Heun sampler. Give this or --generator. {TEACHER_HELP}")
+    str | None, typer.Option("--teacher", help=f"Sample the teacher's EDM Heun sampler. Required: this or --generator. {TEACHER_HELP}")
 ]
 StepsOpt = Annotated[
     int | None,
@@ -88,13 +88,13 @@ def sample(
     """Write samples of a one-step generator (--generator) or of the teacher's EDM Heun sampler (--teacher) to an
     .npz file or a directory of PNGs; give exactly one of --generator and --teacher."""
     with reported_errors():
+        if (generator is None) == (teacher is None):  # before torch is imported (seconds on a busy machine)
+            raise UsageError("give exactly one of --generator and --teacher")
         from simcli.runtime import set_cpu_threads
 
         set_cpu_threads(threads)
         from simcli.sampling.run import SAMPLER_FLAGS, resolve_heun_settings, sample_to_file
 
-        if (generator is None) == (teacher is None):
-            raise UsageError("give exactly one of --generator and --teacher")
         sampler = None
         sampler_options = (steps, churn, s_min, s_max, s_noise)
         if generator is not None and (paper or any(v is not None for v in sampler_options)):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
 from simcli.nets.edm_precond import EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
@@ -29,6 +31,76 @@ def build_edm_network(class_name: str, init_kwargs: dict[str, Any]) -> Denoiser:
         raise UsageError(f"bad init_kwargs for EDM network class {class_name!r}: {exc}") from exc
 
 
+# Sanity bounds on a recorded architecture, checked before anything is built (the record is untrusted input).
+MAX_PARAMETERS = 4_000_000_000  # elements of all parameters and buffers; the largest EDM network has ~0.3e9
+MAX_BLOCKS = 64  # num_blocks, len(channel_mult), num_layers: upstream uses at most 4
+MAX_NOISE_LEVELS = 10_000  # iDDPM's M (upstream 1000): its table is computed step by step at construction
+MAX_RESOLUTION = 8192
+
+
+def _check_counts(architecture: dict[str, Any], source: str) -> None:
+    """Refuse structural counts that would make even a meta-device build slow (many modules, long loops)."""
+    kwargs = architecture.get("init_kwargs", architecture)
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"{source}: the recorded architecture's init_kwargs are not a mapping")
+    limits = {"num_blocks": MAX_BLOCKS, "num_layers": MAX_BLOCKS, "M": MAX_NOISE_LEVELS, "img_resolution": MAX_RESOLUTION}
+    for name, limit in limits.items():
+        value = kwargs.get(name)
+        if isinstance(value, int) and not 0 <= value <= limit:
+            raise UsageError(f"{source}: the recorded architecture asks for {name}={value} (at most {limit} supported)",
+                             hint="the file is damaged or not a network simcli can build")
+    mult = kwargs.get("channel_mult")
+    if isinstance(mult, (list, tuple)) and len(mult) > MAX_BLOCKS:
+        raise UsageError(f"{source}: the recorded architecture has {len(mult)} resolution levels "
+                         f"(at most {MAX_BLOCKS} supported)", hint="the file is damaged or not a network simcli can build")
+
+
+def meta_network(architecture: dict[str, Any], source: str = "checkpoint") -> Denoiser:
+    """The recorded architecture built on the meta device: its structure and tensor shapes, no memory, no init.
+
+    Refuses (one-line UsageError) counts beyond the sanity bounds first, and any record the constructors reject.
+    """
+    _check_counts(architecture, source)
+    try:
+        with torch.device("meta"):
+            return build_network(architecture)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc.message}", hint=exc.hint) from None
+    except Exception as exc:  # the record is untrusted input: anything a constructor raises is a refusal
+        raise UsageError(f"{source}: cannot build the recorded architecture: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]}", hint="the file is damaged or not a network simcli can build"
+                         ) from None
+
+
+def count_elements(net: Denoiser) -> int:
+    """Elements in the network's state_dict (parameters and persistent buffers); works on the meta device."""
+    return sum(t.numel() for t in net.state_dict().values())
+
+
+def check_size(net: Denoiser, source: str, limit: int = MAX_PARAMETERS) -> int:
+    """The element count of a (meta) network; a one-line UsageError when it exceeds `limit`."""
+    count = count_elements(net)
+    if count > limit:
+        raise UsageError(f"{source}: the recorded architecture asks for {count:,} parameters ({count * 4 / 2**30:,.1f} GiB "
+                         f"in float32), more than the {limit:,} simcli builds",
+                         hint="the file is damaged or hostile; nothing was allocated")
+    return count
+
+
+def shape_mismatches(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """Missing, unexpected and mis-shaped entries of `found` against `expected` (name -> tensor), worded."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k} {list(found[k].shape)} in the file vs {list(v.shape)} here"
+              for k, v in expected.items() if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    problems = []
+    for label, names, limit in (("missing", missing, 4), ("unexpected", unexpected, 4), ("with other shapes", shapes, 2)):
+        if names:
+            shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+            problems.append(f"{len(names)} {label} ({shown})")
+    return problems
+
+
 def build_network(architecture: dict[str, Any]) -> Denoiser:
     """A freshly initialised network of the recorded architecture."""
     arch = dict(architecture)
@@ -41,7 +113,20 @@ def build_network(architecture: dict[str, Any]) -> Denoiser:
 
 
 def network_with_weights(architecture: dict[str, Any], state_dict: dict[str, Any], source: str) -> Denoiser:
-    """Rebuild the recorded architecture and load its weights (strictly); one-line UsageError on a mismatch."""
+    """Rebuild the recorded architecture and load its weights (strictly); one-line UsageError on a mismatch.
+
+    The record is checked on the meta device first (sanity bounds, then names and shapes against the file's
+    tensors), so a damaged or hostile record is refused before anything is allocated.
+    """
+    if not isinstance(architecture, dict):
+        raise UsageError(f"{source}: the recorded architecture is not a mapping")
+    skeleton = meta_network(architecture, source)
+    check_size(skeleton, source)
+    problems = shape_mismatches(skeleton.state_dict(), state_dict)
+    if problems:
+        raise UsageError(f"{source}: weights do not match the recorded architecture: " + "; ".join(problems),
+                         hint="the file's architecture record and its tensors disagree")
+    del skeleton
     net = build_network(architecture)
     try:
         net.load_state_dict(state_dict)

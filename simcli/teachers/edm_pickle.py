@@ -25,7 +25,7 @@ from torch import nn
 
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
-from simcli.nets.registry import build_edm_network
+from simcli.nets.registry import build_edm_network, check_size, meta_network
 
 PERSISTENCE_VERSION = 6
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a legacy (non-zip) torch.save stream
@@ -406,8 +406,9 @@ def _layout(t: torch.Tensor, other: torch.Tensor) -> str:
     return f"{list(t.shape)}" + (f" {t.dtype}" if t.dtype != other.dtype else "")
 
 
-def _load_weights(net: nn.Module, record: PersistentRecord, source: str) -> dict[str, torch.Tensor]:
-    """Strict load with one clear message for missing, unexpected and mis-shaped tensors."""
+def _check_weights(net: nn.Module, record: PersistentRecord, source: str) -> dict[str, torch.Tensor]:
+    """The file's tensors, after one clear message for missing, unexpected and mis-shaped ones (`net` may be on
+    the meta device: only names, shapes, dtypes and the module tree are compared)."""
     found = flat_state_dict(record)
     expected = net.state_dict()
     missing = [k for k in expected if k not in found]
@@ -431,7 +432,6 @@ def _load_weights(net: nn.Module, record: PersistentRecord, source: str) -> dict
             + "; ".join(problems),
             hint="the file's _init_kwargs and tensors disagree, or simcli's defaults differ from upstream's",
         )
-    net.load_state_dict(found, strict=True)
     return found
 
 
@@ -472,6 +472,13 @@ def load_edm_pickle(path: str | Path, key: str = "ema") -> tuple[Denoiser, dict[
     if init_args not in ((), []) or not isinstance(init_kwargs, dict) or any(type(k) is not str for k in init_kwargs):
         raise _bad(f"{source}: {record.class_name} has no usable recorded constructor arguments "
                    f"(_init_args={init_args!r})")
+    # The recorded kwargs are untrusted input: check them on the meta device (no memory) against sanity bounds
+    # and the file's own tensors before building anything for real (edm-spec 1.7).
+    skeleton = meta_network({"kind": "edm", "class_name": record.class_name, "init_kwargs": dict(init_kwargs)}, source)
+    check_size(skeleton, source)
+    _check_weights(skeleton, record, source)
+    _cross_check(skeleton, record.state, source)
+    del skeleton
     try:
         net = build_edm_network(record.class_name, dict(init_kwargs))
     except UsageError as exc:
@@ -479,8 +486,8 @@ def load_edm_pickle(path: str | Path, key: str = "ema") -> tuple[Denoiser, dict[
     except Exception as exc:  # the recorded kwargs are untrusted input too
         raise _bad(f"{source}: cannot build {record.class_name} from its recorded _init_kwargs: "
                    f"{type(exc).__name__}: {exc}") from None
-    tensors = _load_weights(net, record, source)
-    _cross_check(net, record.state, source)
+    tensors = _check_weights(net, record, source)
+    net.load_state_dict(tensors, strict=True)
     net.eval().requires_grad_(False)
 
     model = _children(record).get("model")

@@ -105,5 +105,5 @@ def test_sample_help_shows_the_sampler_options(cli):
     result = cli("sample", "--help")
     assert result.exit_code == 0
     for word in ("--steps", "--churn", "--s-min", "--s-max", "--s-noise", "--paper", "[required]", "S_churn",
-                 "default: 18", "Give this or --teacher", "Give this or --generator"):
+                 "default: 18", "Required: this or --teacher", "Required: this or --generator"):
         assert word in result.output, word
