@@ -46,3 +46,15 @@ class WriteFailed(RunFailed, OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Stopped(SimcliError):
+    """The run stopped on a signal (SIGTERM, SIGUSR1, SIGINT) after finishing its iteration and saving a snapshot.
+
+    Not a failure: the message says what was saved and how to go on; the exit code is the signal's (128 + its
+    number: 143 for SIGTERM, 138 for SIGUSR1, 130 for SIGINT), which a job script can use to requeue the job.
+    """
+
+    def __init__(self, message: str, exit_code: int, hint: str | None = None):
+        super().__init__(message, hint)
+        self.exit_code = exit_code

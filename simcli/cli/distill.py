@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from simcli.cli.errors import reported_errors
-from simcli.cli.options import JsonOpt, TeacherOpt, ThreadsOpt
+from simcli.cli.errors import interrupted, reported_errors, stop_on_signals
+from simcli.cli.options import DistillTeacherOpt, JsonOpt, ThreadsOpt
 from simcli.cli.output import DistillReporter, print_json, stderr_console, stdout_console
 from simcli.config.presets import PRESETS
 from simcli.errors import UsageError
@@ -29,22 +29,22 @@ a run directory; a second one is refused with the first one's PID and host.
 
 
 def distill(
-    teacher: TeacherOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory (created; resumed when it holds a run).")] = None,
-    method: Annotated[str | None, typer.Option("--method", help="sim, sid or di.")] = None,
-    distance: Annotated[str | None, typer.Option("--distance", help="SIM distance: pseudo-huber, l2, l1, huber, lp, exp-lp.")] = None,
-    kimg: Annotated[float | None, typer.Option("--kimg", help="Duration in thousands of generator images.")] = None,
+    teacher: DistillTeacherOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (created; resumed when it holds a run). Required, except with --dry-run.")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="sim, sid or di (default: sim).")] = None,
+    distance: Annotated[str | None, typer.Option("--distance", help="SIM distance: pseudo-huber, l2, l1, huber, lp, exp-lp (default: pseudo-huber).")] = None,
+    kimg: Annotated[float | None, typer.Option("--kimg", help="Duration in thousands of generator images (default: the preset's; --dry-run shows it).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Duration in iterations.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Generator images per iteration.")] = None,
-    batch_gpu: Annotated[int | None, typer.Option("--batch-gpu", help="Images per forward pass; the batch is accumulated over rounds.")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate of both the generator and the online model.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Generator images per iteration (default: the preset's).")] = None,
+    batch_gpu: Annotated[int | None, typer.Option("--batch-gpu", help="Images per forward pass; the batch is accumulated over rounds (default: the whole batch at once).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate of both the generator and the online model (default: the preset's).")] = None,
     eval_every: Annotated[float | None, typer.Option("--eval-every", help="Evaluate the EMA generator every this many kimg (FID/IS; exact metrics for mixtures).")] = None,
     fid_ref: Annotated[str | None, typer.Option("--fid-ref", help="FID reference for --eval-every (default: the teacher's dataset).")] = None,
-    fid_n: Annotated[int | None, typer.Option("--fid-n", help="Samples per in-training evaluation (default 10000).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Run seed.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = None,
+    fid_n: Annotated[int | None, typer.Option("--fid-n", help="Samples per in-training evaluation (default: 10000, or the preset's).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Run seed (default: 0).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto (default: auto).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Spec file (YAML, TOML or JSON).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help=f"Named preset: auto, {', '.join(PRESETS)}.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help=f"Named preset: auto, {', '.join(PRESETS)} (default: auto, chosen by the teacher).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any spec key: --set online.optimizer.lr=1e-4 (repeatable).")] = None,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
@@ -53,10 +53,8 @@ def distill(
 ) -> None:
     """Distill a teacher into a one-step generator with SIM, SiD or Diff-Instruct."""
     with reported_errors():
-        from simcli.runtime import set_cpu_threads
-
-        set_cpu_threads(threads)
         from simcli.config.resolve import resolve_spec
+        from simcli.runtime import set_cpu_threads
 
         if kimg is not None and steps is not None:
             raise UsageError("--kimg and --steps both given", hint="give one duration")
@@ -73,6 +71,7 @@ def distill(
         from simcli.teachers.registry import check_teacher, describe_teacher_name
 
         spec, provenance = resolve_spec(teacher, describe_teacher_name, preset=preset, config_file=config, flags=flags, sets=set_)
+        set_cpu_threads(threads)  # after the spec checks: it imports torch, which takes seconds
         if dry_run:
             check_teacher(spec.teacher)
             _print_dry_run(spec, provenance, json_out)
@@ -80,11 +79,16 @@ def distill(
         if out is None:
             raise UsageError("no run directory given", hint="pass --out RUN_DIR")
         from simcli.distill.loop import run_distillation
+        from simcli.distill.stop import StopRequest
         from simcli.eval.during_training import make_evaluator
 
-        reporter = DistillReporter()
+        reporter, stop = DistillReporter(), StopRequest()
         try:
-            summary = run_distillation(spec, out, reporter, make_evaluator, restart=restart)
+            with stop_on_signals(stop):
+                summary = run_distillation(spec, out, reporter, make_evaluator, restart=restart, stop=stop)
+        except KeyboardInterrupt:  # a second Ctrl-C: at once, without a new snapshot
+            reporter.close()
+            interrupted(f"interrupted; {_kept_snapshot(out, spec.training.batch_size)}")
         finally:
             reporter.close()
         if json_out:
@@ -95,6 +99,17 @@ def distill(
                 f"{summary['wall_time_s']:.1f} s; generator: {summary['generator']}",
                 soft_wrap=True,
             )
+
+
+def _kept_snapshot(run_dir: Path, batch_size: int) -> str:
+    """What an abort leaves: the newest state (and its iteration), or that there is none yet."""
+    from simcli.rundir.snapshots import STATE_RE, list_states
+
+    states = list_states(run_dir) if run_dir.is_dir() else []
+    if not states:
+        return "no snapshot was written yet; run the same command again to start"
+    step = round(float(STATE_RE.match(states[-1].name).group(1)) * 1000 / batch_size)
+    return f"the last snapshot, {states[-1].name} (iteration {step}), is kept; run the same command again to resume"
 
 
 def _print_dry_run(spec, provenance: dict[str, str], json_out: bool) -> None:

@@ -1,19 +1,24 @@
 """Known errors become one line on stderr and an exit code: 0 ok, 1 run failed, 2 bad input, 130 interrupted.
 
+A run stopped by a signal (simcli.errors.Stopped) is one 'simcli: stopped ...' line and the signal's code:
+143 SIGTERM, 138 SIGUSR1 (SLURM's warning before the time limit: a job script can requeue on it), 130 SIGINT.
+
 An OSError that reaches the CLI (disk full, I/O error) is one line with the path and the cause, exit code 1.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import typer
 
-from simcli.errors import SimcliError
+from simcli.errors import SimcliError, Stopped
 
 EXIT_INTERRUPTED = 130
 
@@ -29,6 +34,9 @@ def reported_errors() -> Iterator[None]:
     """Turn known errors into a one-line message and typer.Exit with the right code."""
     try:
         yield
+    except Stopped as exc:  # not an error: one line saying what was saved and how to go on
+        print(f"simcli: {exc.message}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
     except SimcliError as exc:
         if os.environ.get("SIMCLI_DEBUG"):
             traceback.print_exc()
@@ -41,5 +49,29 @@ def reported_errors() -> Iterator[None]:
         print(format_error(f"{exc.filename}: {why}" if exc.filename else why), file=sys.stderr)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        print("simcli: interrupted; the last snapshot in the run directory is kept", file=sys.stderr)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        interrupted("interrupted")
+
+
+def interrupted(message: str) -> NoReturn:
+    """One line and exit code 130."""
+    print(f"simcli: {message}", file=sys.stderr)
+    raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@contextmanager
+def stop_on_signals(stop) -> Iterator[None]:
+    """Point SIGTERM, SIGUSR1 and SIGINT at stop.handle (a simcli.distill.stop.StopRequest) while the block runs,
+    then restore the previous handlers. Only in the main thread (signal.signal works nowhere else)."""
+    import threading
+
+    from simcli.distill.stop import STOP_SIGNALS
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, stop.handle) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

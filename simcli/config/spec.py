@@ -278,6 +278,9 @@ RESUMABLE_CHANGES = (
     "training.duration_kimg",
     "training.duration_steps",
     "training.max_nonfinite_steps",
+    # The optimisers' settings: applied to the restored optimisers and logged as a 'spec_change' record (for
+    # example a lower learning rate after a run stopped on non-finite losses).
+    *(f"{net}.optimizer.{key}" for net in ("generator", "online") for key in ("lr", "beta1", "beta2", "eps")),
     "logging.status_every_kimg",
     "logging.snapshot_every_kimg",
     "logging.eval_every_kimg",

@@ -35,13 +35,17 @@ from simcli.distill.events import (
 from simcli.distill.setup import build_networks, prepare_run_dir
 from simcli.distill.state import Progress, restore, state_dict
 from simcli.distill.steps import BatchPlan, generator_update, make_generator_loss, online_update
-from simcli.errors import RunFailed, UsageError
+from simcli.distill.stop import StopRequest
+from simcli.distill.teacher_fit import TEACHER_FIT_FILE
+from simcli.errors import RunFailed, Stopped, UsageError
 from simcli.rundir.atomic import remove_stale_temp_files
 from simcli.rundir.lock import RunDirLock
 from simcli.rundir.metrics import append_record, truncate_after
 from simcli.rundir.snapshots import (
+    STATE_RE,
     kimg_tag,
     list_generators,
+    list_states,
     load_generator_file,
     prune_generators,
     prune_states,
@@ -102,18 +106,25 @@ class Distillation:
     It holds the run directory's lock (simcli.rundir.lock) from before anything there is written until close()
     (or the end of a `with` block, or of the process); a second process on the same directory is refused.
     `restart`: when the directory's state files are all unreadable, move them aside and start from 0.
+    `stop`: checked once the set-up is done and after every iteration; when set, the run finishes its iteration,
+    writes a state and a generator snapshot and raises simcli.errors.Stopped (the CLI sets it from signals).
     """
 
     def __init__(
         self, spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, make_evaluator: EvaluatorFactory | None = None,
-        restart: bool = False,
+        restart: bool = False, stop: StopRequest | None = None,
     ):
         self.spec, self.run_dir, self.on_event = spec, Path(run_dir), on_event
+        self.stop = stop if stop is not None else StopRequest()
+        self._snapshot_pending = False
         self.device = resolve_device(spec.device)
         # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
         teacher = load_teacher(spec.teacher, on_download=lambda done, total: on_event(DownloadProgress(done, total)))
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device) if make_evaluator is not None else None
+        if self.stop.requested:  # e.g. during a download: nothing in the run directory was touched
+            raise Stopped(f"stopped by {self.stop.name} before the run started; nothing was written in {self.run_dir}; "
+                          "run the same command again to start", self.stop.exit_code)
         self.lock = RunDirLock(self.run_dir)
         try:
             self._set_up(teacher, restart)
@@ -138,6 +149,8 @@ class Distillation:
             warnings += [repaired] if repaired else []
         dropped = truncate_after(self.run_dir, self.progress.step).describe(self.progress.step)
         warnings += [dropped] if dropped else []
+        if prepared.loaded is not None:
+            warnings += self._apply_optimizer_settings()
         tr = spec.training
         sample_shape = tuple(self.nets.teacher.sample_shape)
         self.plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, tr.rounds, sample_shape, self.nets.teacher.label_dim, self.device)
@@ -173,6 +186,29 @@ class Distillation:
         save_generator(path, self.nets.ema.state_dict(), self._generator_meta())
         return f"{path.name} was {what}; rewrote it from {self.resumed_from.name}"
 
+    def _apply_optimizer_settings(self) -> list[str]:
+        """On resume: give the restored optimisers the spec's settings (which may have changed) and log any change.
+
+        Adam's state (its moments) is kept; only lr, betas and eps follow the new spec. A change is logged as a
+        'spec_change' record in metrics.jsonl with the old and new values, and returned as a warning.
+        """
+        changes: dict[str, dict[str, float]] = {}
+        for name in ("generator", "online"):
+            opt = getattr(self.spec, name).optimizer
+            wanted = {"lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps}
+            for group in self.opts[name].param_groups:
+                had = {"lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1], "eps": group["eps"]}
+                for key, value in wanted.items():
+                    if float(had[key]) != float(value):
+                        changes.setdefault(f"{name}.optimizer.{key}", {"old": float(had[key]), "new": float(value)})
+                group.update(lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        if not changes:
+            return []
+        append_record(self.run_dir, {"kind": "spec_change", "step": self.progress.step, "images_seen": self.images_seen,
+                                     "kimg": self.images_seen / 1000, "changes": changes})
+        shown = ", ".join(f"{k} {v['old']:g} -> {v['new']:g}" for k, v in changes.items())
+        return [f"resuming with changed optimiser settings: {shown}"]
+
     @staticmethod
     def _adam(net: nn.Module, opt) -> torch.optim.Adam:
         return torch.optim.Adam(net.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
@@ -188,6 +224,8 @@ class Distillation:
     def run(self) -> dict[str, Any]:
         """Iterate to the end of the run; returns a JSON-ready summary."""
         self.on_event(self.started)
+        if self.stop.requested and not self.done:  # a signal during the set-up (the teacher fit is saved by now)
+            self._stopped(None)
         self.write_grids()
         self.clock = Clock(self.progress.elapsed_s)
         self.window_start = (self.clock.elapsed(), self.progress.step)  # (seconds, step) of the status window
@@ -199,9 +237,42 @@ class Distillation:
                 self.report_status()
             if due.evaluate:
                 self.evaluate()
-            if due.snapshot:
-                self.snapshot()
+            saved = None
+            if due.snapshot or self._snapshot_pending:
+                # Never during a non-finite streak: if it reaches max_nonfinite_steps, the rerun must start before it.
+                if self.progress.nonfinite_consecutive and not self.done:
+                    self._snapshot_pending = True
+                else:
+                    saved, self._snapshot_pending = self.snapshot(), False
+            if self.stop.requested and not self.done:
+                if saved is None and not self.progress.nonfinite_consecutive:
+                    saved = self.snapshot()
+                self._stopped(saved)
         return self.summary()
+
+    def _state_step(self, path: Path) -> int:
+        """The iteration a state file was written at, from its name (images seen / batch size)."""
+        return round(float(STATE_RE.match(path.name).group(1)) * 1000 / self.spec.training.batch_size)
+
+    def _stopped(self, saved: Path | None) -> None:
+        """Raise Stopped with one line: what was saved (or is kept) and how to go on."""
+        p, how = self.progress, "run the same command again to resume"
+        if p.step > self.started.start_step:
+            where = f"at iteration {p.step} of {self.spec.training.total_steps}"
+        else:
+            where = "before its first iteration" + (f" (resuming at iteration {p.step})" if p.step else "")
+        if saved is not None:
+            gen = f"generator-{kimg_tag(self.images_seen)}.safetensors"
+            what = f"saved {saved.name} (iteration {p.step}) and {gen} in {self.run_dir}"
+        else:
+            states = list_states(self.run_dir)
+            if states:
+                why = " (no snapshot during a non-finite streak)" if p.nonfinite_consecutive else ""
+                what = f"kept {states[-1].name} (iteration {self._state_step(states[-1])}) in {self.run_dir}{why}"
+            else:
+                fit = " (the teacher fit is saved in " + TEACHER_FIT_FILE + ")" if (self.run_dir / TEACHER_FIT_FILE).is_file() else ""
+                what, how = f"no state was written yet{fit}", "run the same command again to start"
+        raise Stopped(f"stopped by {self.stop.name} {where}: {what}; {how}", self.stop.exit_code)
 
     def due(self, images_before: int) -> Due:
         """Which reports the images seen in the last iteration crossed (all of them at the end of the run)."""
@@ -248,17 +319,35 @@ class Distillation:
             return
         p.nonfinite_consecutive += 1
         p.nonfinite_total += 1
+        p.window["nonfinite"] += 1
         self.on_event(NonFiniteStep(step, "generator" if not ok_gen else "online", p.nonfinite_consecutive))
         if p.nonfinite_consecutive >= self.spec.training.max_nonfinite_steps:
+            kept = self._roll_back_streak(p.step - p.nonfinite_consecutive)
             raise RunFailed(
                 f"{p.nonfinite_consecutive} iterations in a row had non-finite losses or gradients "
-                f"(at iteration {step}); the last good checkpoint in {self.run_dir} is kept",
-                hint="lower the learning rates or check the teacher",
+                f"(iterations {p.step - p.nonfinite_consecutive} to {step}); {kept}",
+                hint="lower the learning rates (--set generator.optimizer.lr=... and online.optimizer.lr=... may change "
+                     "on resume) and run again, or check the teacher",
             )
+
+    def _roll_back_streak(self, good_step: int) -> str:
+        """Remove the states (and their generator snapshots) written after iteration good_step, where a non-finite
+        streak began (by an earlier process, before it was stopped), so a rerun starts before the streak; says what is kept."""
+        removed = [s for s in list_states(self.run_dir) if self._state_step(s) > good_step]
+        for state in removed:
+            tag = STATE_RE.match(state.name).group(1)
+            (self.run_dir / f"generator-{tag}.safetensors").unlink(missing_ok=True)
+            state.unlink()
+        left = list_states(self.run_dir)
+        kept = (f"the last state before the streak, {left[-1].name} (iteration {self._state_step(left[-1])}), is kept"
+                if left else f"no state from before the streak is left in {self.run_dir}")
+        if removed:
+            kept += f"; removed {', '.join(s.name for s in removed)}, written during the streak"
+        return kept
 
     def report_status(self) -> None:
         """Append a status record (losses averaged since the last one) and announce it."""
-        p, n = self.progress, max(self.progress.window["n"], 1)
+        p, n = self.progress, self.progress.window["n"]
         p.elapsed_s = self.clock.elapsed()
         window_seconds, window_step = p.elapsed_s - self.window_start[0], self.window_start[1]
         kimg = (p.step - window_step) * self.spec.training.batch_size / 1000
@@ -267,8 +356,10 @@ class Distillation:
             "step": p.step,
             "images_seen": self.images_seen,
             "kimg": self.images_seen / 1000,
-            "loss_online": p.window["loss_online"] / n,
-            "loss_generator": p.window["loss_generator"] / n,
+            # null (JSON's NaN) when no iteration of the interval was finite; simcli compare skips it
+            "loss_online": p.window["loss_online"] / n if n else None,
+            "loss_generator": p.window["loss_generator"] / n if n else None,
+            "nonfinite_in_interval": int(p.window["nonfinite"]),
             "nonfinite_total": p.nonfinite_total,
             "sec_per_kimg": window_seconds / kimg if kimg else None,
             "elapsed_s": round(p.elapsed_s, 3),
@@ -298,8 +389,8 @@ class Distillation:
                 "sigma_init": self.spec.generator.sigma_init, "step": self.progress.step,
                 "images_seen": self.images_seen}
 
-    def snapshot(self) -> None:
-        """Write the EMA generator and a resumable state, keeping the newest states only."""
+    def snapshot(self) -> Path:
+        """Write the EMA generator and a resumable state, keeping the newest states only; returns the state's path."""
         self.progress.elapsed_s = self.clock.elapsed()
         self.write_grids()
         gen_path = self.run_dir / f"generator-{kimg_tag(self.images_seen)}.safetensors"
@@ -308,6 +399,7 @@ class Distillation:
         prune_states(self.run_dir, self.spec.logging.keep_states)
         prune_generators(self.run_dir, self.spec.logging.keep_generators)
         self.on_event(SnapshotSaved(gen_path, state_path, self.images_seen))
+        return state_path
 
     def write_grids(self) -> None:
         """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler."""
@@ -345,11 +437,11 @@ class Distillation:
 
 def run_distillation(
     spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, make_evaluator: EvaluatorFactory | None = None,
-    restart: bool = False,
+    restart: bool = False, stop: StopRequest | None = None,
 ) -> dict[str, Any]:
     """Distill, or resume distilling, into run_dir; returns a JSON-ready summary of the run.
 
-    The run directory stays locked until the run ends, also when it fails. `restart`: see Distillation.
+    The run directory stays locked until the run ends, also when it fails. `restart`, `stop`: see Distillation.
     """
-    with Distillation(spec, run_dir, on_event, make_evaluator, restart=restart) as distillation:
+    with Distillation(spec, run_dir, on_event, make_evaluator, restart=restart, stop=stop) as distillation:
         return distillation.run()

@@ -17,7 +17,7 @@ STATE_FORMAT = "simcli-state/1"
 
 
 def _empty_window() -> dict[str, float]:
-    return {"loss_online": 0.0, "loss_generator": 0.0, "n": 0}
+    return {"loss_online": 0.0, "loss_generator": 0.0, "n": 0, "nonfinite": 0}
 
 
 @dataclass
@@ -61,4 +61,6 @@ def restore(state: dict[str, Any], nets: Networks, opts: dict[str, torch.optim.O
     opts["online"].load_state_dict(state["opt_online"])
     saved = state["progress"]
     known = {f.name for f in dataclasses.fields(Progress)}
-    return Progress(**{k: v for k, v in saved.items() if k in known})
+    progress = Progress(**{k: v for k, v in saved.items() if k in known})
+    progress.window = {**_empty_window(), **progress.window}  # states from before a counter was added
+    return progress
