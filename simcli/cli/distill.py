@@ -9,7 +9,7 @@ import typer
 
 from simcli.cli.errors import interrupted, reported_errors, stop_on_signals
 from simcli.cli.options import DistillTeacherOpt, JsonOpt, ThreadsOpt
-from simcli.cli.output import DistillReporter, print_json, stderr_console, stdout_console
+from simcli.cli.output import DistillReporter, print_json, stdout_console
 from simcli.config.presets import PRESETS
 from simcli.errors import UsageError
 
@@ -94,10 +94,9 @@ def distill(
         if json_out:
             print_json(summary)
         else:
-            stderr_console().print(
+            reporter.line(
                 f"done: {summary['steps']} iterations, {summary['images_seen'] / 1000:g} kimg, "
-                f"{summary['wall_time_s']:.1f} s; generator: {summary['generator']}",
-                soft_wrap=True,
+                f"{summary['wall_time_s']:.1f} s; generator: {summary['generator']}"
             )
 
 

@@ -6,16 +6,20 @@ import json
 import math
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from simcli.distill.events import (
     DownloadProgress,
     Evaluated,
     GridSaved,
+    Heartbeat,
     NonFiniteStep,
     RunStarted,
     SnapshotSaved,
@@ -56,8 +60,14 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def utc_timestamp(seconds: float) -> str:
+    """ISO-8601 UTC time to the second, e.g. 2026-11-30T16:40:12Z (the prefix of plain log lines)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 STATUS_COLUMNS = (
     ("done", "done"),
+    ("elapsed", "elapsed"),
     ("eta", "eta"),
     ("kimg", "kimg"),
     ("step", "step"),
@@ -92,30 +102,54 @@ def evaluation_line(record: dict[str, Any]) -> str:
 
 
 class DistillReporter:
-    """Renders distillation events: a live table in a terminal, plain lines otherwise."""
+    """Renders distillation events: a live table with a progress bar in a terminal, timestamped plain lines otherwise.
 
-    def __init__(self, console: Console | None = None, live: bool | None = None, max_rows: int = 12):
+    `wall`: the time source of the timestamps (seconds since the epoch); `clock`: a monotonic one that spaces the
+    teacher-fit lines at least `fit_every_s` apart (tests pass fakes). `timestamps`: prefix every line with the
+    UTC time (default: in plain output, not in the live display).
+    """
+
+    def __init__(self, console: Console | None = None, live: bool | None = None, max_rows: int = 12, *,
+                 timestamps: bool | None = None, fit_every_s: float = 5.0,
+                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic):
         self.console = console or stderr_console()
         self.live_enabled = self.console.is_terminal if live is None else live
+        self.timestamps = not self.live_enabled if timestamps is None else timestamps
         self.max_rows = max_rows
+        self.fit_every_s, self.wall, self.clock = fit_every_s, wall, clock
         self.rows: list[dict[str, Any]] = []
         self.live: Live | None = None
-        self._fit_line_shown = False
+        self._fit_shown_at: float | None = None
         self._download_mark = -1
         self.latest_eval: dict[str, Any] = {}  # the last evaluation, shown in every later status row
         self.total_steps: int | None = None
         self.batch_size: int | None = None
+        self.start_step, self.start_elapsed = 0, 0.0  # where this process started (or resumed) the run
+        self.current: dict[str, Any] | None = None  # the newest progress (status or heartbeat), for the bar
+
+    def line(self, text: str) -> None:
+        """Print one line (with its timestamp in plain output)."""
+        self.console.print(f"{utc_timestamp(self.wall())} {text}" if self.timestamps else text, soft_wrap=True)
+
+    def _timing(self, step: int, elapsed_s: float | None, sec_per_kimg: float | None) -> dict[str, Any]:
+        """'done', 'elapsed' and 'eta'; the ETA from the mean rate since this process started (or resumed) the run."""
+        row: dict[str, Any] = {"done": f"{step / self.total_steps:.0%}"}
+        remaining = (self.total_steps - step) * self.batch_size
+        if elapsed_s is not None:
+            row["elapsed"] = _duration(elapsed_s)
+            done, spent = (step - self.start_step) * self.batch_size, elapsed_s - self.start_elapsed
+            if done > 0 and spent > 0:
+                row["eta"] = _duration(remaining * spent / done)
+        elif sec_per_kimg is not None:  # a record without the run's time: the last window's rate
+            row["eta"] = _duration(remaining / 1000 * sec_per_kimg)
+        return row
 
     def _with_progress(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Add 'done' and 'eta' (human-only columns) from the run's length and the current speed."""
+        """Add 'done', 'elapsed' and 'eta' (human-only columns) and the latest evaluation to a status record."""
         latest = {k: self.latest_eval[k] for k in LATEST_EVAL_KEYS if self.latest_eval.get(k) is not None}
         if not self.total_steps:
             return {**record, **latest}
-        row = dict(record, done=f"{record['step'] / self.total_steps:.0%}", **latest)
-        if record.get("sec_per_kimg") is not None:
-            remaining_kimg = (self.total_steps - record["step"]) * self.batch_size / 1000
-            row["eta"] = _duration(remaining_kimg * record["sec_per_kimg"])
-        return row
+        return {**record, **self._timing(record["step"], record.get("elapsed_s"), record.get("sec_per_kimg")), **latest}
 
     def _table(self) -> Table:
         table = Table(title="simcli distill", expand=False)
@@ -126,45 +160,78 @@ class DistillReporter:
             table.add_row(*[_fmt(r.get(key)) for key, _ in cols])
         return table
 
+    def _display(self) -> Group:
+        """The live display: the status table and a bar of the run's fraction done, with elapsed time and ETA."""
+        parts: list[Any] = [self._table()]
+        if self.current is not None and self.total_steps:
+            c = self.current
+            bar = Table.grid(padding=(0, 1))
+            bar.add_row(
+                ProgressBar(total=self.total_steps, completed=c["step"], width=40),
+                f"{c['done']}  iteration {c['step']}/{self.total_steps}  kimg {_fmt(c.get('kimg'))}  "
+                f"elapsed {c.get('elapsed', '-')}  eta {c.get('eta', '-')}",
+            )
+            parts.append(bar)
+        return Group(*parts)
+
+    def _show(self) -> None:
+        if self.live is None:
+            self.live = Live(self._display(), console=self.console, refresh_per_second=4, transient=False)
+            self.live.start()
+        self.live.update(self._display())
+
     def __call__(self, event: object) -> None:
         if isinstance(event, DownloadProgress):
             self._download(event)
         elif isinstance(event, TeacherFitProgress):
-            if event.step == event.total_steps or not self._fit_line_shown:
-                self.console.print(f"fitting the network to the analytic teacher: step {event.step}/{event.total_steps}, loss {_fmt(event.loss)}")
-                self._fit_line_shown = True
+            now = self.clock()
+            if event.step == event.total_steps or self._fit_shown_at is None or now - self._fit_shown_at >= self.fit_every_s:
+                self.line(f"fitting the network to the analytic teacher: step {event.step}/{event.total_steps}, loss {_fmt(event.loss)}")
+                self._fit_shown_at = now
         elif isinstance(event, RunStarted):
             self.total_steps, self.batch_size = event.total_steps, event.batch_size
+            self.start_step, self.start_elapsed = event.start_step, event.elapsed_s
             origin = f"resuming from {event.resumed_from.name}" if event.resumed_from else "starting"
-            self.console.print(
+            self.line(
                 f"{origin} at iteration {event.start_step} of {event.total_steps} (batch {event.batch_size}, "
                 f"device {event.device}, generator {event.generator_parameters:,} parameters) in {event.run_dir}"
             )
             for w in event.warnings:
-                self.console.print(f"warning: {w}")
+                self.line(f"warning: {w}")
         elif isinstance(event, Status):
             self.rows.append(self._with_progress(event.record))
+            self.current = self.rows[-1]
             if self.live_enabled:
-                if self.live is None:
-                    self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
-                    self.live.start()
-                self.live.update(self._table())
+                self._show()
             else:
-                self.console.print(status_line(self.rows[-1]), soft_wrap=True)
+                self.line(status_line(self.rows[-1]))
+        elif isinstance(event, Heartbeat):
+            self._heartbeat(event)
         elif isinstance(event, Evaluated):
             self.latest_eval = event.record
             if self.rows:  # show it at once in the newest row, too
                 self.rows[-1] = self._with_progress(self.rows[-1])
                 if self.live is not None:
-                    self.live.update(self._table())
-            self.console.print(evaluation_line(event.record))
+                    self.live.update(self._display())
+            self.line(evaluation_line(event.record))
         elif isinstance(event, GridSaved):
-            self.console.print(f"sample grid of {event.what}: {event.path}", soft_wrap=True)
+            self.line(f"sample grid of {event.what}: {event.path}")
         elif isinstance(event, NonFiniteStep):
-            self.console.print(f"warning: non-finite {event.phase} loss or gradient at iteration {event.step}, update skipped ({event.consecutive} in a row)")
+            self.line(f"warning: non-finite {event.phase} loss or gradient at iteration {event.step}, update skipped ({event.consecutive} in a row)")
         elif isinstance(event, SnapshotSaved):
             if not self.live_enabled:
-                self.console.print(f"saved {event.generator_path.name} and {event.state_path.name}")
+                self.line(f"saved {event.generator_path.name} and {event.state_path.name}")
+
+    def _heartbeat(self, event: Heartbeat) -> None:
+        """Progress between status records: the bar in a terminal, a line without losses in plain output."""
+        if not self.total_steps:
+            return
+        self.current = {"step": event.step, "kimg": event.images_seen / 1000,
+                        **self._timing(event.step, event.elapsed_s, None)}
+        if self.live_enabled:
+            self._show()
+        else:
+            self.line(status_line(self.current))
 
     def _download(self, event: DownloadProgress) -> None:
         """One line at the start, then every 10% (or every 100 MiB when the size is unknown), then the end."""
@@ -173,10 +240,10 @@ class DistillReporter:
             tenth = int(10 * event.done_bytes / event.total_bytes)
             if tenth != self._download_mark or event.done_bytes in (0, event.total_bytes):
                 self._download_mark = tenth
-                self.console.print(f"downloading the teacher: {mib:.0f} of {event.total_bytes / 2**20:.0f} MiB")
+                self.line(f"downloading the teacher: {mib:.0f} of {event.total_bytes / 2**20:.0f} MiB")
         elif int(mib // 100) != self._download_mark:
             self._download_mark = int(mib // 100)
-            self.console.print(f"downloading the teacher: {mib:.0f} MiB")
+            self.line(f"downloading the teacher: {mib:.0f} MiB")
 
     def close(self) -> None:
         if self.live is not None:

@@ -208,6 +208,8 @@ class LoggingSpec(Strict):
 
     status_every_kimg: float = Field(10.0, gt=0)
     """Status line and metrics.jsonl record every this many thousand images."""
+    heartbeat_every_s: float | None = Field(30.0, gt=0)
+    """A progress line (display only, not in metrics.jsonl) when this many seconds passed without a status line; none: never."""
     eval_every_kimg: float | None = Field(None, gt=0)
     """Evaluate the EMA generator (FID, IS) every this many thousand images and at the end; none: never."""
     snapshot_every_kimg: float = Field(500.0, gt=0)
@@ -282,6 +284,7 @@ RESUMABLE_CHANGES = (
     # example a lower learning rate after a run stopped on non-finite losses).
     *(f"{net}.optimizer.{key}" for net in ("generator", "online") for key in ("lr", "beta1", "beta2", "eps")),
     "logging.status_every_kimg",
+    "logging.heartbeat_every_s",
     "logging.snapshot_every_kimg",
     "logging.eval_every_kimg",
     "evaluation.reference",

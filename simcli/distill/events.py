@@ -20,6 +20,8 @@ class RunStarted:
     resumed_from: Path | None
     generator_parameters: int
     warnings: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    """The run's wall time before this process (0 for a new run): what Status and Heartbeat's elapsed_s start from."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,19 @@ class Status:
     """One metrics.jsonl record (losses averaged since the previous record)."""
 
     record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Display-only progress between status records, when logging.heartbeat_every_s passed without one.
+
+    Never written to metrics.jsonl (which stays independent of timing, so resumed runs repeat it record for record).
+    """
+
+    step: int
+    total_steps: int
+    images_seen: int
+    elapsed_s: float
 
 
 @dataclass(frozen=True)

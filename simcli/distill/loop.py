@@ -26,6 +26,7 @@ from simcli.distill.events import (
     Evaluated,
     EventHandler,
     GridSaved,
+    Heartbeat,
     NonFiniteStep,
     RunStarted,
     SnapshotSaved,
@@ -90,14 +91,19 @@ class Due:
     snapshot: bool
 
 
+def _now() -> float:
+    """The loop's time source (seconds; tests replace it with a fake clock)."""
+    return time.perf_counter()
+
+
 class Clock:
     """The run's wall time; a resumed run continues from the time saved in its state."""
 
     def __init__(self, elapsed_before: float = 0.0):
-        self.origin = time.perf_counter() - elapsed_before
+        self.origin = _now() - elapsed_before
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.origin
+        return _now() - self.origin
 
 
 class Distillation:
@@ -159,7 +165,7 @@ class Distillation:
         warnings = [*warnings, *augment_warnings]
         self.started = RunStarted(
             self.run_dir, str(self.device), self.progress.step, tr.total_steps, tr.batch_size, self.resumed_from,
-            sum(p.numel() for p in self.nets.generator.parameters()), warnings,
+            sum(p.numel() for p in self.nets.generator.parameters()), warnings, self.progress.elapsed_s,
         )
 
     def close(self) -> None:
@@ -229,12 +235,15 @@ class Distillation:
         self.write_grids()
         self.clock = Clock(self.progress.elapsed_s)
         self.window_start = (self.clock.elapsed(), self.progress.step)  # (seconds, step) of the status window
+        self.last_report = self.window_start[0]  # the last status or heartbeat (seconds)
         while not self.done:
             images_before = self.images_seen
             self.iteration()  # online update(s), generator update, EMA
             due = self.due(images_before)
             if due.status:
                 self.report_status()
+            else:
+                self.heartbeat()
             if due.evaluate:
                 self.evaluate()
             saved = None
@@ -369,6 +378,18 @@ class Distillation:
         self.on_event(Status(record))
         p.reset_window()
         self.window_start = (self.clock.elapsed(), p.step)
+        self.last_report = self.window_start[0]
+
+    def heartbeat(self) -> None:
+        """Announce a display-only Heartbeat when logging.heartbeat_every_s passed since the last status or heartbeat.
+
+        Nothing is written: metrics.jsonl and the state stay independent of timing."""
+        every = self.spec.logging.heartbeat_every_s
+        now = self.clock.elapsed()
+        if every is None or now - self.last_report < every:
+            return
+        self.last_report = now
+        self.on_event(Heartbeat(self.progress.step, self.spec.training.total_steps, self.images_seen, round(now, 3)))
 
     def evaluate(self) -> None:
         """Score the EMA generator, log an 'eval' record, and keep the best generator so far."""

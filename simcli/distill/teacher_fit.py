@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,14 +43,20 @@ def fit_mlp_denoiser(
     device: torch.device,
     on_progress: Callable[[int, float], None] | None = None,
     report_every: int = 250,
+    report_every_s: float | None = 2.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[float]:
-    """Train `network` in place to match the teacher's denoiser; returns the loss of every report."""
+    """Train `network` in place to match the teacher's denoiser; returns the loss every `report_every` steps and at the end.
+
+    `on_progress(step, loss)` is called at those steps and also whenever `report_every_s` seconds (of `clock`)
+    passed since the last call, so a slow fit still shows progress; the returned history does not depend on timing."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     opt = torch.optim.Adam(network.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
     teacher = teacher.to(device)
     network.train()
     history = []
+    last_report = clock()
     for step in range(steps):
         x0, _ = teacher.sample(batch_size, generator=gen)
         u = torch.rand(batch_size, generator=gen)
@@ -64,10 +71,12 @@ def fit_mlp_denoiser(
         loss.backward()
         opt.step()
         sched.step()
-        if (step + 1) % report_every == 0 or step + 1 == steps:
+        by_steps = (step + 1) % report_every == 0 or step + 1 == steps
+        if by_steps:
             history.append(loss.item())
-            if on_progress is not None:
-                on_progress(step + 1, loss.item())
+        if on_progress is not None and (by_steps or (report_every_s is not None and clock() - last_report >= report_every_s)):
+            last_report = clock()
+            on_progress(step + 1, loss.item())
     network.eval()
     return history
 

@@ -1,24 +1,89 @@
-"""The distill reporter: plain status lines carry progress, ETA and the latest evaluation."""
+"""The distill reporter: plain status lines carry progress, elapsed time, ETA and the latest evaluation, each with
+a UTC timestamp; heartbeats and teacher-fit lines come at most every few seconds; a terminal gets a progress bar."""
 
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 from rich.console import Console
 
-from simcli.cli.output import DistillReporter
-from simcli.distill.events import Evaluated, RunStarted, Status
+from simcli.cli.output import DistillReporter, utc_timestamp
+from simcli.distill.events import Evaluated, Heartbeat, RunStarted, Status, TeacherFitProgress
+
+NOON = 1796056812  # 2026-11-30T16:40:12Z
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
+
+
+def plain(**kwargs) -> tuple[DistillReporter, io.StringIO]:
+    buf = io.StringIO()
+    reporter = DistillReporter(console=Console(file=buf, width=400, soft_wrap=True), live=False, wall=lambda: NOON, **kwargs)
+    return reporter, buf
+
+
+def unstamped(buf: io.StringIO) -> list[str]:
+    lines = buf.getvalue().splitlines()
+    assert all(STAMP.match(line) for line in lines), lines
+    return [STAMP.sub("", line) for line in lines]
 
 
 def test_status_lines_show_done_eta_and_the_latest_fid():
-    buf = io.StringIO()
-    reporter = DistillReporter(console=Console(file=buf, width=400, soft_wrap=True), live=False)
+    reporter, buf = plain()
     reporter(RunStarted(Path("run"), "cpu", 0, 100, 10, None, 1234))
     reporter(Status({"kind": "status", "step": 25, "kimg": 0.25, "sec_per_kimg": 40.0, "loss_online": 1.0}))
     reporter(Evaluated({"kind": "eval", "kimg": 0.25, "n": 500, "backend": "torch-fidelity", "fid": 12.5, "best": True}))
     reporter(Status({"kind": "status", "step": 50, "kimg": 0.5, "sec_per_kimg": 40.0, "loss_online": 0.9}))
-    lines = buf.getvalue().splitlines()
+    lines = unstamped(buf)  # records without elapsed_s: the ETA falls back to the window's sec_per_kimg
     assert lines[1].startswith("done 25%  eta 0m30s  kimg 0.25") and "FID" not in lines[1]  # 0.75 kimg x 40 s
     assert "eval at 0.25 kimg (500 samples, torch-fidelity): fid 12.5  (best so far)" == lines[2]
     assert lines[3].startswith("done 50%  eta 0m20s") and lines[3].endswith("FID 12.5")
+
+
+def test_plain_lines_carry_an_iso_8601_utc_timestamp():
+    assert utc_timestamp(NOON) == "2026-11-30T16:40:12Z"
+    reporter, buf = plain()
+    reporter(RunStarted(Path("run"), "cpu", 0, 100, 10, None, 1234))
+    reporter.line("done: 100 iterations")
+    assert buf.getvalue().splitlines() == [
+        "2026-11-30T16:40:12Z starting at iteration 0 of 100 (batch 10, device cpu, generator 1,234 parameters) in run",
+        "2026-11-30T16:40:12Z done: 100 iterations",
+    ]
+
+
+def test_eta_comes_from_the_mean_rate_since_the_resume_not_the_last_window():
+    reporter, buf = plain()
+    # resumed at iteration 40 of 100 (batch 10) after 100 s of earlier wall time
+    reporter(RunStarted(Path("run"), "cpu", 40, 100, 10, Path("state-0000000.400.pt"), 1234, [], 100.0))
+    # 200 images in 40 s since the resume: 400 images left take 80 s (the window's 1000 s/kimg would say 400 s)
+    reporter(Status({"kind": "status", "step": 60, "kimg": 0.6, "sec_per_kimg": 1000.0, "elapsed_s": 140.0, "loss_online": 0.5}))
+    # a heartbeat: 300 images in 50 s, 300 left: 50 s; no losses, nothing else
+    reporter(Heartbeat(step=70, total_steps=100, images_seen=700, elapsed_s=150.0))
+    lines = unstamped(buf)
+    assert lines[1].startswith("done 60%  elapsed 2m20s  eta 1m20s  kimg 0.6  step 60  loss_online 0.5")
+    assert lines[2] == "done 70%  elapsed 2m30s  eta 0m50s  kimg 0.7  step 70"
+    assert reporter.rows[-1]["eta"] == "1m20s"  # heartbeats add no table row
+
+
+def test_teacher_fit_lines_come_at_most_every_few_seconds_and_at_the_end():
+    now = [0.0]
+    reporter, buf = plain(clock=lambda: now[0], fit_every_s=5.0)
+    for i in range(14):  # one event a second, steps 10..140 of 140
+        now[0] = float(i)
+        reporter(TeacherFitProgress(10 * (i + 1), 140, 0.5))
+    steps = [re.search(r"step (\d+)/140", line).group(1) for line in unstamped(buf)]
+    assert steps == ["10", "60", "110", "140"]  # at 0 s, 5 s, 10 s, and the last
+
+
+def test_terminal_shows_a_live_table_with_elapsed_and_a_progress_bar_without_timestamps():
+    buf = io.StringIO()
+    console = Console(file=buf, width=160, force_terminal=True, color_system=None, soft_wrap=True)
+    reporter = DistillReporter(console=console, wall=lambda: NOON)
+    assert reporter.live_enabled and not reporter.timestamps
+    reporter(RunStarted(Path("run"), "cpu", 0, 100, 10, None, 1234))
+    reporter(Status({"kind": "status", "step": 25, "kimg": 0.25, "elapsed_s": 10.0, "loss_online": 1.0, "loss_generator": 2.0}))
+    reporter(Heartbeat(step=50, total_steps=100, images_seen=500, elapsed_s=20.0))
+    reporter.close()
+    out = buf.getvalue()
+    assert "2026-11-30" not in out and "elapsed" in out and "0m10s" in out
+    assert "━" in out and "50%  iteration 50/100  kimg 0.5  elapsed 0m20s  eta 0m20s" in out
