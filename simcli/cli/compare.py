@@ -24,7 +24,9 @@ EPILOG = """Examples:
 
 The table goes to stdout (so 'simcli compare ... > table.txt' works); with --json, one document
 {"runs": [...], "plot": ...} goes there instead. Runs still training can be compared: a half-written
-last line of metrics.jsonl is ignored, and runs without evaluations show '-' for FID and IS.
+last line of metrics.jsonl is ignored, and runs without evaluations show '-' for FID and IS. Runs of mixture
+teachers show their exact metrics instead (best and last MMD, best and last mode-weight L1), and --plot draws
+them in place of FID and IS when no run has an FID.
 """
 
 COLUMNS = (
@@ -41,6 +43,10 @@ COLUMNS = (
     ("status", "right"),
     ("evals", "right"),
 )
+FID_COLUMNS = ("best FID", "@ kimg", "last FID", "last IS")
+EXACT_COLUMNS = (("best MMD", "right"), ("@ kimg ", "right"), ("last MMD", "right"), ("best mode L1", "right"),
+                 ("last mode L1", "right"))  # mixture runs; '@ kimg ' differs from the FID one only by a space
+EXACT_KEYS = ("best_mmd", "last_mmd", "best_mode_weight_l1", "last_mode_weight_l1")
 
 
 def _wall(seconds: float | None) -> str:
@@ -55,8 +61,8 @@ def _is_text(mean: float | None, std: float | None) -> str:
     return f"{_fmt(mean)} ± {_fmt(std)}" if std is not None else _fmt(mean)
 
 
-def _row(s: dict[str, Any]) -> list[str]:
-    return [
+def _row(s: dict[str, Any], fid: bool = True, exact: bool = False) -> list[str]:
+    cells = [
         s["name"],
         _fmt(s["method"]),
         _fmt(s["distance"]),
@@ -70,14 +76,32 @@ def _row(s: dict[str, Any]) -> list[str]:
         str(s["status_records"]),
         str(s["eval_records"]),
     ]
+    if not fid:
+        del cells[6:10]
+    if exact:
+        cells[-2:-2] = [_fmt(s["best_mmd"]), _fmt(s["best_mmd_kimg"]), _fmt(s["last_mmd"]),
+                        _fmt(s["best_mode_weight_l1"]), _fmt(s["last_mode_weight_l1"])]
+    return cells
+
+
+def _column_groups(summaries: list[dict[str, Any]]) -> tuple[bool, bool]:
+    """(show the FID/IS columns, show the exact-metric columns): exact ones when a run has them, FID ones
+    unless every evaluated value is an exact metric."""
+    exact = any(s[k] is not None for s in summaries for k in EXACT_KEYS)
+    fid = not exact or any(s["best_fid"] is not None or s["last_is_mean"] is not None for s in summaries)
+    return fid, exact
 
 
 def _print_table(summaries: list[dict[str, Any]]) -> None:
     table = Table(title="simcli compare", expand=False)
-    for label, justify in COLUMNS:
+    fid, exact = _column_groups(summaries)
+    columns = [c for c in COLUMNS if fid or c[0] not in FID_COLUMNS]
+    if exact:
+        columns[-2:-2] = EXACT_COLUMNS
+    for label, justify in columns:
         table.add_column(label, justify=justify, no_wrap=label in ("kimg", "wall", "best FID", "last FID", "last IS"))
     for s in summaries:
-        table.add_row(*_row(s))
+        table.add_row(*_row(s, fid, exact))
     console = stdout_console()
     if not console.is_terminal:  # a file or a pipe: never squeeze the table into 80 columns
         natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
@@ -99,16 +123,17 @@ def _warn_mixed_references(summaries: list[dict[str, Any]]) -> None:
     pairs = {(s["eval_backend"], s["eval_reference"]) for s in summaries if s["eval_records"]}
     if len(pairs) > 1:
         shown = "; ".join(f"{b} vs {r}" for b, r in sorted(pairs, key=str))
-        stderr_console().print(f"warning: the runs were evaluated with different backends or references ({shown}); their FIDs are not comparable")
+        stderr_console().print(f"warning: the runs were evaluated with different backends or references ({shown}); their scores are not comparable")
 
 
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by 'simcli distill --out'.", show_default=False)],
     plot: Annotated[Path | None, typer.Option("--plot", help="Also write FID, IS and loss curves to this PNG (replaced if it exists).")] = None,
-    sort: Annotated[str | None, typer.Option("--sort", help="Order rows: fid (best FID first; runs without one last) or name. Default: as given.")] = None,
+    sort: Annotated[str | None, typer.Option("--sort", help="Order rows: fid (best FID first, then mixture runs by best MMD; runs without either last) or name. Default: as given.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compare run directories: method, teacher, images seen, wall time, best and last FID, last IS."""
+    """Compare run directories: method, teacher, images seen, wall time, best and last FID, last IS (mixture
+    runs: best and last MMD and mode-weight L1)."""
     with reported_errors():
         from simcli.compare.runs import compare_runs
 

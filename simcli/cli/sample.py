@@ -20,6 +20,8 @@ EPILOG = """Examples:
 
   simcli sample --teacher edm-imagenet64 --paper --n 64 --out imagenet-teacher/
 
+  simcli sample --generator runs/ring8-sim --n 4000 --out ring8-sim.npz --plot ring8-sim.png
+
 Sample i uses seed + i with its own random generator, so it does not depend on the batch size. The teacher
 sampler is EDM's edm_sampler (generate.py), bit for bit on the CPU: N steps cost 2N-1 evaluations (NFE);
 --churn, --s-min, --s-max and --s-noise are its S_churn, S_min, S_max and S_noise. --paper takes an official
@@ -82,6 +84,9 @@ def sample(
     threads: ThreadsOpt = None,
     class_label: Annotated[int | None, typer.Option("--class", help="Class index for conditional models (default: random per seed).")] = None,
     grid: Annotated[Path | None, typer.Option("--grid", help="Also write a PNG grid of the first 256 images.")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Vector samples: also write a PNG scatter plot (the mixture's modes marked; for a generator, "
+        "its teacher's 18-step Heun samples beside it).")] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -105,9 +110,11 @@ def sample(
                                             s_max=s_max, s_noise=s_noise)
         summary = sample_to_file(
             out, generator=generator, teacher=teacher, sampler=sampler, n=n, seed=seed,
-            batch_size=batch_size, device=device, overwrite=force, class_label=class_label, grid=grid,
+            batch_size=batch_size, device=device, overwrite=force, class_label=class_label, grid=grid, plot=plot,
         )
         if json_out:
             print_json(summary)
         else:
             stderr_console().print(f"wrote {summary['n']} samples ({summary['source']}) to {summary['out']}")
+            if summary.get("plot"):
+                stderr_console().print(f"wrote {summary['plot']}", soft_wrap=True)

@@ -1,5 +1,8 @@
 """One PNG comparing runs: FID, IS and the two losses against kimg, in a 2x2 grid (matplotlib, Agg).
 
+Runs of mixture teachers log exact metrics instead of FID and IS; when no run has an FID or IS value and some
+have exact metrics, the top row shows mode-weight L1 and MMD instead.
+
 Takes the runs that simcli.compare.runs.load_runs returns. The figure is built on an Agg canvas without
 pyplot, so nothing global (backend, open figures) is touched; the file is written atomically.
 """
@@ -68,10 +71,12 @@ def _finish(ax, title: str, ylabel: str, values: list[float], note: str, kimg_ma
     ax.legend(fontsize="small", loc="best", framealpha=0.8)
 
 
-def _fid_panel(ax, runs: list[dict[str, Any]], kimg_max: float) -> None:
+def _best_panel(ax, runs: list[dict[str, Any]], kimg_max: float, key: str = "fid", title: str = "FID (lower is better; * = best)",
+                ylabel: str = "FID", note: str = "no FID evaluations yet") -> None:
+    """One lower-is-better metric of the eval records per run, its best value starred."""
     values: list[float] = []
     for i, run in enumerate(runs):
-        xs, ys, kept = _points(run["eval"], "fid")
+        xs, ys, kept = _points(run["eval"], key)
         if not xs:
             continue
         colour = COLOURS[i % len(COLOURS)]
@@ -79,7 +84,7 @@ def _fid_panel(ax, runs: list[dict[str, Any]], kimg_max: float) -> None:
         b = min(range(len(ys)), key=ys.__getitem__)
         ax.plot([xs[b]], [ys[b]], marker="*", markersize=13, color=colour, markeredgecolor="black", markeredgewidth=0.6, linestyle="none")
         values += ys
-    _finish(ax, "FID (lower is better; * = best)", "FID", values, "no FID evaluations yet", kimg_max)
+    _finish(ax, title, ylabel, values, note, kimg_max)
 
 
 def _is_panel(ax, runs: list[dict[str, Any]], kimg_max: float) -> None:
@@ -106,8 +111,12 @@ def _loss_panel(ax, runs: list[dict[str, Any]], key: str, title: str, kimg_max: 
     _finish(ax, title, "loss", values, "no status records yet", kimg_max)
 
 
+def _has_any(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> bool:
+    return any(_points(run["eval"], key)[0] for run in runs for key in keys)
+
+
 def render_comparison(runs: list[dict[str, Any]]):
-    """The 2x2 matplotlib Figure (FID, IS / loss online, loss generator)."""
+    """The 2x2 matplotlib Figure (FID, IS, or for mixture runs mode-weight L1, MMD / loss online, loss generator)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -115,8 +124,14 @@ def render_comparison(runs: list[dict[str, Any]]):
     FigureCanvasAgg(fig)
     (ax_fid, ax_is), (ax_online, ax_gen) = fig.subplots(2, 2)
     kimg_max = max((record_kimg(r) for run in runs for r in run["status"] + run["eval"]), default=0.0)
-    _fid_panel(ax_fid, runs, kimg_max)
-    _is_panel(ax_is, runs, kimg_max)
+    if _has_any(runs, ("mmd", "mode_weight_l1")) and not _has_any(runs, ("fid", "is_mean")):  # mixture runs
+        _best_panel(ax_fid, runs, kimg_max, "mode_weight_l1", "mode-weight L1 (exact; lower is better; * = best)",
+                    "sum_k |w_k - pi_k|", "no mode-weight evaluations yet")
+        _best_panel(ax_is, runs, kimg_max, "mmd", "MMD to the mixture (exact; lower is better; * = best)", "MMD",
+                    "no MMD evaluations yet")
+    else:
+        _best_panel(ax_fid, runs, kimg_max)
+        _is_panel(ax_is, runs, kimg_max)
     _loss_panel(ax_online, runs, "loss_online", "online model loss (solid)", kimg_max)
     _loss_panel(ax_gen, runs, "loss_generator", "generator loss (dashed)", kimg_max)
     names = ", ".join(r["name"] for r in runs)

@@ -9,6 +9,9 @@ images_seen, kimg (of the latest record), wall_time_s (the latest elapsed_s), be
 best_fid_kimg (minimum over the eval records, earliest on ties), last_fid and last_fid_kimg,
 last_is_mean, last_is_std and last_is_kimg (latest eval record with a value), eval_backend,
 eval_reference and eval_n (of the latest eval record), status_records and eval_records (counts).
+Mixture runs log exact metrics instead of FID (simcli.eval.during_training): best_mmd and best_mmd_kimg,
+best_mode_weight_l1 and best_mode_weight_l1_kimg (minimum, earliest on ties), last_mmd, last_mmd_kimg,
+last_mode_weight_l1, last_precision and last_sw2 (latest eval record with a value).
 Values not known yet are None; non-finite numbers become None so the summary is valid JSON.
 """
 
@@ -107,6 +110,33 @@ def _last_with(records: list[dict[str, Any]], key: str) -> dict[str, Any] | None
     return next((r for r in reversed(records) if _finite(r.get(key)) is not None), None)
 
 
+def _best(records: list[dict[str, Any]], key: str) -> tuple[float | None, float | None]:
+    """(lowest value, its kimg) over the records with a finite value; the earliest on ties."""
+    values = [(float(r[key]), record_kimg(r)) for r in records if _finite(r.get(key)) is not None]
+    return min(values, key=lambda vk: vk[0], default=(None, None))
+
+
+def _last_value(records: list[dict[str, Any]], key: str) -> float | None:
+    record = _last_with(records, key)
+    return _finite(record[key]) if record else None
+
+
+def exact_metrics(evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary fields of a mixture run's exact metrics (None where no record has them)."""
+    best_mmd, best_mmd_kimg = _best(evals, "mmd")
+    best_l1, best_l1_kimg = _best(evals, "mode_weight_l1")
+    last_mmd = _last_with(evals, "mmd")
+    return {
+        "best_mmd": best_mmd, "best_mmd_kimg": best_mmd_kimg,
+        "best_mode_weight_l1": best_l1, "best_mode_weight_l1_kimg": best_l1_kimg,
+        "last_mmd": _finite(last_mmd["mmd"]) if last_mmd else None,
+        "last_mmd_kimg": record_kimg(last_mmd) if last_mmd else None,
+        "last_mode_weight_l1": _last_value(evals, "mode_weight_l1"),
+        "last_precision": _last_value(evals, "precision"),
+        "last_sw2": _last_value(evals, "sw2"),
+    }
+
+
 def summarise(run: dict[str, Any]) -> dict[str, Any]:
     """A JSON-ready summary of one loaded run (fields: see the module docstring)."""
     config, status, evals = run["config"], run["status"], run["eval"]
@@ -140,20 +170,23 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
         "eval_backend": last_eval.get("backend") if last_eval else None,
         "eval_reference": last_eval.get("reference") if last_eval else None,
         "eval_n": last_eval.get("n") if last_eval else None,
+        **exact_metrics(evals),
         "status_records": len(status),
         "eval_records": len(evals),
     }
 
 
 def sort_summaries(summaries: list[dict[str, Any]], key: str | None) -> list[dict[str, Any]]:
-    """Order by best FID (lowest first; runs without one last, by name) or by name; None keeps the order given."""
+    """Order by best FID (lowest first; then runs with only a best MMD, lowest first; then the rest, by name) or by
+    name; None keeps the order given."""
     if key is None:
         return list(summaries)
     if key not in SORT_KEYS:
         raise UsageError(f"unknown sort key '{key}'", hint="use --sort fid or --sort name")
     if key == "name":
         return sorted(summaries, key=lambda s: s["name"])
-    return sorted(summaries, key=lambda s: (s["best_fid"] is None, s["best_fid"] or 0.0, s["name"]))
+    return sorted(summaries, key=lambda s: (s["best_fid"] is None, s["best_fid"] or 0.0, s["best_mmd"] is None,
+                                            s["best_mmd"] or 0.0, s["name"]))
 
 
 def compare_runs(run_dirs: list[Path], sort: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -24,9 +24,10 @@ from simcli.runtime import resolve_device
 from simcli.sampling.generator import load_generator
 from simcli.sampling.heun import HeunSettings, edm_heun_sample, one_step_generate
 from simcli.sampling.images import save_grid, save_pngs, to_uint8
+from simcli.sampling.plots import MAX_POINTS, TEACHER_COLOUR, PlotSource, write_vector_plot
 from simcli.sampling.seeds import SeedRNG
 from simcli.teachers.edm_catalog import EDM_TEACHERS
-from simcli.teachers.registry import load_teacher
+from simcli.teachers.registry import Teacher, load_teacher, teacher_kind
 
 
 def _labels(rng: SeedRNG, label_dim: int, class_label: int | None, device: torch.device) -> torch.Tensor | None:
@@ -149,10 +150,59 @@ def _check_out(out: Path, overwrite: bool, is_image: bool) -> None:
         raise UsageError(f"{out} exists and is not an empty directory", hint="pass --force to write into it")
 
 
+PLOT_HEUN_STEPS = 18  # the teacher column of a generator's --plot: EDM's deterministic 18-step sampler
+IMAGE_PLOT_ERROR = "--plot draws vector samples; these are images"
+IMAGE_PLOT_HINT = "use --grid FILE.png for a grid of images"
+
+
+def check_plot_path(plot: Path) -> None:
+    """Refuse a --plot path that cannot be written, before anything is sampled."""
+    if plot.suffix.lower() != ".png":
+        raise UsageError(f"--plot writes a PNG, got '{plot.name}'", hint="name the file FILE.png")
+    if plot.is_dir():
+        raise UsageError(f"{plot} is a directory", hint="--plot names the .png file to write")
+    if not plot.parent.is_dir():
+        raise UsageError(f"directory {plot.parent} does not exist", hint="create it, or choose another --plot")
+
+
+def _plot_teacher(generator: Path | None, teacher: str | None) -> Teacher | None:
+    """The teacher whose modes (and, for a generator, whose Heun samples) the --plot shows; refuses image
+    sources that can be told without sampling (official EDM and digits teachers, image generators)."""
+    if teacher is not None:
+        if teacher_kind(teacher).name in ("edm", "digits"):  # no download or network load just to refuse
+            raise UsageError(IMAGE_PLOT_ERROR, hint=IMAGE_PLOT_HINT)
+        return load_teacher(teacher)
+    net, meta, _ = load_generator(generator, "cpu")
+    if len(net.sample_shape) != 1:
+        raise UsageError(IMAGE_PLOT_ERROR, hint=IMAGE_PLOT_HINT)
+    name = meta.get("spec", {}).get("teacher")
+    return load_teacher(name) if isinstance(name, str) else None
+
+
+def _write_plot(plot: Path, x: torch.Tensor, info: dict[str, Any], plot_teacher: Teacher | None, *, n: int,
+                seed: int, batch_size: int, device: str) -> str:
+    """Scatter the first MAX_POINTS samples; beside a generator's, its teacher's 18-step Heun samples (same seeds)."""
+    m = min(n, MAX_POINTS)
+    shown = f"{m:,} samples" + (f" (first of {n:,})" if m < n else "")
+    if info["source"] == "generator":
+        sources = [PlotSource(x[:m].numpy(), f"one-step generator (NFE 1)\n{shown}")]
+        if plot_teacher is not None:
+            t, _, tinfo = teacher_samples(plot_teacher.denoiser, m, seed, PLOT_HEUN_STEPS, batch_size, device)
+            sources.append(PlotSource(t.numpy(), f"teacher: {tinfo['heun_steps']}-step Heun (NFE {tinfo['nfe']})\n{shown}",
+                                      TEACHER_COLOUR))
+    else:
+        sources = [PlotSource(x[:m].numpy(), f"teacher: {info['heun_steps']}-step Heun (NFE {info['nfe']})\n{shown}",
+                              TEACHER_COLOUR)]
+    name = plot_teacher.display_name if plot_teacher is not None else info.get("teacher")
+    title = f"{name or 'samples'}, seeds {seed}..{seed + m - 1}"
+    mixture = plot_teacher.mixture if plot_teacher is not None else None
+    return str(write_vector_plot(plot, sources, mixture, title))
+
+
 def sample_to_file(
     out: Path, *, generator: Path | None, teacher: str | None, n: int, seed: int, batch_size: int, device: str,
     heun_steps: int = 18, sampler: HeunSettings | None = None, overwrite: bool = False,
-    class_label: int | None = None, grid: Path | None = None,
+    class_label: int | None = None, grid: Path | None = None, plot: Path | None = None,
 ) -> dict[str, Any]:
     """Write samples and return a summary (with the teacher sampler's settings and NFE).
 
@@ -164,6 +214,10 @@ def sample_to_file(
     """
     out = Path(out)
     _check_out(out, overwrite, is_image=True)  # what can be checked before sampling
+    plot_teacher = None
+    if plot is not None:
+        check_plot_path(Path(plot))
+        plot_teacher = _plot_teacher(generator, teacher)
     if generator is not None:
         x, labels, info = generator_samples(generator, n, seed, batch_size, device, class_label)
     else:
@@ -172,7 +226,11 @@ def sample_to_file(
     if not is_image and out.suffix != ".npz":
         raise UsageError(f"vector samples are written to an .npz file, got {out.name}")
     if grid is not None and not is_image:
-        raise UsageError("--grid needs image samples")
+        raise UsageError("--grid needs image samples", hint="use --plot FILE.png for a scatter plot of vector samples")
+    if plot is not None and is_image:
+        raise UsageError(IMAGE_PLOT_ERROR, hint=IMAGE_PLOT_HINT)
+    if plot is not None and x.shape[1] < 2:
+        raise UsageError("--plot needs samples with at least 2 dimensions")
     seeds = np.arange(seed, seed + n, dtype=np.int64)
     summary = {"out": str(out), "n": n, "first_seed": seed, **info}
     if is_image:
@@ -186,6 +244,9 @@ def sample_to_file(
             summary["grid"] = str(save_grid(images[:256], grid))
     else:
         _write_npz(out, samples=x.numpy().astype(np.float32), seeds=seeds)
+        if plot is not None:
+            summary["plot"] = _write_plot(Path(plot), x, info, plot_teacher, n=n, seed=seed, batch_size=batch_size,
+                                          device=device)
     return summary
 
 

@@ -287,3 +287,74 @@ def test_help_shows_examples(cli):
     result = cli("compare", "--help")
     assert result.exit_code == 0
     assert "simcli compare runs/* --sort fid --plot compare.png" in result.stdout
+
+
+# ---------------------------------------------------------------- mixture runs: exact metrics instead of FID
+
+# (kimg, mode_weight_l1, precision, mmd, sw2), as simcli.eval.during_training writes them for mixture teachers
+RING_EVALS = [(50, 0.9, 0.7, 0.08, 0.3), (100, 0.35, 0.9, 0.0125, 0.11), (150, 0.5, 0.93, 0.02, 0.09),
+              (200, 0.25, 0.95, 0.0175, 0.08)]
+
+
+def write_mixture_run(run_dir: Path, evals=RING_EVALS, teacher: str = "gmm-ring8") -> Path:
+    write_run(run_dir, teacher=teacher)
+    lines = [{"kind": "eval", "step": k * 1000 // 64, "images_seen": k * 1000, "kimg": float(k), "n": 10000,
+              "backend": "exact", "reference": teacher, "score": mmd, "mode_weight_l1": l1, "precision": prec,
+              "mmd": mmd, "sw2": sw2, "best": False} for k, l1, prec, mmd, sw2 in evals]
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in lines)
+    return run_dir
+
+
+def test_mixture_run_exact_metrics_in_json_and_table(cli, json_doc, tmp_path):
+    run = write_mixture_run(tmp_path / "ring8-sim")
+    other = write_mixture_run(tmp_path / "ring8-sid", [(50, 1.2, 0.5, 0.2, 0.5), (100, 0.75, 0.8, 0.05, 0.25)])
+    result = cli("compare", other, run, "--json", "--sort", "fid")
+    assert result.exit_code == 0, result.output
+    docs = json_doc(result.stdout)["runs"]
+    assert [r["name"] for r in docs] == ["ring8-sim", "ring8-sid"]  # no FID: ordered by best MMD
+    s = docs[0]
+    assert (s["best_mmd"], s["best_mmd_kimg"], s["last_mmd"], s["last_mmd_kimg"]) == (0.0125, 100.0, 0.0175, 200.0)
+    assert (s["best_mode_weight_l1"], s["best_mode_weight_l1_kimg"], s["last_mode_weight_l1"]) == (0.25, 200.0, 0.25)
+    assert (s["last_precision"], s["last_sw2"], s["eval_records"], s["eval_backend"]) == (0.95, 0.08, 4, "exact")
+    assert s["best_fid"] is None and s["last_is_mean"] is None
+
+    table = cli("compare", run, other)
+    assert table.exit_code == 0, table.output
+    header = next(line for line in table.stdout.splitlines() if "best MMD" in line)
+    assert "last mode L1" in header and "best mode L1" in header and "FID" not in header  # no empty FID columns
+    row = [c.strip() for c in next(line for line in table.stdout.splitlines() if "ring8-sim" in line).split("│")]
+    assert ["0.0125", "100", "0.0175", "0.25", "0.25"] == row[row.index("0.0125"):row.index("0.0125") + 5]
+
+
+def test_mixed_image_and_mixture_runs_show_both_column_groups(cli, synthetic, tmp_path):
+    run = write_mixture_run(tmp_path / "ring8-sim")
+    table = cli("compare", synthetic["sim"], run)
+    assert table.exit_code == 0, table.output
+    header = next(line for line in table.stdout.splitlines() if "best MMD" in line)
+    assert "best FID" in header and "last IS" in header
+    assert "0.0125" in next(line for line in table.stdout.splitlines() if "ring8-sim" in line)
+    assert "3.25" in next(line for line in table.stdout.splitlines() if "cifar-sim" in line)
+
+
+def test_plot_of_mixture_runs_has_exact_metric_panels(cli, tmp_path):
+    from simcli.compare.plot import render_comparison
+    from simcli.compare.runs import load_runs
+
+    a = write_mixture_run(tmp_path / "ring8-sim")
+    b = write_mixture_run(tmp_path / "ring8-sid", [(50, 1.2, 0.5, 0.2, 0.5), (100, 0.75, 0.8, 0.05, 0.25)])
+    fig = render_comparison(load_runs([a, b]))
+    l1, mmd = fig.axes[:2]
+    assert l1.get_title().startswith("mode-weight L1") and mmd.get_title().startswith("MMD")
+    assert not [t.get_text() for ax in fig.axes for t in ax.texts]  # no "no evaluations" notes
+    assert list(l1.get_lines()[0].get_ydata()) == [0.9, 0.35, 0.5, 0.25]
+    assert list(mmd.get_lines()[0].get_ydata()) == [0.08, 0.0125, 0.02, 0.0175]
+    assert mmd.get_yscale() == "log"  # 0.0125 .. 0.2 spans more than 10x
+    assert [t.get_text() for t in mmd.get_legend().get_texts()] == ["ring8-sim", "ring8-sid"]
+    png = tmp_path / "ring.png"
+    result = cli("compare", a, b, "--plot", png)
+    assert result.exit_code == 0, result.output
+    with Image.open(png) as im:
+        img = im.convert("RGB")
+    assert img.size == (1300, 950)
+    assert _colour_pixels(img, (0x1F, 0x77, 0xB4)) > 500 and _colour_pixels(img, (0xD6, 0x27, 0x28)) > 500
