@@ -12,7 +12,7 @@ from rich.table import Table
 from simcli.cli.errors import reported_errors
 from simcli.cli.options import JsonOpt
 from simcli.cli.output import _duration, _fmt, print_json, stderr_console, stdout_console
-from simcli.errors import UsageError
+from simcli.rundir.atomic import check_png_path
 
 EPILOG = """Examples:
 
@@ -109,15 +109,6 @@ def _print_table(summaries: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-def _check_plot_path(plot: Path) -> None:
-    if plot.suffix.lower() != ".png":
-        raise UsageError(f"--plot writes a PNG, got '{plot.name}'", hint="name the file FILE.png")
-    if plot.is_dir():
-        raise UsageError(f"{plot} is a directory", hint="--plot names the .png file to write")
-    if not plot.parent.is_dir():
-        raise UsageError(f"directory {plot.parent} does not exist", hint="create it, or choose another --plot")
-
-
 def _warn_mixed_references(summaries: list[dict[str, Any]]) -> None:
     """FIDs against different reference statistics (or backends) are not comparable; say so."""
     pairs = {(s["eval_backend"], s["eval_reference"]) for s in summaries if s["eval_records"]}
@@ -138,7 +129,7 @@ def compare(
         from simcli.compare.runs import compare_runs
 
         if plot is not None:
-            _check_plot_path(plot)
+            check_png_path(plot)
         runs, summaries = compare_runs(run_dirs, sort=sort)
         if plot is not None:
             from simcli.compare.plot import write_comparison_png

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from simcli.errors import WriteFailed
+from simcli.errors import UsageError, WriteFailed
 
 
 def _umask() -> int:
@@ -63,3 +63,14 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     for p in stale:
         p.unlink()
     return stale
+
+
+def check_png_path(path: Path, option: str = "--plot") -> None:
+    """Refuse an output PNG path that cannot be written (wrong suffix, a directory, no parent), before any work."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"{option} writes a PNG, got '{path.name}'", hint="name the file FILE.png")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory", hint=f"{option} names the .png file to write")
+    if not path.parent.is_dir():
+        raise UsageError(f"directory {path.parent} does not exist", hint=f"create it, or choose another {option}")

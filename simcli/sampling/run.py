@@ -19,7 +19,7 @@ import torch
 
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
-from simcli.rundir.atomic import write_bytes_atomic
+from simcli.rundir.atomic import check_png_path, write_bytes_atomic
 from simcli.runtime import resolve_device
 from simcli.sampling.generator import load_generator
 from simcli.sampling.heun import HeunSettings, edm_heun_sample, one_step_generate
@@ -155,16 +155,6 @@ IMAGE_PLOT_ERROR = "--plot draws vector samples; these are images"
 IMAGE_PLOT_HINT = "use --grid FILE.png for a grid of images"
 
 
-def check_plot_path(plot: Path) -> None:
-    """Refuse a --plot path that cannot be written, before anything is sampled."""
-    if plot.suffix.lower() != ".png":
-        raise UsageError(f"--plot writes a PNG, got '{plot.name}'", hint="name the file FILE.png")
-    if plot.is_dir():
-        raise UsageError(f"{plot} is a directory", hint="--plot names the .png file to write")
-    if not plot.parent.is_dir():
-        raise UsageError(f"directory {plot.parent} does not exist", hint="create it, or choose another --plot")
-
-
 def _plot_teacher(generator: Path | None, teacher: str | None) -> Teacher | None:
     """The teacher whose modes (and, for a generator, whose Heun samples) the --plot shows; refuses image
     sources that can be told without sampling (official EDM and digits teachers, image generators)."""
@@ -216,7 +206,7 @@ def sample_to_file(
     _check_out(out, overwrite, is_image=True)  # what can be checked before sampling
     plot_teacher = None
     if plot is not None:
-        check_plot_path(Path(plot))
+        check_png_path(Path(plot))
         plot_teacher = _plot_teacher(generator, teacher)
     if generator is not None:
         x, labels, info = generator_samples(generator, n, seed, batch_size, device, class_label)
