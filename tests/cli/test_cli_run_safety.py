@@ -135,7 +135,8 @@ def test_an_unmapped_os_error_is_one_line_not_an_internal_error(cli, tiny_run_co
         raise OSError(errno.EIO, "Input/output error", str(run_dir / "x"))
 
     monkeypatch.setattr(loop, "remove_stale_temp_files", broken)
-    one_error_line(distill(cli, tiny_run_copy, "--steps", 30), 1, f"{tiny_run_copy / 'x'}: Input/output error")
+    line = one_error_line(distill(cli, tiny_run_copy, "--steps", 30), 1)
+    assert line == f"simcli: error: {tiny_run_copy / 'x'}: Input/output error", line
 
 
 # ---------------------------------------------------------------------------------------------- no silent restart
