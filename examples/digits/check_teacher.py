@@ -25,6 +25,8 @@ from PIL import Image
 
 from simcli.data.digits import load_digits_split
 from simcli.distill.losses import edm_weight
+from simcli.eval import fid_math
+from simcli.eval.stats import FeatureStats
 from simcli.sampling.heun import edm_heun_sample
 from simcli.sampling.seeds import SeedRNG
 
@@ -33,18 +35,10 @@ P_MEAN, P_STD = -1.2, 1.2
 
 
 def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets [N, D] (float64, unbiased covariances).
-
-    Tr sqrt(S1 S2) is computed as the sum of sqrt eigenvalues of the symmetric PSD sqrt(S1) S2 sqrt(S1).
-    """
-    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    w, v = np.linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = root1 @ s2 @ root1
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+    """Frechet distance between Gaussians fitted to two feature sets [N, D], by simcli's own float64 code."""
+    a = FeatureStats.from_features(np.asarray(f1, np.float64))
+    b = FeatureStats.from_features(np.asarray(f2, np.float64))
+    return fid_math.frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
 @torch.no_grad()
