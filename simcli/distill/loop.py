@@ -96,6 +96,20 @@ def _now() -> float:
     return time.perf_counter()
 
 
+@dataclass
+class Durations:
+    """The last measured seconds of an iteration, a snapshot (or the first grids) and an evaluation."""
+
+    iteration: float = 0.0
+    snapshot: float = 0.0
+    evaluation: float = 0.0
+
+    def needed(self, safety: float = 1.5) -> float:
+        """What a time budget must still hold to run one more iteration (and an evaluation it may trigger) and then
+        save: the safety factor covers jitter, a slower snapshot than the last one, and the process's exit."""
+        return safety * (2 * self.iteration + self.snapshot + self.evaluation)
+
+
 class Clock:
     """The run's wall time; a resumed run continues from the time saved in its state."""
 
@@ -232,32 +246,40 @@ class Distillation:
         self.on_event(self.started)
         if self.stop.requested and not self.done:  # a signal during the set-up (the teacher fit is saved by now)
             self._stopped(None)
-        self.write_grids()
         self.clock = Clock(self.progress.elapsed_s)
+        self.durations = Durations(snapshot=self._timed(self.write_grids))
         self.window_start = (self.clock.elapsed(), self.progress.step)  # (seconds, step) of the status window
         self.last_report = self.window_start[0]  # the last status or heartbeat (seconds)
         while not self.done:
             images_before = self.images_seen
-            self.iteration()  # online update(s), generator update, EMA
+            self.durations.iteration = self._timed(self.iteration)  # online update(s), generator update, EMA
             due = self.due(images_before)
             if due.status:
                 self.report_status()
             else:
                 self.heartbeat()
             if due.evaluate:
-                self.evaluate()
+                self.durations.evaluation = self._timed(self.evaluate)
             saved = None
             if due.snapshot or self._snapshot_pending:
                 # Never during a non-finite streak: if it reaches max_nonfinite_steps, the rerun must start before it.
                 if self.progress.nonfinite_consecutive and not self.done:
                     self._snapshot_pending = True
                 else:
+                    start = self.clock.elapsed()
                     saved, self._snapshot_pending = self.snapshot(), False
-            if self.stop.requested and not self.done:
+                    self.durations.snapshot = self.clock.elapsed() - start
+            if self.stop.due_to_time_limit(self.durations.needed()) and not self.done:
                 if saved is None and not self.progress.nonfinite_consecutive:
                     saved = self.snapshot()
                 self._stopped(saved)
         return self.summary()
+
+    def _timed(self, action: Callable[[], object]) -> float:
+        """Run action(); returns the seconds it took."""
+        start = self.clock.elapsed()
+        action()
+        return self.clock.elapsed() - start
 
     def _state_step(self, path: Path) -> int:
         """The iteration a state file was written at, from its name (images seen / batch size)."""
