@@ -4,7 +4,7 @@ From the top down:
     cli                 typer and rich; composes everything below; the only layer that may exit the process
     config              pydantic run specs; imports only the leaves
     engine packages     torch; each imports only the engine packages listed for it below, config and leaves
-    leaves              errors, runtime, rundir (and the package root): usable from every layer
+    leaves              errors, runtime, world, rundir (and the package root): usable from every layer
 
 Every import counts, also those inside functions. The engine packages form a stack without cycles, and no
 two modules import each other, directly or round a loop.
@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "simcli"
 
-LEAVES = ("simcli", "simcli.errors", "simcli.runtime", "simcli.rundir", "simcli.assets")
+LEAVES = ("simcli", "simcli.errors", "simcli.runtime", "simcli.world", "simcli.rundir", "simcli.assets")
 # Each engine package and the engine packages it may import (nets at the bottom).
 ENGINE = {
     "nets": set(),

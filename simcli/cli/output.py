@@ -192,9 +192,11 @@ class DistillReporter:
             self.total_steps, self.batch_size = event.total_steps, event.batch_size
             self.start_step, self.start_elapsed = event.start_step, event.elapsed_s
             origin = f"resuming from {event.resumed_from.name}" if event.resumed_from else "starting"
+            shared = f" over {event.processes} processes" if event.processes > 1 else ""
+            micro = f" in micro-batches of {event.micro_batch}{shared}" if event.micro_batch not in (None, event.batch_size) or shared else ""
             self.line(
-                f"{origin} at iteration {event.start_step} of {event.total_steps} (batch {event.batch_size}, "
-                f"device {event.device}, generator {event.generator_parameters:,} parameters) in {event.run_dir}"
+                f"{origin} at iteration {event.start_step} of {event.total_steps} (batch {event.batch_size}{micro}, "
+                f"device {event.device}, {event.precision}, generator {event.generator_parameters:,} parameters) in {event.run_dir}"
             )
             for w in event.warnings:
                 self.line(f"warning: {w}")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DistanceName = Literal["pseudo-huber", "l2", "l1", "huber", "lp", "exp-lp"]
 MethodName = Literal["sim", "sid", "di"]
+PrecisionName = Literal["fp32", "tf32", "bf16", "fp16"]
 
 
 class Strict(BaseModel):
@@ -148,11 +149,24 @@ class OnlineSpec(Strict):
     """Adam for the online model."""
     updates_per_generator_update: int = Field(1, gt=0)
     """Online updates before each generator update (1 in Algorithm 2)."""
+    sample_source: Literal["fresh", "generator-step"] = "fresh"
+    """Samples the online model is trained on. fresh: new generator samples (G in eval mode), as Algorithm 2.
+    generator-step: the samples the generator update just made (G in train mode, detached), one generator forward
+    fewer per iteration; the iteration then runs the generator update first and the online update on its samples
+    (needs updates_per_generator_update 1). Its effect on quality is measured in examples/digits/RESULTS.md."""
     augment_p: float = Field(0.0, ge=0, lt=1)
     """Probability p of EDM's augmentation pipeline on the online step's generated images: the augmented image is
     the denoising target and its 9 augment labels go to the online model. Only for networks with augment_dim 9
     (EDM's CIFAR-10, FFHQ and AFHQ teachers); other networks are not augmented and the run warns. 0.12 for sid and
     di (their code); 0 for sim (our choice: the SIM paper does not mention augmentation)."""
+
+
+    @model_validator(mode="after")
+    def _reuse_once(self) -> OnlineSpec:
+        if self.sample_source == "generator-step" and self.updates_per_generator_update != 1:
+            raise ValueError("sample_source 'generator-step' needs updates_per_generator_update 1 "
+                             f"(got {self.updates_per_generator_update}): one generator step makes one batch of samples")
+        return self
 
 
 class EMASpec(Strict):
@@ -170,13 +184,24 @@ class TrainingSpec(Strict):
     batch_size: int = Field(256, gt=0)
     """Generator images per iteration (also the online step's batch)."""
     batch_gpu: int | None = Field(None, gt=0)
-    """Images per forward pass (--batch-gpu); batch_size / batch_gpu rounds of gradient accumulation (none: one round)."""
+    """Images per forward pass (--batch-gpu): the micro-batch. The batch_size / batch_gpu micro-batches are shared out
+    over the processes (torchrun) and accumulated; each draws its random numbers from its own stream, so a run with
+    the same batch_size and batch_gpu gives the same result for any number of processes. none: batch_size divided
+    by the number of processes (on resume: the micro-batch the run used, when the processes can share it)."""
     duration_kimg: float | None = Field(None, gt=0)
     """Stop after this many thousand generator images (exclusive with duration_steps)."""
     duration_steps: int | None = Field(None, gt=0)
     """Stop after this many iterations (exclusive with duration_kimg)."""
     activation_checkpointing: bool = False
-    """Recompute UNet block activations in the backward pass (EDM networks): less memory, about 30% more time."""
+    """Recompute UNet block activations in the backward pass of the generator, the online model and the teacher
+    (EDM networks): less memory, more time (benchmarks/bench_distill.py measures both)."""
+    precision: PrecisionName = "fp32"
+    """Network passes: fp32 (TF32 off, as SiD's CIFAR-10 runs), tf32, bf16 (autocast) or fp16 (autocast with dynamic
+    loss scaling). Weights, optimiser state, losses and d'(y) stay float32. May change on resume."""
+    channels_last: bool = False
+    """Keep the image networks' weights in channels-last memory layout (often faster on GPUs with tensor cores)."""
+    compile: bool = False
+    """torch.compile the generator, the online model and the teacher (the first iterations pay the compilation)."""
     max_nonfinite_steps: int = Field(10, gt=0)
     """Stop the run (exit code 1) after this many consecutive iterations with non-finite losses or gradients."""
 
@@ -197,10 +222,6 @@ class TrainingSpec(Strict):
             return self.duration_steps
         return max(1, round(self.duration_kimg * 1000 / self.batch_size))
 
-    @property
-    def rounds(self) -> int:
-        """Gradient-accumulation rounds per iteration."""
-        return 1 if self.batch_gpu is None else self.batch_size // self.batch_gpu
 
 
 class LoggingSpec(Strict):
@@ -280,6 +301,11 @@ RESUMABLE_CHANGES = (
     "training.duration_kimg",
     "training.duration_steps",
     "training.max_nonfinite_steps",
+    # How the same computation runs: precision (a float32 master copy is kept), memory layout, compilation.
+    "training.precision",
+    "training.channels_last",
+    "training.compile",
+    "training.activation_checkpointing",
     # The optimisers' settings: applied to the restored optimisers and logged as a 'spec_change' record (for
     # example a lower learning rate after a run stopped on non-finite losses).
     *(f"{net}.optimizer.{key}" for net in ("generator", "online") for key in ("lr", "beta1", "beta2", "eps")),

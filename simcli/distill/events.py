@@ -22,6 +22,12 @@ class RunStarted:
     warnings: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     """The run's wall time before this process (0 for a new run): what Status and Heartbeat's elapsed_s start from."""
+    processes: int = 1
+    """Processes sharing the run (torchrun's world size)."""
+    micro_batch: int | None = None
+    """Images per forward pass (the micro-batches are shared out over the processes); None: the whole batch."""
+    precision: str = "fp32"
+    """The network passes' precision (training.precision)."""
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,15 @@
 """The distillation loop: online update, generator update, EMA, report, evaluate, snapshot (Algorithm 2).
 
-Iteration k draws every random number from generators seeded by (seed, k), so a run resumed from a
-state file repeats, number for number, what the uninterrupted run would have done.
+Iteration k draws every random number from streams seeded by (seed, k, phase, micro-batch), so a run resumed
+from a state file repeats, number for number, what the uninterrupted run would have done, and the same run
+shared out over several processes (torchrun; simcli.world) computes the same numbers. Every process runs the
+loop; rank 0 alone holds the run directory's lock, writes its files and reports events.
 """
 
 from __future__ import annotations
 
-import math
-import resource
-import time
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from simcli.config.spec import RunSpec
 from simcli.distill.augment import online_augmentation
+from simcli.distill.batches import BatchPlan, resolve_micro_batch, share_micro_batches
 from simcli.distill.ema import ema_beta, update_ema
 from simcli.distill.events import (
     DownloadProgress,
@@ -33,178 +33,151 @@ from simcli.distill.events import (
     Status,
     ignore_event,
 )
-from simcli.distill.setup import build_networks, prepare_run_dir
+from simcli.distill.precision import LossScaler, Precision
+from simcli.distill.recovery import kept_after_stop, repair_generator, roll_back_streak
+from simcli.distill.reports import Clock, Durations, due_reports, status_record
+from simcli.distill.setup import build_networks, prepare_run_dir, speed_up_networks
 from simcli.distill.state import Progress, restore, state_dict
-from simcli.distill.steps import BatchPlan, generator_update, make_generator_loss, online_update
-from simcli.distill.stop import StopRequest
-from simcli.distill.teacher_fit import TEACHER_FIT_FILE
-from simcli.errors import RunFailed, Stopped, UsageError
+from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
+from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, StopRequest
+from simcli.distill.streams import IterationStreams, online_phase
+from simcli.errors import RunFailed, Stopped
 from simcli.rundir.atomic import remove_stale_temp_files
 from simcli.rundir.lock import RunDirLock
 from simcli.rundir.metrics import append_record, truncate_after
 from simcli.rundir.snapshots import (
-    STATE_RE,
     kimg_tag,
     list_generators,
-    list_states,
-    load_generator_file,
+    load_state_file,
     prune_generators,
     prune_states,
     save_generator,
     save_state,
 )
-from simcli.runtime import resolve_device
 from simcli.sampling.grids import grid_images
 from simcli.sampling.heun import heun_num_evals
 from simcli.sampling.images import save_grid
 from simcli.teachers.registry import Teacher, load_teacher
+from simcli.world import World
 
 TEACHER_GRID = "teacher-grid.png"
 TEACHER_GRID_STEPS = 18
 GRID_SEED = 0
 
 Evaluator = Callable[[nn.Module, int], dict[str, Any]]
-"""Called with (EMA generator, images seen) at every evaluation point; returns the eval record's values and a
-'score' (lower is better) that decides the best generator."""
-EvaluatorFactory = Callable[[RunSpec, Teacher, torch.device], Evaluator | None]
+"""Called on every process with (EMA generator, images seen) at every evaluation point; returns, on every
+process, the eval record's values and a 'score' (lower is better) that decides the best generator."""
+EvaluatorFactory = Callable[[RunSpec, Teacher, torch.device, World], Evaluator | None]
 """Builds the evaluator for a run once its teacher is loaded (the CLI passes simcli.eval's); None: no evaluation."""
-
-
-def step_seed(seed: int, step: int, stream: int = 0) -> int:
-    """A 63-bit seed for (run seed, iteration, stream), independent across iterations."""
-    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def _memory_record(device: torch.device) -> dict[str, float]:
-    rec = {"cpu_mem_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
-    if device.type == "cuda":
-        rec["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    return rec
-
-
-@dataclass(frozen=True)
-class Due:
-    """What an iteration's end calls for."""
-
-    status: bool
-    evaluate: bool
-    snapshot: bool
-
-
-def _now() -> float:
-    """The loop's time source (seconds; tests replace it with a fake clock)."""
-    return time.perf_counter()
-
-
-@dataclass
-class Durations:
-    """The last measured seconds of an iteration, a snapshot (or the first grids) and an evaluation."""
-
-    iteration: float = 0.0
-    snapshot: float = 0.0
-    evaluation: float = 0.0
-
-    def needed(self, safety: float = 1.5) -> float:
-        """What a time budget must still hold to run one more iteration (and an evaluation it may trigger) and then
-        save: the safety factor covers jitter, a slower snapshot than the last one, and the process's exit."""
-        return safety * (2 * self.iteration + self.snapshot + self.evaluation)
-
-
-class Clock:
-    """The run's wall time; a resumed run continues from the time saved in its state."""
-
-    def __init__(self, elapsed_before: float = 0.0):
-        self.origin = _now() - elapsed_before
-
-    def elapsed(self) -> float:
-        return _now() - self.origin
 
 
 class Distillation:
     """One run directory's distillation: set up (or resumed) in __init__, advanced by run(), ended by close().
 
-    It holds the run directory's lock (simcli.rundir.lock) from before anything there is written until close()
-    (or the end of a `with` block, or of the process); a second process on the same directory is refused.
+    Rank 0 holds the run directory's lock (simcli.rundir.lock) from before anything there is written until close()
+    (or the end of a `with` block, or of the process); a second run on the same directory is refused.
     `restart`: when the directory's state files are all unreadable, move them aside and start from 0.
-    `stop`: checked once the set-up is done and after every iteration; when set, the run finishes its iteration,
-    writes a state and a generator snapshot and raises simcli.errors.Stopped (the CLI sets it from signals).
+    `stop`: checked once the set-up is done and after every iteration (any process's request stops them all);
+    when set, the run finishes its iteration, writes a state and a generator snapshot and raises
+    simcli.errors.Stopped (the CLI sets it from signals and from --max-minutes).
+    `world`: this process's place among the run's processes (simcli.world.join_world); one process by default.
     """
 
     def __init__(
         self, spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, make_evaluator: EvaluatorFactory | None = None,
-        restart: bool = False, stop: StopRequest | None = None,
+        restart: bool = False, stop: StopRequest | None = None, world: World | None = None,
     ):
-        self.spec, self.run_dir, self.on_event = spec, Path(run_dir), on_event
+        self.world = world if world is not None else World()
+        self.spec, self.run_dir = spec, Path(run_dir)
+        self.on_event = on_event if self.world.is_main else ignore_event
         self.stop = stop if stop is not None else StopRequest()
         self._snapshot_pending = False
-        self.device = resolve_device(spec.device)
+        self.device = self.world.device(spec.device)
         # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
-        teacher = load_teacher(spec.teacher, on_download=lambda done, total: on_event(DownloadProgress(done, total)))
+        # Rank 0 loads (and downloads) it before the others, which then find it in the cache.
+        teacher = self._teacher()
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
-        self.evaluator = make_evaluator(spec, teacher, self.device) if make_evaluator is not None else None
+        self.evaluator = make_evaluator(spec, teacher, self.device, self.world) if make_evaluator is not None else None
         if self.stop.requested:  # e.g. during a download: nothing in the run directory was touched
             raise Stopped(f"stopped by {self.stop.name} before the run started; nothing was written in {self.run_dir}; "
                           "run the same command again to start", self.stop.exit_code)
-        self.lock = RunDirLock(self.run_dir)
+        self.lock = RunDirLock(self.run_dir) if self.world.is_main else None
         try:
             self._set_up(teacher, restart)
         except BaseException:
             self.close()
             raise
 
+    def _teacher(self) -> Teacher:
+        """Load the teacher; rank 0 first (it downloads it), then the others (from the cache)."""
+        return self.world.main_first(
+            lambda: load_teacher(self.spec.teacher, on_download=lambda done, total: self.on_event(DownloadProgress(done, total)))
+        )
+
     def _set_up(self, teacher: Teacher, restart: bool) -> None:
-        spec = self.spec
-        prepared = prepare_run_dir(self.run_dir, spec, restart=restart, map_location=self.device)
-        remove_stale_temp_files(self.run_dir)
-        self.nets = build_networks(spec, teacher, self.run_dir, self.device, self.on_event)
+        spec, world = self.spec, self.world
+        found: dict[str, Any] = {}
+
+        def prepare() -> tuple[Path | None, list[str]]:
+            prepared = prepare_run_dir(self.run_dir, spec, restart=restart, map_location=self.device)
+            remove_stale_temp_files(self.run_dir)
+            found["loaded"] = prepared.loaded
+            return (prepared.loaded[1] if prepared.loaded else None), prepared.warnings
+
+        # Rank 0 checks the run directory and writes config.json; the others read the state it chose.
+        loaded_path, warnings = world.on_main(prepare)
+        loaded = found.get("loaded")
+        if not world.is_main and loaded_path is not None:
+            loaded = (load_state_file(loaded_path, self.device), loaded_path, [])
+        # Rank 0 fits an analytic teacher's network (and caches it) before the others, which then load the cache.
+        self.nets = world.main_first(lambda: build_networks(spec, teacher, self.run_dir, self.device, self.on_event))
         self.opts = {
             "generator": self._adam(self.nets.generator, spec.generator.optimizer),
             "online": self._adam(self.nets.online, spec.online.optimizer),
         }
-        self.progress, self.resumed_from, warnings = Progress(), None, prepared.warnings
-        if prepared.loaded is not None:
-            state, self.resumed_from, _ = prepared.loaded
+        self.progress, self.resumed_from, warnings = Progress(), None, list(warnings)
+        if loaded is not None:
+            state, self.resumed_from, _ = loaded
             self.progress = restore(state, self.nets, self.opts)
-            repaired = self._repair_generator()
-            warnings += [repaired] if repaired else []
-        dropped = truncate_after(self.run_dir, self.progress.step).describe(self.progress.step)
-        warnings += [dropped] if dropped else []
-        if prepared.loaded is not None:
+            if world.is_main:
+                repaired = repair_generator(self.run_dir, self.images_seen, self.nets.ema.state_dict(),
+                                            self._generator_meta(), self.resumed_from)
+                warnings += [repaired] if repaired else []
+        if world.is_main:
+            dropped = truncate_after(self.run_dir, self.progress.step).describe(self.progress.step)
+            warnings += [dropped] if dropped else []
+        if loaded is not None:
             warnings += self._apply_optimizer_settings()
         tr = spec.training
+        micro_batch, batch_warnings = resolve_micro_batch(tr.batch_size, tr.batch_gpu, world.size, self.progress.micro_batch)
+        self.progress.micro_batch = micro_batch
         sample_shape = tuple(self.nets.teacher.sample_shape)
-        self.plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, tr.rounds, sample_shape, self.nets.teacher.label_dim, self.device)
+        self.plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, micro_batch, sample_shape, self.nets.teacher.label_dim,
+                              self.device, share_micro_batches(tr.batch_size // micro_batch, world))
         self.loss_fn = make_generator_loss(spec.loss, spec.generator.weighting, int(np.prod(sample_shape)))
         self.augment, augment_warnings = online_augmentation(spec.online.augment_p, self.nets.online)
-        warnings = [*warnings, *augment_warnings]
+        self.precision = Precision(tr.precision, self.device)
+        scaled = self.precision.adapt([self.nets.teacher, self.nets.generator, self.nets.online, self.nets.ema])
+        self.scalers = {name: LossScaler(**{**self.progress.loss_scalers.get(name, {}), "enabled": scaled})
+                        for name in ("generator", "online")}
+        speed_up_networks(self.nets, channels_last=tr.channels_last, compile=tr.compile)
+        warnings = [*warnings, *batch_warnings, *augment_warnings]
         self.started = RunStarted(
             self.run_dir, str(self.device), self.progress.step, tr.total_steps, tr.batch_size, self.resumed_from,
             sum(p.numel() for p in self.nets.generator.parameters()), warnings, self.progress.elapsed_s,
+            world.size, micro_batch, tr.precision,
         )
 
     def close(self) -> None:
         """Release the run directory's lock (idempotent)."""
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
 
     def __enter__(self) -> Distillation:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _repair_generator(self) -> str | None:
-        """Rewrite the generator snapshot of the state resumed from when it is missing or unreadable; says so."""
-        path = self.run_dir / f"generator-{kimg_tag(self.images_seen)}.safetensors"
-        if path.is_file():
-            try:
-                load_generator_file(path)
-                return None
-            except UsageError:
-                what = "unreadable"
-        else:
-            what = "missing"
-        save_generator(path, self.nets.ema.state_dict(), self._generator_meta())
-        return f"{path.name} was {what}; rewrote it from {self.resumed_from.name}"
 
     def _apply_optimizer_settings(self) -> list[str]:
         """On resume: give the restored optimisers the spec's settings (which may have changed) and log any change.
@@ -224,8 +197,9 @@ class Distillation:
                 group.update(lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
         if not changes:
             return []
-        append_record(self.run_dir, {"kind": "spec_change", "step": self.progress.step, "images_seen": self.images_seen,
-                                     "kimg": self.images_seen / 1000, "changes": changes})
+        if self.world.is_main:
+            append_record(self.run_dir, {"kind": "spec_change", "step": self.progress.step, "images_seen": self.images_seen,
+                                         "kimg": self.images_seen / 1000, "changes": changes})
         shown = ", ".join(f"{k} {v['old']:g} -> {v['new']:g}" for k, v in changes.items())
         return [f"resuming with changed optimiser settings: {shown}"]
 
@@ -244,7 +218,11 @@ class Distillation:
     def run(self) -> dict[str, Any]:
         """Iterate to the end of the run; returns a JSON-ready summary."""
         self.on_event(self.started)
-        if self.stop.requested and not self.done:  # a signal during the set-up (the teacher fit is saved by now)
+        with self.precision.tf32():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        if self._stop_agreed() and not self.done:  # a signal during the set-up (the teacher fit is saved by now)
             self._stopped(None)
         self.clock = Clock(self.progress.elapsed_s)
         self.durations = Durations(snapshot=self._timed(self.write_grids))
@@ -253,7 +231,7 @@ class Distillation:
         while not self.done:
             images_before = self.images_seen
             self.durations.iteration = self._timed(self.iteration)  # online update(s), generator update, EMA
-            due = self.due(images_before)
+            due = due_reports(self.spec.logging, images_before, self.images_seen, self.done, self.evaluator is not None)
             if due.status:
                 self.report_status()
             else:
@@ -269,21 +247,29 @@ class Distillation:
                     start = self.clock.elapsed()
                     saved, self._snapshot_pending = self.snapshot(), False
                     self.durations.snapshot = self.clock.elapsed() - start
-            if self.stop.due_to_time_limit(self.durations.needed()) and not self.done:
+            self.stop.due_to_time_limit(self.durations.needed())
+            if self._stop_agreed() and not self.done:
                 if saved is None and not self.progress.nonfinite_consecutive:
                     saved = self.snapshot()
                 self._stopped(saved)
         return self.summary()
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop; every process then stops for the same reason (rank 0 decides the
+        exit code when they differ), so none waits in a collective for the others."""
+        code = self.world.max_int(self.stop.exit_code if self.stop.requested else 0, self.device)
+        if code and not self.stop.requested:
+            if code == TIME_LIMIT_EXIT_CODE:
+                self.stop.request_time_limit()
+            else:
+                self.stop.request(code - 128)
+        return code > 0
 
     def _timed(self, action: Callable[[], object]) -> float:
         """Run action(); returns the seconds it took."""
         start = self.clock.elapsed()
         action()
         return self.clock.elapsed() - start
-
-    def _state_step(self, path: Path) -> int:
-        """The iteration a state file was written at, from its name (images seen / batch size)."""
-        return round(float(STATE_RE.match(path.name).group(1)) * 1000 / self.spec.training.batch_size)
 
     def _stopped(self, saved: Path | None) -> None:
         """Raise Stopped with one line: what was saved (or is kept) and how to go on."""
@@ -296,43 +282,37 @@ class Distillation:
             gen = f"generator-{kimg_tag(self.images_seen)}.safetensors"
             what = f"saved {saved.name} (iteration {p.step}) and {gen} in {self.run_dir}"
         else:
-            states = list_states(self.run_dir)
-            if states:
-                why = " (no snapshot during a non-finite streak)" if p.nonfinite_consecutive else ""
-                what = f"kept {states[-1].name} (iteration {self._state_step(states[-1])}) in {self.run_dir}{why}"
-            else:
-                fit = " (the teacher fit is saved in " + TEACHER_FIT_FILE + ")" if (self.run_dir / TEACHER_FIT_FILE).is_file() else ""
-                what, how = f"no state was written yet{fit}", "run the same command again to start"
+            what, how = kept_after_stop(self.run_dir, self.spec.training.batch_size, bool(p.nonfinite_consecutive))
         raise Stopped(f"stopped by {self.stop.name} {where}: {what}; {how}", self.stop.exit_code)
 
-    def due(self, images_before: int) -> Due:
-        """Which reports the images seen in the last iteration crossed (all of them at the end of the run)."""
-        logging, end = self.spec.logging, self.done
-
-        def crossed(every_kimg: float | None) -> bool:
-            if every_kimg is None:
-                return False
-            return math.floor(self.images_seen / (every_kimg * 1000)) > math.floor(images_before / (every_kimg * 1000))
-
-        evaluate = self.evaluator is not None and (end or crossed(logging.eval_every_kimg))
-        return Due(end or crossed(logging.status_every_kimg), evaluate, end or evaluate or crossed(logging.snapshot_every_kimg))
-
     def iteration(self) -> None:
-        """One iteration of Algorithm 2, with every random draw seeded by (seed, iteration)."""
+        """One iteration of Algorithm 2, every random draw from the streams of (seed, iteration, phase, micro-batch).
+
+        online.sample_source 'generator-step' runs the generator update first and trains the online model on its
+        samples (one generator forward fewer)."""
         spec, nets, step = self.spec, self.nets, self.progress.step
-        rng = torch.Generator(device=self.device).manual_seed(step_seed(spec.seed, step))
-        torch.manual_seed(step_seed(spec.seed, step, stream=1))  # dropout masks
+        ctx = Context(self.plan, IterationStreams(spec.seed, step, self.device), self.world, self.precision.autocast)
+        reuse = spec.online.sample_source == "generator-step"
+        kept: list[Samples] | None = [] if reuse else None
+
+        def update_generator() -> tuple[float, bool]:
+            return generator_update(
+                nets.generator, nets.online, nets.teacher, self.opts["generator"], self.loss_fn, ctx,
+                spec.generator.noise, grad_through_networks=spec.loss.method != "di",
+                score_dropout=spec.generator.score_dropout, scaler=self.scalers["generator"], keep_samples=kept,
+            )
+
+        if reuse:
+            loss_gen, ok_gen = update_generator()
         ok_online = True
-        for _ in range(spec.online.updates_per_generator_update):
+        for j in range(spec.online.updates_per_generator_update):
             loss_online, ok = online_update(
-                nets.generator, nets.online, self.opts["online"], self.plan, spec.online.noise, rng, augment=self.augment
+                nets.generator, nets.online, self.opts["online"], ctx, online_phase(j), spec.online.noise,
+                augment=self.augment, scaler=self.scalers["online"], samples=kept,
             )
             ok_online = ok_online and ok
-        loss_gen, ok_gen = generator_update(
-            nets.generator, nets.online, nets.teacher, self.opts["generator"], self.loss_fn, self.plan,
-            spec.generator.noise, rng, grad_through_networks=spec.loss.method != "di",
-            score_dropout=spec.generator.score_dropout,
-        )
+        if not reuse:
+            loss_gen, ok_gen = update_generator()
         self.progress.step += 1
         # EDM's convention: the half-life's ramp-up counts the images seen before this step (simcli.distill.ema).
         beta = ema_beta(spec.training.batch_size, step * spec.training.batch_size, spec.ema.halflife_kimg, spec.ema.rampup_ratio)
@@ -353,50 +333,27 @@ class Distillation:
         p.window["nonfinite"] += 1
         self.on_event(NonFiniteStep(step, "generator" if not ok_gen else "online", p.nonfinite_consecutive))
         if p.nonfinite_consecutive >= self.spec.training.max_nonfinite_steps:
-            kept = self._roll_back_streak(p.step - p.nonfinite_consecutive)
+            good_step = p.step - p.nonfinite_consecutive
+            kept = self.world.on_main(lambda: roll_back_streak(self.run_dir, good_step, self.spec.training.batch_size))
             raise RunFailed(
                 f"{p.nonfinite_consecutive} iterations in a row had non-finite losses or gradients "
-                f"(iterations {p.step - p.nonfinite_consecutive} to {step}); {kept}",
+                f"(iterations {good_step} to {step}); {kept}",
                 hint="lower the learning rates (--set generator.optimizer.lr=... and online.optimizer.lr=... may change "
                      "on resume) and run again, or check the teacher",
             )
 
-    def _roll_back_streak(self, good_step: int) -> str:
-        """Remove the states (and their generator snapshots) written after iteration good_step, where a non-finite
-        streak began (by an earlier process, before it was stopped), so a rerun starts before the streak; says what is kept."""
-        removed = [s for s in list_states(self.run_dir) if self._state_step(s) > good_step]
-        for state in removed:
-            tag = STATE_RE.match(state.name).group(1)
-            (self.run_dir / f"generator-{tag}.safetensors").unlink(missing_ok=True)
-            state.unlink()
-        left = list_states(self.run_dir)
-        kept = (f"the last state before the streak, {left[-1].name} (iteration {self._state_step(left[-1])}), is kept"
-                if left else f"no state from before the streak is left in {self.run_dir}")
-        if removed:
-            kept += f"; removed {', '.join(s.name for s in removed)}, written during the streak"
-        return kept
-
     def report_status(self) -> None:
-        """Append a status record (losses averaged since the last one) and announce it."""
-        p, n = self.progress, self.progress.window["n"]
+        """Append a status record (losses averaged since the last one) and announce it (rank 0)."""
+        p = self.progress
         p.elapsed_s = self.clock.elapsed()
-        window_seconds, window_step = p.elapsed_s - self.window_start[0], self.window_start[1]
-        kimg = (p.step - window_step) * self.spec.training.batch_size / 1000
-        record = {
-            "kind": "status",
-            "step": p.step,
-            "images_seen": self.images_seen,
-            "kimg": self.images_seen / 1000,
-            # null (JSON's NaN) when no iteration of the interval was finite; simcli compare skips it
-            "loss_online": p.window["loss_online"] / n if n else None,
-            "loss_generator": p.window["loss_generator"] / n if n else None,
-            "nonfinite_in_interval": int(p.window["nonfinite"]),
-            "nonfinite_total": p.nonfinite_total,
-            "sec_per_kimg": window_seconds / kimg if kimg else None,
-            "elapsed_s": round(p.elapsed_s, 3),
-            **_memory_record(self.device),
-        }
-        append_record(self.run_dir, record)
+        extra: dict[str, Any] = {"processes": self.world.size} if self.world.distributed else {}
+        if self.scalers["generator"].enabled:
+            extra.update({f"loss_scale_{k}": s.scale for k, s in self.scalers.items()})
+            extra.update({f"loss_scale_overflows_{k}": s.overflows for k, s in self.scalers.items()})
+        record = status_record(p, self.spec.training.batch_size, p.elapsed_s - self.window_start[0], self.window_start[1],
+                               self.device, extra)
+        if self.world.is_main:
+            append_record(self.run_dir, record)
         self.on_event(Status(record))
         p.reset_window()
         self.window_start = (self.clock.elapsed(), p.step)
@@ -414,7 +371,8 @@ class Distillation:
         self.on_event(Heartbeat(self.progress.step, self.spec.training.total_steps, self.images_seen, round(now, 3)))
 
     def evaluate(self) -> None:
-        """Score the EMA generator, log an 'eval' record, and keep the best generator so far."""
+        """Score the EMA generator (every process takes a share of the samples), log an 'eval' record and keep the
+        best generator so far (rank 0)."""
         values = dict(self.evaluator(self.nets.ema, self.images_seen))
         score = values.pop("score", values.get("fid"))  # lower is better: FID, or MMD for mixtures
         record = {"kind": "eval", "step": self.progress.step, "images_seen": self.images_seen,
@@ -422,9 +380,11 @@ class Distillation:
         record["best"] = score is not None and (self.progress.best_score is None or score < self.progress.best_score)
         if record["best"]:
             self.progress.best_score = score
-            save_generator(self.run_dir / "generator-best.safetensors", self.nets.ema.state_dict(),
-                           {**self._generator_meta(), "score": score, **{k: v for k, v in values.items() if k != "n"}})
-        append_record(self.run_dir, record)
+            if self.world.is_main:
+                save_generator(self.run_dir / "generator-best.safetensors", self.nets.ema.state_dict(),
+                               {**self._generator_meta(), "score": score, **{k: v for k, v in values.items() if k != "n"}})
+        if self.world.is_main:
+            append_record(self.run_dir, record)
         self.on_event(Evaluated(record))
 
     def _generator_meta(self) -> dict[str, Any]:
@@ -433,10 +393,14 @@ class Distillation:
                 "images_seen": self.images_seen}
 
     def snapshot(self) -> Path:
-        """Write the EMA generator and a resumable state, keeping the newest states only; returns the state's path."""
+        """Write the EMA generator and a resumable state (rank 0), keeping the newest states only; returns the state's
+        path (where rank 0 wrote it)."""
         self.progress.elapsed_s = self.clock.elapsed()
-        self.write_grids()
+        self.progress.loss_scalers = {k: dataclasses.asdict(s) for k, s in self.scalers.items()}
         gen_path = self.run_dir / f"generator-{kimg_tag(self.images_seen)}.safetensors"
+        if not self.world.is_main:
+            return self.run_dir / f"state-{kimg_tag(self.images_seen)}.pt"
+        self.write_grids()
         save_generator(gen_path, self.nets.ema.state_dict(), self._generator_meta())
         state_path = save_state(self.run_dir, self.images_seen, state_dict(self.spec, self.nets, self.opts, self.progress))
         prune_states(self.run_dir, self.spec.logging.keep_states)
@@ -445,9 +409,10 @@ class Distillation:
         return state_path
 
     def write_grids(self) -> None:
-        """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler."""
+        """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler
+        (rank 0)."""
         n, net = self.spec.logging.grid_samples, self.nets.teacher
-        if n == 0 or len(net.sample_shape) != 3:
+        if n == 0 or len(net.sample_shape) != 3 or not self.world.is_main:
             return
         teacher_path = self.run_dir / TEACHER_GRID
         if not teacher_path.exists():
@@ -475,16 +440,20 @@ class Distillation:
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "generator": str(generators[-1]) if generators else None,
             "grid": str(grids[-1]) if grids else None,
+            "processes": self.world.size,
+            "micro_batch": self.progress.micro_batch,
+            "precision": self.spec.training.precision,
         }
 
 
 def run_distillation(
     spec: RunSpec, run_dir: Path, on_event: EventHandler = ignore_event, make_evaluator: EvaluatorFactory | None = None,
-    restart: bool = False, stop: StopRequest | None = None,
+    restart: bool = False, stop: StopRequest | None = None, world: World | None = None,
 ) -> dict[str, Any]:
     """Distill, or resume distilling, into run_dir; returns a JSON-ready summary of the run.
 
-    The run directory stays locked until the run ends, also when it fails. `restart`, `stop`: see Distillation.
+    The run directory stays locked until the run ends, also when it fails. `restart`, `stop`, `world`: see
+    Distillation.
     """
-    with Distillation(spec, run_dir, on_event, make_evaluator, restart=restart, stop=stop) as distillation:
+    with Distillation(spec, run_dir, on_event, make_evaluator, restart=restart, stop=stop, world=world) as distillation:
         return distillation.run()

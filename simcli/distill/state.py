@@ -30,6 +30,10 @@ class Progress:
     elapsed_s: float = 0.0
     window: dict[str, float] = field(default_factory=_empty_window)
     best_score: float | None = None
+    micro_batch: int | None = None
+    """Images per micro-batch, which the random streams belong to (kept on resume; None in states before it)."""
+    loss_scalers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each optimiser's LossScaler fields (simcli.distill.precision), for fp16 runs."""
 
     def reset_window(self) -> None:
         self.window = _empty_window()

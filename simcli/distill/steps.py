@@ -4,8 +4,13 @@ Gradient scoping is explicit here: parameters are frozen with requires_grad_(Fal
 the generator step runs the online model and the teacher *with* autograd so theta's gradient reaches
 their inputs (and d'(y)). Only Diff-Instruct evaluates them without a graph.
 
-Random draws: z, labels, sigma, eps and augmentations come from the iteration's generator `rng`; dropout
-masks come from torch's global RNG, which the loop reseeds every iteration. Both repeat on resume.
+An update's batch is cut into micro-batches (training.batch_gpu images each) that the processes of the run
+share out (BatchPlan.indices). Each micro-batch takes its random draws from its own stream
+(simcli.distill.streams: z, labels, sigma, augmentation and eps from its generator, dropout masks from torch's
+global RNG reseeded per micro-batch), adds loss / micro_batches to the gradients, and after the last one the
+gradients and the loss are summed over the processes (one all-reduce) before the finite check and the step.
+The network passes run under the run's precision (simcli.distill.precision); their outputs are cast to float32
+before any loss is formed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -21,10 +27,14 @@ from torch import nn
 
 from simcli.config.spec import KarrasUniformNoise, LognormalNoise, LossSpec
 from simcli.distill.augment import AugmentPipe
+from simcli.distill.batches import BatchPlan
 from simcli.distill.distances import default_pseudo_huber_c, make_distance
 from simcli.distill.losses import di_generator_loss, edm_weight, online_dsm_loss, sid_generator_loss, sim_generator_loss
 from simcli.distill.noise import sample_karras_uniform_sigma, sample_lognormal_sigma
+from simcli.distill.precision import LossScaler
+from simcli.distill.streams import GENERATOR_PHASE, IterationStreams
 from simcli.nets.denoiser import generate
+from simcli.world import World
 
 GeneratorLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -66,19 +76,13 @@ def grads_are_finite(params: list[nn.Parameter]) -> bool:
 
 
 @dataclass(frozen=True)
-class BatchPlan:
-    """How every round of an update draws its batch: sizes, shapes, labels, device."""
+class Context:
+    """What every update of an iteration shares: the plan, the iteration's streams, the world and the autocast."""
 
-    sigma_init: float
-    batch_size: int
-    rounds: int
-    sample_shape: tuple[int, ...]
-    label_dim: int
-    device: torch.device
-
-    @property
-    def round_size(self) -> int:
-        return self.batch_size // self.rounds
+    plan: BatchPlan
+    streams: IterationStreams
+    world: World = field(default_factory=World)
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
 
 
 class NoisyBatch(NamedTuple):
@@ -91,6 +95,14 @@ class NoisyBatch(NamedTuple):
     augment_labels: torch.Tensor | None = None
 
 
+class Samples(NamedTuple):
+    """A micro-batch of generator samples (detached) and their labels, handed from the generator update to the
+    online update when online.sample_source is 'generator-step'."""
+
+    x0: torch.Tensor
+    labels: torch.Tensor | None
+
+
 def draw_labels(n: int, label_dim: int, rng: torch.Generator, device: torch.device) -> torch.Tensor | None:
     """Uniformly random one-hot class labels [n, label_dim], or None for unconditional models."""
     if label_dim == 0:
@@ -99,65 +111,94 @@ def draw_labels(n: int, label_dim: int, rng: torch.Generator, device: torch.devi
     return torch.nn.functional.one_hot(classes, label_dim).to(torch.float32)
 
 
+def add_noise(
+    x0: torch.Tensor, labels: torch.Tensor | None, noise: LognormalNoise | KarrasUniformNoise, rng: torch.Generator,
+    augment: AugmentPipe | None = None,
+) -> NoisyBatch:
+    """Draw sigma, the augmentation (if any) and eps from rng in that order (EDM's loss order); with augment, the
+    batch's x0 is the augmented image."""
+    n, dev = x0.shape[0], x0.device
+    sigma = draw_sigma(noise, n, rng, dev)
+    augment_labels = None
+    if augment is not None:
+        x0, augment_labels = augment(x0, rng)
+    eps = torch.randn(x0.shape, generator=rng, device=dev)
+    return NoisyBatch(x0, sigma, x0 + sigma.reshape(-1, *([1] * (x0.ndim - 1))) * eps, labels, augment_labels)
+
+
 def noisy_generator_batch(
     generator: nn.Module,
     plan: BatchPlan,
     noise: LognormalNoise | KarrasUniformNoise,
     rng: torch.Generator,
     augment: AugmentPipe | None = None,
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
 ) -> NoisyBatch:
-    """Draw z, labels, sigma, the augmentation (if any) and eps from rng in that order; x0 carries a graph when G
-    has one. With augment, x0 is the augmented image (EDM's loss order: sigma, augmentation, noise)."""
-    n, dev = plan.round_size, plan.device
+    """Draw z and labels from rng, generate x0 = G(z) (float32; with a graph when G has one), then add_noise."""
+    n, dev = plan.micro_batch, plan.device
     z = torch.randn((n, *plan.sample_shape), generator=rng, device=dev)
     labels = draw_labels(n, plan.label_dim, rng, dev)
-    x0 = generate(generator, z, plan.sigma_init, labels)
-    sigma = draw_sigma(noise, n, rng, dev)
-    augment_labels = None
-    if augment is not None:
-        x0, augment_labels = augment(x0, rng)
-    eps = torch.randn(x0.shape, generator=rng, device=dev)
-    return NoisyBatch(x0, sigma, x0 + sigma.reshape(-1, *([1] * len(plan.sample_shape))) * eps, labels, augment_labels)
+    with autocast():
+        x0 = generate(generator, z, plan.sigma_init, labels)
+    return add_noise(x0.float(), labels, noise, rng, augment)
 
 
-def step_if_finite(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: float) -> bool:
-    """Apply the accumulated gradients only when the loss and every gradient are finite; returns that test."""
-    finite = math.isfinite(loss) and grads_are_finite(params)
-    if finite:
+def finish_update(
+    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: float, world: World, scaler: LossScaler,
+) -> tuple[float, bool]:
+    """Sum the loss and the gradients over the processes, unscale, and step when they are finite (or let the
+    scaler skip an overflow); returns (the update's loss, whether the iteration counts as finite)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    world.all_reduce_sum_(grads)
+    (loss,) = world.sum_floats([loss], grads[0].device if grads else torch.device("cpu"))
+    loss_finite = math.isfinite(loss)
+    scaler.unscale_(grads)
+    apply, finite = scaler.update(loss_finite, loss_finite and grads_are_finite(params))
+    if apply:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return finite
+    return loss, finite
 
 
 def online_update(
     generator: nn.Module,
     online: nn.Module,
     optimizer: torch.optim.Optimizer,
-    plan: BatchPlan,
+    ctx: Context,
+    phase: int,
     noise: LognormalNoise | KarrasUniformNoise,
-    rng: torch.Generator,
     sigma_data: float = 0.5,
     augment: AugmentPipe | None = None,
+    scaler: LossScaler | None = None,
+    samples: list[Samples] | None = None,
 ) -> tuple[float, bool]:
-    """One update of the online model by DSM on fresh generator samples; returns (loss, finite).
+    """One update of the online model by DSM on generator samples; returns (loss, finite).
 
-    With augment (EDM's pipeline, as SiD and Diff-Instruct's fake-score step), the augmented samples are the
-    target and their augment labels are fed to the online model.
+    The samples are fresh (G in eval mode) unless `samples` hands over the generator update's, one per micro-batch
+    of this process. With augment (EDM's pipeline, as SiD and Diff-Instruct's fake-score step), the augmented
+    samples are the target and their augment labels are fed to the online model.
     """
+    scaler = scaler if scaler is not None else LossScaler()
     generator.eval()
     online.train().requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for _ in range(plan.rounds):
-        with torch.no_grad():
-            b = noisy_generator_batch(generator, plan, noise, rng, augment)
+    for k, index in enumerate(ctx.plan.mine):
+        rng = ctx.streams.begin(phase, index)
+        if samples is None:
+            with torch.no_grad():
+                b = noisy_generator_batch(generator, ctx.plan, noise, rng, augment, ctx.autocast)
+        else:
+            b = add_noise(samples[k].x0, samples[k].labels, noise, rng, augment)
         extra = {} if b.augment_labels is None else {"augment_labels": b.augment_labels}
-        loss = online_dsm_loss(online(b.x, b.sigma, b.labels, **extra), b.x0, b.sigma, sigma_data).mean() / plan.rounds
-        loss.backward()
+        with ctx.autocast():
+            denoised = online(b.x, b.sigma, b.labels, **extra)
+        loss = online_dsm_loss(denoised.float(), b.x0, b.sigma, sigma_data).mean() / ctx.plan.micro_batches
+        (loss * scaler.factor).backward()
         total += loss.item()
-    finite = step_if_finite(optimizer, list(online.parameters()), total)
+    loss, finite = finish_update(optimizer, list(online.parameters()), total, ctx.world, scaler)
     online.eval().requires_grad_(False)
-    return total, finite
+    return loss, finite
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -196,34 +237,40 @@ def generator_update(
     teacher: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: GeneratorLoss,
-    plan: BatchPlan,
+    ctx: Context,
     noise: LognormalNoise | KarrasUniformNoise,
-    rng: torch.Generator,
     grad_through_networks: bool = True,
     score_dropout: str = "off",
+    scaler: LossScaler | None = None,
+    keep_samples: list[Samples] | None = None,
 ) -> tuple[float, bool]:
     """One generator update; the online model and teacher keep frozen parameters but live inputs.
 
     score_dropout 'off' runs both in eval mode (SIM, SiD); 'shared-mask' runs both in train mode with one dropout
     mask (Diff-Instruct) and puts them back in eval mode afterwards. The generator's own dropout is on.
+    keep_samples: a list that receives each micro-batch's x0 (detached) and labels, for the online update.
     """
+    scaler = scaler if scaler is not None else LossScaler()
     shared_mask = score_dropout == "shared-mask"
     online.train(shared_mask).requires_grad_(False)
     teacher.train(shared_mask).requires_grad_(False)
     generator.train().requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for _ in range(plan.rounds):
-        b = noisy_generator_batch(generator, plan, noise, rng)
+    for index in ctx.plan.mine:
+        rng = ctx.streams.begin(GENERATOR_PHASE, index)
+        b = noisy_generator_batch(generator, ctx.plan, noise, rng, autocast=ctx.autocast)
+        if keep_samples is not None:
+            keep_samples.append(Samples(b.x0.detach(), b.labels))
         # SIM, SiD: theta's gradient flows into both networks' inputs; Diff-Instruct: both networks are constants.
         x = b.x if grad_through_networks else b.x.detach()
-        with contextlib.nullcontext() if grad_through_networks else torch.no_grad():
+        with contextlib.nullcontext() if grad_through_networks else torch.no_grad(), ctx.autocast():
             online_out, teacher_out = score_outputs(online, teacher, x, b.sigma, b.labels, shared_mask)
-        loss = loss_fn(b.x0, online_out, teacher_out, b.sigma).mean() / plan.rounds
-        loss.backward()
+        loss = loss_fn(b.x0, online_out.float(), teacher_out.float(), b.sigma).mean() / ctx.plan.micro_batches
+        (loss * scaler.factor).backward()
         total += loss.item()
-    finite = step_if_finite(optimizer, list(generator.parameters()), total)
+    loss, finite = finish_update(optimizer, list(generator.parameters()), total, ctx.world, scaler)
     generator.eval()
     online.eval()
     teacher.eval()
-    return total, finite
+    return loss, finite

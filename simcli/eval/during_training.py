@@ -2,7 +2,9 @@
 
 The evaluator is built once (extractor and reference statistics loaded before the first iteration, so a
 missing file fails fast) and then called by the loop with the EMA generator at every evaluation point.
-The same seeds are used every time, so successive records differ only by the generator.
+The same seeds are used every time, so successive records differ only by the generator. In a run of several
+processes each generates and embeds its share of the samples; rank 0 gathers them (in seed order, so the result
+is the one-process result), scores them and hands the record to the others.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,31 +26,45 @@ from simcli.eval.stats import compute_features, resolve_reference
 from simcli.sampling.images import to_uint8
 from simcli.sampling.run import generator_batches
 from simcli.teachers.registry import Teacher
+from simcli.world import World
 
 Evaluation = dict[str, Any]
 
 
-def make_evaluator(spec: RunSpec, teacher: Teacher, device: torch.device):
+def make_evaluator(spec: RunSpec, teacher: Teacher, device: torch.device, world: World | None = None):
     """The callable (EMA generator, images seen) -> record values, or None when evaluation is off.
 
-    Passed to the distillation loop by the CLI (`simcli.distill.loop.EvaluatorFactory`).
+    Passed to the distillation loop by the CLI (`simcli.distill.loop.EvaluatorFactory`); every process of the run
+    calls it and gets the same values.
     """
     if spec.logging.eval_every_kimg is None:
         return None
+    world = world if world is not None else World()
     ev, sigma_init = spec.evaluation, spec.generator.sigma_init
 
     def samples(net: nn.Module):
-        return generator_batches(net, sigma_init, ev.num_samples, ev.seed, ev.batch_size, device)
+        return generator_batches(net, sigma_init, ev.num_samples, ev.seed, ev.batch_size, device,
+                                 shard=(world.rank, world.size))
+
+    def scored(share: Any, score: Any) -> Evaluation:
+        """Gather every process's share on rank 0 (in rank order), score them there, and hand out the values."""
+        shares = world.gather_to_main(share)
+        return world.on_main(lambda: score(shares))
 
     if teacher.mixture is not None:
         mixture = copy.deepcopy(teacher.mixture).to("cpu")  # .to() moves a module in place: keep the training one
 
         def exact(net: nn.Module, images_seen: int) -> Evaluation:
-            x = torch.cat([batch for batch, _ in samples(net)])
-            report = gmm_report(x, mixture, seed=1_000_003)
-            keys = ("mode_weight_l1", "precision", "mmd", "sw2")
-            return {"n": report["n"], "backend": "exact", "reference": spec.teacher, "score": report["mmd"],
-                    **{k: report[k] for k in keys}}
+            batches = [batch for batch, _ in samples(net)]
+            share = torch.cat(batches) if batches else torch.zeros((0, *net.sample_shape))
+
+            def score(shares: list[torch.Tensor]) -> Evaluation:
+                report = gmm_report(torch.cat(shares), mixture, seed=1_000_003)
+                keys = ("mode_weight_l1", "precision", "mmd", "sw2")
+                return {"n": report["n"], "backend": "exact", "reference": spec.teacher, "score": report["mmd"],
+                        **{k: report[k] for k in keys}}
+
+            return scored(share, score)
 
         return exact
 
@@ -63,10 +80,17 @@ def make_evaluator(spec: RunSpec, teacher: Teacher, device: torch.device):
     metrics = {"fid", "is"} if want_is else {"fid"}
 
     def fid(net: nn.Module, images_seen: int) -> Evaluation:
-        batches = (to_rgb_nchw(to_uint8(x)) for x, _ in samples(net))
-        feats, logits = compute_features(batches, extractor, want_logits=want_is)
-        scores = score_features(feats, logits, metrics, reference)
-        return {"n": int(len(feats)), "backend": ev.backend, "reference": ref_name, "score": scores["fid"],
-                "is_mean": None, "is_std": None, **scores}
+        batches = [to_rgb_nchw(to_uint8(x)) for x, _ in samples(net)]
+        share = compute_features(batches, extractor, want_logits=want_is) if batches else None
+
+        def score(shares: list[tuple[np.ndarray, np.ndarray | None] | None]) -> Evaluation:
+            parts = [s for s in shares if s is not None]
+            feats = np.concatenate([f for f, _ in parts])
+            logits = np.concatenate([lg for _, lg in parts]) if want_is else None
+            scores = score_features(feats, logits, metrics, reference)
+            return {"n": int(len(feats)), "backend": ev.backend, "reference": ref_name, "score": scores["fid"],
+                    "is_mean": None, "is_std": None, **scores}
+
+        return scored(share, score)
 
     return fid

@@ -47,6 +47,15 @@ def list_states(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: float(STATE_RE.match(p.name).group(1)))
 
 
+def load_state_file(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A state file's contents (tensors and plain data only: weights_only)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt, truncated or not a state: one line
+        raise UsageError(f"cannot read state file {path} ({type(exc).__name__})",
+                         hint="the run directory must be on a filesystem every process of the run can read") from None
+
+
 def load_latest_state(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path, list[str]] | None:
     """Newest state that loads; returns (state, path, warnings about unreadable newer ones) or None."""
     warnings = []

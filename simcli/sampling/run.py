@@ -54,10 +54,15 @@ def _chunks(seed: int, n: int, batch_size: int) -> list[list[int]]:
 
 def generator_batches(
     net: Denoiser, sigma_init: float, n: int, seed: int, batch_size: int, device: torch.device,
-    class_label: int | None = None,
+    class_label: int | None = None, shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """One-step samples [b, ...] (float32, on the CPU) and their class indices (or None), batch by batch."""
-    for seeds in _chunks(seed, n, batch_size):
+    """One-step samples [b, ...] (float32, on the CPU) and their class indices (or None), batch by batch.
+
+    shard (index, count): only the index-th of count contiguous runs of batches, so that count processes
+    concatenating their shares in index order get exactly the samples one process would."""
+    chunks = _chunks(seed, n, batch_size)
+    index, count = shard
+    for seeds in chunks[index * len(chunks) // count : (index + 1) * len(chunks) // count]:
         rng = SeedRNG(seeds)  # on the CPU, so samples are the same on any device
         latents = rng.randn(tuple(net.sample_shape)).to(device)
         onehot = _labels(rng, net.label_dim, class_label, device)

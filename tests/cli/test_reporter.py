@@ -46,7 +46,7 @@ def test_plain_lines_carry_an_iso_8601_utc_timestamp():
     reporter(RunStarted(Path("run"), "cpu", 0, 100, 10, None, 1234))
     reporter.line("done: 100 iterations")
     assert buf.getvalue().splitlines() == [
-        "2026-11-30T16:40:12Z starting at iteration 0 of 100 (batch 10, device cpu, generator 1,234 parameters) in run",
+        "2026-11-30T16:40:12Z starting at iteration 0 of 100 (batch 10, device cpu, fp32, generator 1,234 parameters) in run",
         "2026-11-30T16:40:12Z done: 100 iterations",
     ]
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import simcli.distill.loop as loop
+import simcli.distill.reports as reports
 from simcli.config.resolve import resolve_spec
 from simcli.config.spec import NetworkSpec
 from simcli.distill.events import Heartbeat, RunStarted, Status
@@ -28,7 +29,7 @@ def tiny_spec(steps: int, *sets: str):
 def slow_iterations(monkeypatch):
     """A fake loop clock on which every iteration takes 31 s."""
     now = [0.0]
-    monkeypatch.setattr(loop, "_now", lambda: now[0])
+    monkeypatch.setattr(reports, "_now", lambda: now[0])
     iteration = loop.Distillation.iteration
 
     def slow(self):

@@ -17,7 +17,9 @@ from torch import nn
 from simcli.config.resolve import resolve_spec
 from simcli.config.spec import LognormalNoise, LossSpec
 from simcli.distill.augment import AUGMENT_DIM, AugmentPipe, online_augmentation
-from simcli.distill.steps import BatchPlan, generator_update, make_generator_loss, noisy_generator_batch, online_update
+from simcli.distill.batches import BatchPlan
+from simcli.distill.steps import Context, generator_update, make_generator_loss, noisy_generator_batch, online_update
+from simcli.distill.streams import IterationStreams, online_phase
 from simcli.nets.edm_precond import EDMPrecond
 from simcli.nets.mlp import MLPDenoiser
 from simcli.teachers.registry import describe_teacher_name
@@ -104,12 +106,11 @@ def run_generator_step(score_dropout: str, method: str = "di", dim: int = 16):
     generator, teacher = DropoutNet(dim, seed=1), DropoutNet(dim, seed=2)
     online = copy.deepcopy(teacher)  # the same weights: the same mask gives the same output
     seen = {"online": record_calls(online), "teacher": record_calls(teacher)}
-    plan = BatchPlan(1.0, 8, 1, (dim,), 0, torch.device("cpu"))
+    plan = BatchPlan(1.0, 8, 8, (dim,), 0, torch.device("cpu"))
     optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
-    torch.manual_seed(5)  # the dropout stream, as the loop reseeds it
+    ctx = Context(plan, IterationStreams(5, 0, torch.device("cpu")))
     generator_update(generator, online, teacher, optimizer, make_generator_loss(LossSpec(method=method), "none", dim),
-                     plan, LognormalNoise(), torch.Generator().manual_seed(0), grad_through_networks=method != "di",
-                     score_dropout=score_dropout)
+                     ctx, LognormalNoise(), grad_through_networks=method != "di", score_dropout=score_dropout)
     return seen, online, teacher
 
 
@@ -157,10 +158,11 @@ def test_shared_mask_keeps_the_gradient_scoping():
         online = copy.deepcopy(teacher)
         grads = []
         online.register_forward_hook(lambda m, a, out, grads=grads: grads.append(out.requires_grad))
-        plan = BatchPlan(1.0, 8, 1, (16,), 0, torch.device("cpu"))
+        plan = BatchPlan(1.0, 8, 8, (16,), 0, torch.device("cpu"))
         generator_update(generator, online, teacher, torch.optim.SGD(generator.parameters(), lr=0.0),
-                         make_generator_loss(LossSpec(method=method), "none", 16), plan, LognormalNoise(),
-                         torch.Generator().manual_seed(0), grad_through_networks=method != "di", score_dropout="shared-mask")
+                         make_generator_loss(LossSpec(method=method), "none", 16),
+                         Context(plan, IterationStreams(0, 0, torch.device("cpu"))), LognormalNoise(),
+                         grad_through_networks=method != "di", score_dropout="shared-mask")
         outputs[method] = grads
     assert outputs == {"di": [False], "sim": [True]}
 
@@ -207,22 +209,23 @@ def test_shared_mask_on_cuda():
 
 def test_augmented_images_are_the_target_and_labels_reach_the_online_model():
     generator, online = tiny_edm(), tiny_edm()
-    plan = BatchPlan(2.5, 6, 1, (3, 8, 8), 0, torch.device("cpu"))
+    plan = BatchPlan(2.5, 6, 6, (3, 8, 8), 0, torch.device("cpu"))
+    streams = IterationStreams(0, 0, torch.device("cpu"))
     unet_kwargs = []
     online.model.register_forward_hook(lambda m, a, kw, out: unet_kwargs.append(kw.get("augment_labels")), with_kwargs=True)
     pipe = AugmentPipe(0.9)
     optimizer = torch.optim.Adam(online.parameters(), lr=1e-4)
-    online_update(generator, online, optimizer, plan, LognormalNoise(), torch.Generator().manual_seed(0), augment=pipe)
+    online_update(generator, online, optimizer, Context(plan, streams), online_phase(0), LognormalNoise(), augment=pipe)
     (labels,) = unet_kwargs
     assert labels is not None and labels.shape == (6, AUGMENT_DIM) and labels.abs().sum() > 0
 
     # The batch: x0 is the augmented image, x = x0 + sigma eps, the labels those of the augmentation.
     with torch.no_grad():
-        plain = noisy_generator_batch(generator, plan, LognormalNoise(), torch.Generator().manual_seed(0))
-        b = noisy_generator_batch(generator, plan, LognormalNoise(), torch.Generator().manual_seed(0), pipe)
+        plain = noisy_generator_batch(generator, plan, LognormalNoise(), streams.begin(online_phase(0), 0))
+        b = noisy_generator_batch(generator, plan, LognormalNoise(), streams.begin(online_phase(0), 0), pipe)
     assert plain.augment_labels is None
     torch.testing.assert_close(b.augment_labels, labels)
-    rng = torch.Generator().manual_seed(0)  # replay the draws: z, sigma, augmentation, eps
+    rng = streams.begin(online_phase(0), 0)  # replay the draws: z, sigma, augmentation, eps
     z = torch.randn((6, 3, 8, 8), generator=rng)
     sigma = LognormalNoise()
     from simcli.distill.steps import draw_sigma

@@ -164,7 +164,7 @@ def test_set_values_reach_the_spec_with_their_types():
     spec, provenance = resolve(sets=["online.optimizer.lr=1e-4", "ema.rampup_ratio=null", "training.batch_gpu=64"])
     assert spec.online.optimizer.lr == 1e-4 and isinstance(spec.online.optimizer.lr, float)
     assert spec.ema.rampup_ratio is None and provenance["ema.rampup_ratio"] == "--set"
-    assert spec.training.batch_gpu == 64 and spec.training.rounds == 4
+    assert spec.training.batch_gpu == 64 and spec.training.batch_size // spec.training.batch_gpu == 4
 
 
 # ---------------------------------------------------------------------------------------------- durations and noise kinds

@@ -1,0 +1,57 @@
+"""What a run directory keeps when a run stops or fails, and the repairs a resume makes (rank 0 only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from simcli.distill.teacher_fit import TEACHER_FIT_FILE
+from simcli.errors import UsageError
+from simcli.rundir.snapshots import STATE_RE, kimg_tag, list_states, load_generator_file, save_generator
+
+
+def state_step(path: Path, batch_size: int) -> int:
+    """The iteration a state file was written at, from its name (images seen / batch size)."""
+    return round(float(STATE_RE.match(path.name).group(1)) * 1000 / batch_size)
+
+
+def roll_back_streak(run_dir: Path, good_step: int, batch_size: int) -> str:
+    """Remove the states (and their generator snapshots) written after iteration good_step, where a non-finite
+    streak began (by an earlier process, before it was stopped), so a rerun starts before the streak; says what is kept."""
+    removed = [s for s in list_states(run_dir) if state_step(s, batch_size) > good_step]
+    for state in removed:
+        tag = STATE_RE.match(state.name).group(1)
+        (run_dir / f"generator-{tag}.safetensors").unlink(missing_ok=True)
+        state.unlink()
+    left = list_states(run_dir)
+    kept = (f"the last state before the streak, {left[-1].name} (iteration {state_step(left[-1], batch_size)}), is kept"
+            if left else f"no state from before the streak is left in {run_dir}")
+    if removed:
+        kept += f"; removed {', '.join(s.name for s in removed)}, written during the streak"
+    return kept
+
+
+def kept_after_stop(run_dir: Path, batch_size: int, in_streak: bool) -> tuple[str, str]:
+    """(what the run directory keeps, how to go on) when a run stops without writing a new state."""
+    states = list_states(run_dir)
+    if states:
+        why = " (no snapshot during a non-finite streak)" if in_streak else ""
+        return (f"kept {states[-1].name} (iteration {state_step(states[-1], batch_size)}) in {run_dir}{why}",
+                "run the same command again to resume")
+    fit = " (the teacher fit is saved in " + TEACHER_FIT_FILE + ")" if (run_dir / TEACHER_FIT_FILE).is_file() else ""
+    return f"no state was written yet{fit}", "run the same command again to start"
+
+
+def repair_generator(run_dir: Path, images_seen: int, ema_state: dict[str, Any], meta: dict[str, Any], source: Path) -> str | None:
+    """Rewrite the generator snapshot of the state resumed from (source) when it is missing or unreadable; says so."""
+    path = run_dir / f"generator-{kimg_tag(images_seen)}.safetensors"
+    if path.is_file():
+        try:
+            load_generator_file(path)
+            return None
+        except UsageError:
+            what = "unreadable"
+    else:
+        what = "missing"
+    save_generator(path, ema_state, meta)
+    return f"{path.name} was {what}; rewrote it from {source.name}"
