@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +24,11 @@ EPILOG = """Examples:
 
   simcli distill --teacher edm-cifar10 --distance pseudo-huber --out runs/cifar10-sim --batch-gpu 32
 
+  simcli distill --teacher edm-cifar10 --out runs/cifar10-sim --max-minutes 230   # exit code 75: run it again
+
 Running the same command again on an existing run directory resumes it. One process at a time may write
-a run directory; a second one is refused with the first one's PID and host.
+a run directory; a second one is refused with the first one's PID and host. With --max-minutes the run saves
+and stops with exit code 75 before its budget is spent (a job script requeues on it; see examples/slurm/).
 """
 
 
@@ -50,9 +54,18 @@ def distill(
     json_out: JsonOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec with where each value came from, and exit.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="When no state file in RUN_DIR is readable: move them aside into discarded-<time>/ and start again from iteration 0.")] = False,
+    precision: Annotated[str | None, typer.Option("--precision", help="Network passes in fp32 (TF32 off), tf32, bf16 (autocast) or fp16 (autocast, loss scaling); weights and losses stay float32 (default: fp32).")] = None,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", metavar="MINUTES", help="Time budget in minutes, counted from the start of this process: the run saves and exits with code 75 before it is spent, so a job script can requeue it; run the same command again to resume.")] = None,
 ) -> None:
     """Distill a teacher into a one-step generator with SIM, SiD or Diff-Instruct."""
     with reported_errors():
+        from simcli.distill.stop import StopRequest  # no torch: signal and time only
+
+        if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
+            raise UsageError(f"--max-minutes must be a positive number of minutes, not {max_minutes:g}",
+                             hint="give the job's time budget, e.g. --max-minutes 230")
+        # First thing: the budget counts from here, so the teacher's download and loading count too.
+        stop = StopRequest(max_seconds=None if max_minutes is None else max_minutes * 60)
         from simcli.config.resolve import resolve_spec
         from simcli.runtime import set_cpu_threads
 
@@ -60,7 +73,8 @@ def distill(
             raise UsageError("--kimg and --steps both given", hint="give one duration")
         flags = {
             "loss": {"method": method, "distance": distance},
-            "training": {"duration_kimg": kimg, "duration_steps": steps, "batch_size": batch_size, "batch_gpu": batch_gpu},
+            "training": {"duration_kimg": kimg, "duration_steps": steps, "batch_size": batch_size, "batch_gpu": batch_gpu,
+                         "precision": precision},
             "generator": {"optimizer": {"lr": lr}},
             "online": {"optimizer": {"lr": lr}},
             "logging": {"eval_every_kimg": eval_every},
@@ -79,18 +93,23 @@ def distill(
         if out is None:
             raise UsageError("no run directory given", hint="pass --out RUN_DIR")
         from simcli.distill.loop import run_distillation
-        from simcli.distill.stop import StopRequest
         from simcli.eval.during_training import make_evaluator
+        from simcli.world import join_world, leave_world
 
-        reporter, stop = DistillReporter(), StopRequest()
+        # Under torchrun: join the other processes (rank 0 reports and writes; the others stay quiet).
+        world = join_world(spec.device)
+        reporter = DistillReporter()
         try:
             with stop_on_signals(stop):
-                summary = run_distillation(spec, out, reporter, make_evaluator, restart=restart, stop=stop)
+                summary = run_distillation(spec, out, reporter, make_evaluator, restart=restart, stop=stop, world=world)
         except KeyboardInterrupt:  # a second Ctrl-C: at once, without a new snapshot
             reporter.close()
             interrupted(f"interrupted; {_kept_snapshot(out, spec.training.batch_size)}")
         finally:
             reporter.close()
+            leave_world(world)
+        if not world.is_main:
+            return
         if json_out:
             print_json(summary)
         else:

@@ -2,6 +2,8 @@
 
 A run stopped by a signal (simcli.errors.Stopped) is one 'simcli: stopped ...' line and the signal's code:
 143 SIGTERM, 138 SIGUSR1 (SLURM's warning before the time limit: a job script can requeue on it), 130 SIGINT.
+A run stopped by its time budget (`distill --max-minutes`) is the same kind of line with exit code 75
+(EX_TEMPFAIL, simcli.distill.stop.TIME_LIMIT_EXIT_CODE): saved, run the same command again to resume.
 
 An OSError that reaches the CLI (disk full, I/O error) is one line with the path and the cause, exit code 1.
 """
@@ -18,7 +20,8 @@ from typing import NoReturn
 
 import typer
 
-from simcli.errors import SimcliError, Stopped
+from simcli.errors import SimcliError, Stopped, UsageError
+from simcli.world import PeerFailed
 
 EXIT_INTERRUPTED = 130
 
@@ -32,24 +35,41 @@ def format_error(message: str, hint: str | None = None) -> str:
 @contextmanager
 def reported_errors() -> Iterator[None]:
     """Turn known errors into a one-line message and typer.Exit with the right code."""
+    rank = _rank()
     try:
         yield
-    except Stopped as exc:  # not an error: one line saying what was saved and how to go on
-        print(f"simcli: {exc.message}", file=sys.stderr)
+    except (UsageError, Stopped, PeerFailed) as exc:
+        if rank:  # the inputs and every joint decision are the same on all processes: rank 0 says it once
+            raise typer.Exit(exc.exit_code) from None
+        if isinstance(exc, Stopped):  # not an error: one line saying what was saved and how to go on
+            print(f"simcli: {exc.message}", file=sys.stderr)
+        else:
+            _print_error(exc.message, exc.hint)
         raise typer.Exit(exc.exit_code) from None
     except SimcliError as exc:
-        if os.environ.get("SIMCLI_DEBUG"):
-            traceback.print_exc()
-        print(format_error(exc.message, exc.hint), file=sys.stderr)
+        _print_error(exc.message, exc.hint, rank)
         raise typer.Exit(exc.exit_code) from None
     except OSError as exc:  # a read or write the engine did not map itself (disk full, I/O error): not a bug
-        if os.environ.get("SIMCLI_DEBUG"):
-            traceback.print_exc()
         why = exc.strerror or str(exc) or type(exc).__name__
-        print(format_error(f"{exc.filename}: {why}" if exc.filename else why), file=sys.stderr)
+        _print_error(f"{exc.filename}: {why}" if exc.filename else why, None, rank)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         interrupted("interrupted")
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise, or when the variable is malformed)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _print_error(message: str, hint: str | None, rank: int = 0) -> None:
+    """The one-line error (with the traceback first under SIMCLI_DEBUG); ranks other than 0 say which they are."""
+    if os.environ.get("SIMCLI_DEBUG"):
+        traceback.print_exc()
+    print(format_error(f"rank {rank}: {message}" if rank else message, hint), file=sys.stderr)
 
 
 def interrupted(message: str) -> NoReturn:

@@ -199,7 +199,8 @@ class TrainingSpec(Strict):
     """Network passes: fp32 (TF32 off, as SiD's CIFAR-10 runs), tf32, bf16 (autocast) or fp16 (autocast with dynamic
     loss scaling). Weights, optimiser state, losses and d'(y) stay float32. May change on resume."""
     channels_last: bool = False
-    """Keep the image networks' weights in channels-last memory layout (often faster on GPUs with tensor cores)."""
+    """Keep the image networks' weights in channels-last memory layout (often faster on GPUs with tensor cores). The
+    same computation up to rounding, except that dropout masks (drawn in memory order) differ."""
     compile: bool = False
     """torch.compile the generator, the online model and the teacher (the first iterations pay the compilation)."""
     max_nonfinite_steps: int = Field(10, gt=0)

@@ -58,7 +58,7 @@ from simcli.sampling.grids import grid_images
 from simcli.sampling.heun import heun_num_evals
 from simcli.sampling.images import save_grid
 from simcli.teachers.registry import Teacher, load_teacher
-from simcli.world import World
+from simcli.world import PeerFailed, World
 
 TEACHER_GRID = "teacher-grid.png"
 TEACHER_GRID_STEPS = 18
@@ -335,6 +335,8 @@ class Distillation:
         if p.nonfinite_consecutive >= self.spec.training.max_nonfinite_steps:
             good_step = p.step - p.nonfinite_consecutive
             kept = self.world.on_main(lambda: roll_back_streak(self.run_dir, good_step, self.spec.training.batch_size))
+            if not self.world.is_main:  # the same on every process: rank 0 reports it
+                raise PeerFailed("non-finite streak", RunFailed.exit_code)
             raise RunFailed(
                 f"{p.nonfinite_consecutive} iterations in a row had non-finite losses or gradients "
                 f"(iterations {good_step} to {step}); {kept}",

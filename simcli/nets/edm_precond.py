@@ -87,7 +87,8 @@ class ImagePrecond(Denoiser):
 
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        assert F_x.dtype == dtype
+        # Under autocast (simcli's bf16 and fp16 precisions) the trunk's dtype is autocast's, not `dtype`.
+        assert F_x.dtype == dtype or torch.is_autocast_enabled(x.device.type)
         return c_skip * x + c_out * F_x[:, : self.img_channels].to(torch.float32)
 
 

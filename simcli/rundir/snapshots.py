@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from simcli.errors import UsageError, WriteFailed
+from simcli.errors import RunFailed, UsageError, WriteFailed
 from simcli.rundir.atomic import atomic_write
 from simcli.rundir.network_file import GENERATOR_FORMAT, load_network_file, save_network_file
 
@@ -52,8 +52,8 @@ def load_state_file(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt, truncated or not a state: one line
-        raise UsageError(f"cannot read state file {path} ({type(exc).__name__})",
-                         hint="the run directory must be on a filesystem every process of the run can read") from None
+        raise RunFailed(f"cannot read state file {path} ({type(exc).__name__})",
+                        hint="the run directory must be on a filesystem every process of the run can read") from None
 
 
 def load_latest_state(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path, list[str]] | None:

@@ -17,10 +17,10 @@ TINY_DDPMPP = {
 }
 
 
-def write_tiny_edm(path: Path, label_dim: int = 0, seed: int = 0) -> Path:
+def write_tiny_edm(path: Path, label_dim: int = 0, seed: int = 0, dropout: float = TINY_DDPMPP["dropout"]) -> Path:
     """Write a DDPM++ EDMPrecond (8x8, 16 channels) with every weight perturbed, so every layer matters."""
     torch.manual_seed(seed)
-    init_kwargs = {**TINY_DDPMPP, "label_dim": label_dim}
+    init_kwargs = {**TINY_DDPMPP, "label_dim": label_dim, "dropout": dropout}
     net = build_edm_network("EDMPrecond", init_kwargs)
     with torch.no_grad():
         for p in net.parameters():

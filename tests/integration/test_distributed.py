@@ -24,6 +24,7 @@ from simcli.teachers.registry import describe_teacher_name
 from simcli.world import World, join_world, leave_world
 from tests.helpers.tiny_edm import write_tiny_edm
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,3 +142,26 @@ def test_micro_batches_the_processes_cannot_share_are_refused(tmp_path, teacher)
         resolve_micro_batch(8, 4, 4, None)
     with pytest.raises(UsageError, match="cannot be shared by 3 processes"):
         resolve_micro_batch(8, None, 3, None)
+
+
+def test_torchrun_launches_one_run_that_rank_0_reports(tmp_path, teacher):
+    """The command line under torchrun: one JSON document, one metrics log, the run shared by 2 processes."""
+    import subprocess
+    import sys
+
+    def distill(out: Path, *launcher: str) -> subprocess.CompletedProcess:
+        args = ["-m", "simcli", "distill", "--teacher", str(teacher), "--out", str(out), "--steps", "4",
+                "--batch-size", "8", "--batch-gpu", "4", "--device", "cpu", "--preset", "tiny", "--json",
+                "--set", "logging.status_every_kimg=0.008", "--set", "logging.grid_samples=0"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, *launcher, *args], capture_output=True, text=True, env=env, timeout=300)
+
+    two = distill(tmp_path / "two", "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()))
+    assert two.returncode == 0, two.stderr
+    summary = json.loads(two.stdout)  # one document: rank 1 prints nothing
+    assert summary["processes"] == 2 and summary["micro_batch"] == 4 and summary["steps"] == 4
+    assert two.stderr.count("starting at iteration 0") == 1
+    assert [r["processes"] for r in records(tmp_path / "two", "status")] == [2] * 4
+    one = distill(tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    assert_same_losses(tmp_path / "one", tmp_path / "two", 4)
