@@ -25,7 +25,6 @@ from simcli.distill.events import (
     DownloadProgress,
     Evaluated,
     EventHandler,
-    GridSaved,
     Heartbeat,
     NonFiniteStep,
     RunStarted,
@@ -33,10 +32,11 @@ from simcli.distill.events import (
     Status,
     ignore_event,
 )
+from simcli.distill.outputs import generator_meta, run_summary, save_best_generator, write_grids, write_snapshot
 from simcli.distill.precision import LossScaler, Precision
 from simcli.distill.recovery import kept_after_stop, repair_generator, roll_back_streak
 from simcli.distill.reports import Clock, Durations, due_reports, status_record
-from simcli.distill.setup import build_networks, prepare_run_dir, speed_up_networks
+from simcli.distill.setup import apply_optimizer_settings, build_networks, prepare_run_dir, speed_up_networks
 from simcli.distill.state import Progress, restore, state_dict
 from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, StopRequest
@@ -45,24 +45,9 @@ from simcli.errors import RunFailed, Stopped
 from simcli.rundir.atomic import remove_stale_temp_files
 from simcli.rundir.lock import RunDirLock
 from simcli.rundir.metrics import append_record, truncate_after
-from simcli.rundir.snapshots import (
-    kimg_tag,
-    list_generators,
-    load_state_file,
-    prune_generators,
-    prune_states,
-    save_generator,
-    save_state,
-)
-from simcli.sampling.grids import grid_images
-from simcli.sampling.heun import heun_num_evals
-from simcli.sampling.images import save_grid
+from simcli.rundir.snapshots import kimg_tag, load_state_file
 from simcli.teachers.registry import Teacher, load_teacher
 from simcli.world import PeerFailed, World
-
-TEACHER_GRID = "teacher-grid.png"
-TEACHER_GRID_STEPS = 18
-GRID_SEED = 0
 
 Evaluator = Callable[[nn.Module, int], dict[str, Any]]
 """Called on every process with (EMA generator, images seen) at every evaluation point; returns, on every
@@ -180,21 +165,9 @@ class Distillation:
         self.close()
 
     def _apply_optimizer_settings(self) -> list[str]:
-        """On resume: give the restored optimisers the spec's settings (which may have changed) and log any change.
-
-        Adam's state (its moments) is kept; only lr, betas and eps follow the new spec. A change is logged as a
-        'spec_change' record in metrics.jsonl with the old and new values, and returned as a warning.
-        """
-        changes: dict[str, dict[str, float]] = {}
-        for name in ("generator", "online"):
-            opt = getattr(self.spec, name).optimizer
-            wanted = {"lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps}
-            for group in self.opts[name].param_groups:
-                had = {"lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1], "eps": group["eps"]}
-                for key, value in wanted.items():
-                    if float(had[key]) != float(value):
-                        changes.setdefault(f"{name}.optimizer.{key}", {"old": float(had[key]), "new": float(value)})
-                group.update(lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        """On resume: the spec's optimiser settings replace the restored ones; a change is logged as a 'spec_change'
+        record in metrics.jsonl and returned as a warning."""
+        changes = apply_optimizer_settings(self.spec, self.opts)
         if not changes:
             return []
         if self.world.is_main:
@@ -383,69 +356,39 @@ class Distillation:
         if record["best"]:
             self.progress.best_score = score
             if self.world.is_main:
-                save_generator(self.run_dir / "generator-best.safetensors", self.nets.ema.state_dict(),
-                               {**self._generator_meta(), "score": score, **{k: v for k, v in values.items() if k != "n"}})
+                save_best_generator(self.run_dir, self.nets.ema, {**self._generator_meta(), "score": score,
+                                                                 **{k: v for k, v in values.items() if k != "n"}})
         if self.world.is_main:
             append_record(self.run_dir, record)
         self.on_event(Evaluated(record))
 
     def _generator_meta(self) -> dict[str, Any]:
-        return {"spec": self.spec.model_dump(mode="json"), "architecture": self.nets.architecture,
-                "sigma_init": self.spec.generator.sigma_init, "step": self.progress.step,
-                "images_seen": self.images_seen}
+        return generator_meta(self.spec, self.nets.architecture, self.progress.step, self.images_seen)
 
     def snapshot(self) -> Path:
         """Write the EMA generator and a resumable state (rank 0), keeping the newest states only; returns the state's
-        path (where rank 0 wrote it)."""
+        path (where rank 0 writes it)."""
         self.progress.elapsed_s = self.clock.elapsed()
         self.progress.loss_scalers = {k: dataclasses.asdict(s) for k, s in self.scalers.items()}
-        gen_path = self.run_dir / f"generator-{kimg_tag(self.images_seen)}.safetensors"
         if not self.world.is_main:
             return self.run_dir / f"state-{kimg_tag(self.images_seen)}.pt"
         self.write_grids()
-        save_generator(gen_path, self.nets.ema.state_dict(), self._generator_meta())
-        state_path = save_state(self.run_dir, self.images_seen, state_dict(self.spec, self.nets, self.opts, self.progress))
-        prune_states(self.run_dir, self.spec.logging.keep_states)
-        prune_generators(self.run_dir, self.spec.logging.keep_generators)
+        gen_path, state_path = write_snapshot(self.run_dir, self.spec, self.images_seen, self._generator_meta(),
+                                              state_dict(self.spec, self.nets, self.opts, self.progress), self.nets.ema)
         self.on_event(SnapshotSaved(gen_path, state_path, self.images_seen))
         return state_path
 
     def write_grids(self) -> None:
-        """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler
-        (rank 0)."""
-        n, net = self.spec.logging.grid_samples, self.nets.teacher
-        if n == 0 or len(net.sample_shape) != 3 or not self.world.is_main:
-            return
-        teacher_path = self.run_dir / TEACHER_GRID
-        if not teacher_path.exists():
-            images, columns = grid_images(net, n, GRID_SEED, self.device, heun_steps=TEACHER_GRID_STEPS)
-            save_grid(images, teacher_path, columns)
-            self.on_event(GridSaved(teacher_path, f"the teacher, {TEACHER_GRID_STEPS} Heun steps ({heun_num_evals(TEACHER_GRID_STEPS)} NFE)"))
-        path = self.run_dir / f"grid-{kimg_tag(self.images_seen)}.png"
-        images, columns = grid_images(self.nets.ema, n, GRID_SEED, self.device, sigma_init=self.spec.generator.sigma_init)
-        save_grid(images, path, columns)
-        self.on_event(GridSaved(path, f"the EMA generator at {self.images_seen / 1000:g} kimg, 1 NFE"))
+        """Image teachers: a grid of the EMA generator and, once per run, of the teacher's sampler (rank 0)."""
+        if self.world.is_main:
+            write_grids(self.run_dir, self.spec, self.nets.teacher, self.nets.ema, self.images_seen, self.device, self.on_event)
 
     def summary(self) -> dict[str, Any]:
-        generators = list_generators(self.run_dir)
-        grids = sorted(self.run_dir.glob("grid-*.png"))
-        return {
-            "run_dir": str(self.run_dir),
-            "teacher": self.spec.teacher,
-            "method": self.spec.loss.method,
-            "distance": self.spec.loss.distance if self.spec.loss.method == "sim" else None,
-            "steps": self.progress.step,
-            "images_seen": self.images_seen,
-            "nonfinite_total": self.progress.nonfinite_total,
-            "wall_time_s": round(self.progress.elapsed_s, 3),
-            "best_score": self.progress.best_score,
-            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
-            "generator": str(generators[-1]) if generators else None,
-            "grid": str(grids[-1]) if grids else None,
-            "processes": self.world.size,
-            "micro_batch": self.progress.micro_batch,
-            "precision": self.spec.training.precision,
-        }
+        return {**run_summary(self.run_dir, self.spec), "steps": self.progress.step, "images_seen": self.images_seen,
+                "nonfinite_total": self.progress.nonfinite_total, "wall_time_s": round(self.progress.elapsed_s, 3),
+                "best_score": self.progress.best_score,
+                "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+                "processes": self.world.size, "micro_batch": self.progress.micro_batch}
 
 
 def run_distillation(

@@ -170,3 +170,19 @@ def speed_up_networks(nets: Networks, channels_last: bool, compile: bool) -> Non
     if compile:
         for net in (nets.teacher, nets.generator, nets.online):
             net.compile()
+
+
+def apply_optimizer_settings(spec: RunSpec, opts: dict[str, torch.optim.Optimizer]) -> dict[str, dict[str, float]]:
+    """Give restored optimisers the spec's lr, betas and eps (Adam's moments are kept); returns what changed, as
+    {"generator.optimizer.lr": {"old": ..., "new": ...}, ...}."""
+    changes: dict[str, dict[str, float]] = {}
+    for name in ("generator", "online"):
+        opt = getattr(spec, name).optimizer
+        wanted = {"lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps}
+        for group in opts[name].param_groups:
+            had = {"lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1], "eps": group["eps"]}
+            for key, value in wanted.items():
+                if float(had[key]) != float(value):
+                    changes.setdefault(f"{name}.optimizer.{key}", {"old": float(had[key]), "new": float(value)})
+            group.update(lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+    return changes

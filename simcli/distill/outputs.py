@@ -1,0 +1,89 @@
+"""What rank 0 writes into the run directory as a run goes on: grids, generator snapshots with their states, the
+best generator, and the run's summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from simcli.config.spec import RunSpec
+from simcli.distill.events import EventHandler, GridSaved
+from simcli.rundir.snapshots import (
+    kimg_tag,
+    list_generators,
+    prune_generators,
+    prune_states,
+    save_generator,
+    save_state,
+)
+from simcli.sampling.grids import grid_images
+from simcli.sampling.heun import heun_num_evals
+from simcli.sampling.images import save_grid
+
+TEACHER_GRID = "teacher-grid.png"
+TEACHER_GRID_STEPS = 18
+GRID_SEED = 0
+BEST_GENERATOR = "generator-best.safetensors"
+
+
+def generator_meta(spec: RunSpec, architecture: dict[str, Any], step: int, images_seen: int) -> dict[str, Any]:
+    """The metadata every generator file carries: what `simcli sample` and `simcli eval` need to use it."""
+    return {"spec": spec.model_dump(mode="json"), "architecture": architecture, "sigma_init": spec.generator.sigma_init,
+            "step": step, "images_seen": images_seen}
+
+
+def write_grids(
+    run_dir: Path, spec: RunSpec, teacher: nn.Module, ema: nn.Module, images_seen: int, device: torch.device,
+    on_event: EventHandler,
+) -> None:
+    """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler."""
+    n = spec.logging.grid_samples
+    if n == 0 or len(teacher.sample_shape) != 3:
+        return
+    teacher_path = run_dir / TEACHER_GRID
+    if not teacher_path.exists():
+        images, columns = grid_images(teacher, n, GRID_SEED, device, heun_steps=TEACHER_GRID_STEPS)
+        save_grid(images, teacher_path, columns)
+        on_event(GridSaved(teacher_path, f"the teacher, {TEACHER_GRID_STEPS} Heun steps ({heun_num_evals(TEACHER_GRID_STEPS)} NFE)"))
+    path = run_dir / f"grid-{kimg_tag(images_seen)}.png"
+    images, columns = grid_images(ema, n, GRID_SEED, device, sigma_init=spec.generator.sigma_init)
+    save_grid(images, path, columns)
+    on_event(GridSaved(path, f"the EMA generator at {images_seen / 1000:g} kimg, 1 NFE"))
+
+
+def write_snapshot(
+    run_dir: Path, spec: RunSpec, images_seen: int, meta: dict[str, Any], state: dict[str, Any], ema: nn.Module,
+) -> tuple[Path, Path]:
+    """The EMA generator (generator-<kimg>.safetensors) and the resumable state (state-<kimg>.pt), then the oldest
+    states and generators beyond logging.keep_* removed; returns both paths."""
+    gen_path = run_dir / f"generator-{kimg_tag(images_seen)}.safetensors"
+    save_generator(gen_path, ema.state_dict(), meta)
+    state_path = save_state(run_dir, images_seen, state)
+    prune_states(run_dir, spec.logging.keep_states)
+    prune_generators(run_dir, spec.logging.keep_generators)
+    return gen_path, state_path
+
+
+def save_best_generator(run_dir: Path, ema: nn.Module, meta: dict[str, Any]) -> Path:
+    """generator-best.safetensors: the EMA generator with the best evaluation so far (its score in the metadata)."""
+    path = run_dir / BEST_GENERATOR
+    save_generator(path, ema.state_dict(), meta)
+    return path
+
+
+def run_summary(run_dir: Path, spec: RunSpec) -> dict[str, Any]:
+    """The parts of a run's summary that the run directory and spec give: where, what, the newest files."""
+    generators = list_generators(run_dir)
+    grids = sorted(run_dir.glob("grid-*.png"))
+    return {
+        "run_dir": str(run_dir),
+        "teacher": spec.teacher,
+        "method": spec.loss.method,
+        "distance": spec.loss.distance if spec.loss.method == "sim" else None,
+        "generator": str(generators[-1]) if generators else None,
+        "grid": str(grids[-1]) if grids else None,
+        "precision": spec.training.precision,
+    }
