@@ -49,6 +49,11 @@ from simcli.rundir.snapshots import kimg_tag, load_state_file
 from simcli.teachers.registry import Teacher, load_teacher
 from simcli.world import PeerFailed, World
 
+GENERATOR_STEP_COST = (
+    "online.sample_source = generator-step saves a generator forward per iteration but was measured to cost quality: "
+    "on the digits teacher FID +64% at equal images seen for 11% less time (examples/digits/SPEED-OPTIONS.md)"
+)
+
 Evaluator = Callable[[nn.Module, int], dict[str, Any]]
 """Called on every process with (EMA generator, images seen) at every evaluation point; returns, on every
 process, the eval record's values and a 'score' (lower is better) that decides the best generator."""
@@ -146,6 +151,8 @@ class Distillation:
         self.scalers = {name: LossScaler(**{**self.progress.loss_scalers.get(name, {}), "enabled": scaled})
                         for name in ("generator", "online")}
         speed_up_networks(self.nets, channels_last=tr.channels_last, compile=tr.compile)
+        if spec.online.sample_source == "generator-step":
+            batch_warnings.append(GENERATOR_STEP_COST)
         warnings = [*warnings, *batch_warnings, *augment_warnings]
         self.started = RunStarted(
             self.run_dir, str(self.device), self.progress.step, tr.total_steps, tr.batch_size, self.resumed_from,

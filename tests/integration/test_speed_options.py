@@ -103,7 +103,10 @@ def test_generator_step_samples_save_one_generator_forward_and_feed_the_online_u
 
     monkeypatch.setattr(loop, "online_update", online_spy)
     monkeypatch.setattr(loop, "generator_update", generator_spy)
-    run_distillation(spec_for(teacher, 3, "online.sample_source=generator-step"), tmp_path / "reuse")
+    events = []
+    run_distillation(spec_for(teacher, 3, "online.sample_source=generator-step"), tmp_path / "reuse", events.append)
+    (started,) = [e for e in events if isinstance(e, loop.RunStarted)]
+    assert any("SPEED-OPTIONS.md" in w and "FID" in w for w in started.warnings)  # the measured cost is said
     # 3 iterations x 2 micro-batches: fresh = online step + generator step; reuse = the generator step only
     assert fresh == 3 * 2 * 2 and counts["n"] == 3 * 2
     assert len(targets) == len(made) == 3
