@@ -25,7 +25,9 @@ def ema_beta(batch_size: int, cur_nimg: int, halflife_kimg: float, rampup_ratio:
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
     """ema <- beta * ema + (1 - beta) * net for every parameter; buffers are copied."""
-    for p_ema, p_net in zip(ema.parameters(), net.parameters(), strict=True):
-        p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+    ema_params, net_params = list(ema.parameters()), list(net.parameters())
+    if len(ema_params) != len(net_params):
+        raise ValueError(f"EMA has {len(ema_params)} parameters, the network {len(net_params)}")
+    torch._foreach_lerp_(ema_params, [p.detach() for p in net_params], 1.0 - beta)  # one fused pass
     for b_ema, b_net in zip(ema.buffers(), net.buffers(), strict=True):
         b_ema.copy_(b_net)

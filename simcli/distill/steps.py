@@ -70,9 +70,11 @@ def make_generator_loss(loss: LossSpec, weighting: str, sample_dim: int, sigma_d
 
 
 def grads_are_finite(params: list[nn.Parameter]) -> bool:
-    """True when every gradient present is finite (one device sync, not one per tensor)."""
-    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
-    return bool(torch.stack(flags).all()) if flags else True
+    """True when every gradient present is finite: the sum of every gradient's sum is (a NaN or an infinity
+    anywhere makes it so; one pass over the gradients without temporaries, and one device sync). Finite gradients
+    whose sum overflows float32 (beyond 3e38) count as non-finite too, as they should."""
+    sums = [p.grad.sum() for p in params if p.grad is not None]
+    return bool(torch.isfinite(torch.stack(sums).sum())) if sums else True
 
 
 @dataclass(frozen=True)
@@ -103,14 +105,6 @@ class Samples(NamedTuple):
     labels: torch.Tensor | None
 
 
-def draw_labels(n: int, label_dim: int, rng: torch.Generator, device: torch.device) -> torch.Tensor | None:
-    """Uniformly random one-hot class labels [n, label_dim], or None for unconditional models."""
-    if label_dim == 0:
-        return None
-    classes = torch.randint(label_dim, (n,), generator=rng, device=device)
-    return torch.nn.functional.one_hot(classes, label_dim).to(torch.float32)
-
-
 def add_noise(
     x0: torch.Tensor, labels: torch.Tensor | None, noise: LognormalNoise | KarrasUniformNoise, rng: torch.Generator,
     augment: AugmentPipe | None = None,
@@ -137,7 +131,7 @@ def noisy_generator_batch(
     """Draw z and labels from rng, generate x0 = G(z) (float32; with a graph when G has one), then add_noise."""
     n, dev = plan.micro_batch, plan.device
     z = torch.randn((n, *plan.sample_shape), generator=rng, device=dev)
-    labels = draw_labels(n, plan.label_dim, rng, dev)
+    labels = plan.conditions.draw(n, rng, dev)
     with autocast():
         x0 = generate(generator, z, plan.sigma_init, labels)
     return add_noise(x0.float(), labels, noise, rng, augment)
