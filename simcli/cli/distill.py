@@ -26,6 +26,8 @@ EPILOG = """Examples:
 
   simcli distill --teacher edm-cifar10 --out runs/cifar10-sim --max-minutes 230   # exit code 75: run it again
 
+  torchrun --nproc_per_node 4 -m simcli distill --teacher pixart-alpha-512 --prompts captions.txt --out runs/pixart
+
 Running the same command again on an existing run directory resumes it. One process at a time may write
 a run directory; a second one is refused with the first one's PID and host. With --max-minutes the run saves
 and stops with exit code 75 before its budget is spent (a job script requeues on it; see examples/slurm/).
@@ -54,6 +56,7 @@ def distill(
     json_out: JsonOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec with where each value came from, and exit.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="When no state file in RUN_DIR is readable: move them aside into discarded-<time>/ and start again from iteration 0.")] = False,
+    prompts: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="Text-to-image teachers: the prompts to distill from, one per line (.txt) or JSON lines with a 'prompt' field (.jsonl).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="Network passes in fp32 (TF32 off), tf32, bf16 (autocast) or fp16 (autocast, loss scaling); weights and losses stay float32 (default: fp32).")] = None,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", metavar="MINUTES", help="Time budget in minutes, counted from the start of this process: the run saves and exits with code 75 before it is spent, so a job script can requeue it; run the same command again to resume.")] = None,
 ) -> None:
@@ -81,6 +84,8 @@ def distill(
             "evaluation": {"reference": fid_ref, "num_samples": fid_n},
             "seed": seed,
             "device": device,
+            # absolute, so that the run resumes from any working directory
+            "text": {"prompts": str(prompts.resolve()) if prompts is not None else None},
         }
         from simcli.teachers.registry import check_teacher, describe_teacher_name
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from simcli.distill.events import (
     DownloadProgress,
+    EmbeddingProgress,
     Evaluated,
     GridSaved,
     Heartbeat,
@@ -187,6 +188,11 @@ class DistillReporter:
             now = self.clock()
             if event.step == event.total_steps or self._fit_shown_at is None or now - self._fit_shown_at >= self.fit_every_s:
                 self.line(f"fitting the network to the analytic teacher: step {event.step}/{event.total_steps}, loss {_fmt(event.loss)}")
+                self._fit_shown_at = now
+        elif isinstance(event, EmbeddingProgress):
+            now = self.clock()
+            if event.done == event.total or self._fit_shown_at is None or now - self._fit_shown_at >= self.fit_every_s:
+                self.line(f"embedding prompts once into {event.store}: {event.done:,}/{event.total:,}")
                 self._fit_shown_at = now
         elif isinstance(event, RunStarted):
             self.total_steps, self.batch_size = event.total_steps, event.batch_size

@@ -1,7 +1,8 @@
 """Named presets: partial specs layered over the method defaults (defaults < preset < file < flags).
 
 `auto` picks the preset that fits the teacher's kind (each kind names its preset in simcli/teachers/registry.py:
-`gmm` for analytic mixtures, `digits` for the shipped digits teacher, `cifar10` for other networks). A preset's
+`gmm` for analytic mixtures, `digits` for the shipped digits teacher, `pixart` for diffusers text-to-image
+teachers, `cifar10` for other networks). A preset's
 `by_method` entry holds settings that apply only to one method (layered right above the preset).
 """
 
@@ -41,6 +42,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training": {"batch_size": 128, "duration_kimg": 50.0},
         "logging": {"status_every_kimg": 2.0, "eval_every_kimg": 10.0, "snapshot_every_kimg": 10.0},
         "evaluation": {"backend": "digits", "num_samples": 2000, "batch_size": 500},
+    },
+    # The paper's text-to-image run, SIM-DiT-600M (Appendix B.3): Adam 5e-6, betas (0, 0.999) for both networks,
+    # ln sigma ~ N(-2, 2^2) for both steps truncated to PixArt's noise range [0.01, 156.6155] (eq. B.14), both loss
+    # weights 1, bf16, gradient checkpointing, batch 1024 by accumulation (4 GPUs x 8 rounds x 32), about 16k
+    # iterations. No augmentation (latents), sigma_init 2.5.
+    "pixart": {
+        "generator": {"optimizer": {"lr": 5e-6, "beta1": 0.0, "beta2": 0.999}, "sigma_init": 2.5, "weighting": "none",
+                      "noise": {"kind": "lognormal", "p_mean": -2.0, "p_std": 2.0, "sigma_min": 0.01, "sigma_max": 156.6155}},
+        "online": {"optimizer": {"lr": 5e-6, "beta1": 0.0, "beta2": 0.999}, "augment_p": 0.0,
+                   "noise": {"kind": "lognormal", "p_mean": -2.0, "p_std": 2.0, "sigma_min": 0.01, "sigma_max": 156.6155}},
+        "ema": {"halflife_kimg": 500.0, "rampup_ratio": 0.05},
+        "training": {"batch_size": 1024, "batch_gpu": 32, "duration_kimg": 16384.0, "precision": "bf16",
+                     "activation_checkpointing": True},
+        "logging": {"status_every_kimg": 10.24, "snapshot_every_kimg": 1024.0, "grid_samples": 0},
     },
     # A seconds-long smoke run: tiny networks, a short fit, a handful of iterations.
     "tiny": {

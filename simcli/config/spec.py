@@ -269,6 +269,21 @@ class EvaluationSpec(Strict):
     """First seed of the evaluation samples (the same seeds at every evaluation)."""
 
 
+class TextSpec(Strict):
+    """Text-to-image teachers: the prompts the run is distilled from (data-free: prompts only) and the teacher's guidance."""
+
+    prompts: str | None = None
+    """Prompt file (--prompts): one prompt per line (.txt) or JSON lines with a 'prompt' field (.jsonl)."""
+    guidance_scale: float = Field(4.5, ge=1.0)
+    """The teacher's classifier-free guidance scale w: eps_u + w (eps_c - eps_u); the generator and the online model
+    see the conditional prompt only. 4.5: PixArt-alpha's pipeline default (the paper does not state its value)."""
+    embedding_cache: bool = True
+    """Embed every prompt once into an on-disk store (in simcli's cache), so the text encoder is not in memory while
+    training; false: keep the text encoder loaded and embed each micro-batch's prompts as it is drawn."""
+    encode_batch_size: int = Field(64, gt=0)
+    """Prompts per text-encoder batch when the store is built."""
+
+
 class RunSpec(Strict):
     """Everything that defines a distillation run; written to config.json and embedded in checkpoints."""
 
@@ -292,6 +307,8 @@ class RunSpec(Strict):
     """Reporting and checkpoint cadence."""
     evaluation: EvaluationSpec = EvaluationSpec()
     """What in-training evaluation computes."""
+    text: TextSpec = TextSpec()
+    """Prompts and guidance (text-to-image teachers only)."""
     seed: int = Field(0, ge=0)
     """Seed of every random draw; iteration k reseeds from (seed, k), so resumed runs repeat exactly."""
     device: str = "auto"
@@ -324,4 +341,6 @@ RESUMABLE_CHANGES = (
     "logging.keep_states",
     "logging.keep_generators",
     "device",
+    "text.encode_batch_size",
+    "text.embedding_cache",
 )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from simcli.distill.conditions import ClassLabels, Conditions
 from simcli.errors import UsageError
 from simcli.world import World
 
@@ -22,10 +23,16 @@ class BatchPlan:
     label_dim: int
     device: torch.device
     indices: tuple[int, ...] | None = None
+    condition_source: Conditions | None = None
+    """What samples are conditioned on; None: class labels of label_dim classes (none when 0)."""
 
     def __post_init__(self) -> None:
         if self.micro_batch <= 0 or self.batch_size % self.micro_batch:
             raise ValueError(f"micro-batch {self.micro_batch} does not divide the batch {self.batch_size}")
+
+    @property
+    def conditions(self) -> Conditions:
+        return self.condition_source if self.condition_source is not None else ClassLabels(self.label_dim)
 
     @property
     def micro_batches(self) -> int:

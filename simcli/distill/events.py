@@ -39,6 +39,15 @@ class DownloadProgress:
 
 
 @dataclass(frozen=True)
+class EmbeddingProgress:
+    """Prompts embedded so far into the store at `store` (text-to-image runs, once per prompt file and encoder)."""
+
+    done: int
+    total: int
+    store: str
+
+
+@dataclass(frozen=True)
 class TeacherFitProgress:
     """Progress of the MLP fit to an analytic teacher."""
 

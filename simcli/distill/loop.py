@@ -41,6 +41,7 @@ from simcli.distill.state import Progress, restore, state_dict
 from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, StopRequest
 from simcli.distill.streams import IterationStreams, online_phase
+from simcli.distill.text_setup import is_text_teacher, prepare_prompts
 from simcli.errors import RunFailed, Stopped
 from simcli.rundir.atomic import remove_stale_temp_files
 from simcli.rundir.lock import RunDirLock
@@ -138,12 +139,16 @@ class Distillation:
             warnings += [dropped] if dropped else []
         if loaded is not None:
             warnings += self._apply_optimizer_settings()
+        condition_source = None
+        if is_text_teacher(teacher):  # prompts: embedded once into a store (rank 0 first), or by a loaded encoder
+            condition_source, null, _ = prepare_prompts(spec, teacher, world, self.on_event)
+            self.nets.teacher.set_null_condition(null.to(self.device))
         tr = spec.training
         micro_batch, batch_warnings = resolve_micro_batch(tr.batch_size, tr.batch_gpu, world.size, self.progress.micro_batch)
         self.progress.micro_batch = micro_batch
         sample_shape = tuple(self.nets.teacher.sample_shape)
         self.plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, micro_batch, sample_shape, self.nets.teacher.label_dim,
-                              self.device, share_micro_batches(tr.batch_size // micro_batch, world))
+                              self.device, share_micro_batches(tr.batch_size // micro_batch, world), condition_source)
         self.loss_fn = make_generator_loss(spec.loss, spec.generator.weighting, int(np.prod(sample_shape)))
         self.augment, augment_warnings = online_augmentation(spec.online.augment_p, self.nets.online)
         self.precision = Precision(tr.precision, self.device)

@@ -41,8 +41,8 @@ def write_grids(
 ) -> None:
     """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler."""
     n = spec.logging.grid_samples
-    if n == 0 or len(teacher.sample_shape) != 3:
-        return
+    if n == 0 or len(teacher.sample_shape) != 3 or getattr(teacher, "text_dim", 0):
+        return  # text-to-image latents: `simcli sample --prompt` decodes them
     teacher_path = run_dir / TEACHER_GRID
     if not teacher_path.exists():
         images, columns = grid_images(teacher, n, GRID_SEED, device, heun_steps=TEACHER_GRID_STEPS)

@@ -152,6 +152,10 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
     generator = copy.deepcopy(base).requires_grad_(True)
     online = copy.deepcopy(base).requires_grad_(False)
     ema = copy.deepcopy(base).requires_grad_(False)
+    if hasattr(teacher, "guidance_scale"):  # text-to-image: the teacher guided, the copies on the prompt alone
+        teacher.guidance_scale = spec.text.guidance_scale
+        for net in (generator, online, ema):
+            net.guidance_scale = 1.0
     if spec.training.activation_checkpointing:
         for net in (teacher, generator, online):
             if not hasattr(net, "set_activation_checkpointing"):

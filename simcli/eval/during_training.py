@@ -68,6 +68,9 @@ def make_evaluator(spec: RunSpec, teacher: Teacher, device: torch.device, world:
 
         return exact
 
+    if getattr(teacher.denoiser, "text_dim", 0):
+        raise UsageError("in-training evaluation of text-to-image runs is not supported",
+                         hint="drop --eval-every; score samples of a snapshot with simcli sample --prompts and simcli eval")
     extractor = get_extractor(ev.backend, feature_weights=ev.feature_weights, device=device)
     want_is = ev.inception_score and extractor.has_logits
     ref_name = ev.reference or teacher.fid_reference

@@ -1,0 +1,77 @@
+"""Set up a text-to-image run: its prompts, their embeddings (a store built once, or a text encoder kept loaded),
+and the teacher's empty-prompt embedding for classifier-free guidance."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import torch
+
+from simcli.config.spec import RunSpec
+from simcli.data.prompts import prompts_digest, read_prompts
+from simcli.data.text_embeddings import EmbeddingStore, build_embedding_store, embedding_store_key
+from simcli.distill.conditions import Conditions, LivePrompts, StoredPrompts
+from simcli.distill.events import EmbeddingProgress, EventHandler
+from simcli.errors import UsageError
+from simcli.nets.text_condition import TextCondition
+from simcli.teachers.cache import cache_dir
+from simcli.teachers.registry import Teacher
+from simcli.world import World
+
+STORE_DTYPE = torch.bfloat16
+"""Embeddings are stored in bfloat16 (half the disk of float32; T5's hidden states are trained in bf16)."""
+
+
+def is_text_teacher(teacher: Teacher) -> bool:
+    """Whether the teacher is conditioned on prompts."""
+    return getattr(teacher.denoiser, "text_dim", 0) > 0
+
+
+def store_directory(spec: RunSpec, encoder_id: str, max_tokens: int) -> Path:
+    """Where the embeddings of the run's prompt file are stored: simcli's cache, keyed by the file's bytes, the
+    encoder, the token limit and the dtype (any run with the same prompts and encoder reuses them)."""
+    key = embedding_store_key(prompts_digest(Path(spec.text.prompts)), encoder_id, max_tokens, "bfloat16")
+    return cache_dir() / "text-embeddings" / key
+
+
+def prepare_prompts(
+    spec: RunSpec, teacher: Teacher, world: World, on_event: EventHandler
+) -> tuple[Conditions, TextCondition, dict[str, object]]:
+    """(where prompts are drawn from, the empty prompt's embedding, facts for the run's summary).
+
+    With text.embedding_cache, rank 0 builds the store (or finds it in the cache) before the others open it, and
+    the text encoder is freed before training starts; without it, every process keeps its text encoder."""
+    if spec.text.prompts is None:
+        raise UsageError(f"teacher '{teacher.display_name}' is a text-to-image teacher and needs prompts",
+                         hint="pass --prompts FILE (one prompt per line, or JSON lines with a 'prompt' field)")
+    prompts = read_prompts(Path(spec.text.prompts))
+    source = teacher.pipeline
+    if not spec.text.embedding_cache:
+        encode = source.encoder()
+        null = encode([""])
+        return LivePrompts(prompts, encode), TextCondition(null.embeds.float(), null.mask), {"prompts": len(prompts)}
+
+    def build() -> EmbeddingStore:
+        directory = store_directory(spec, source.encoder_id, source.max_tokens)
+        try:
+            return EmbeddingStore.open(directory)
+        except UsageError:
+            pass  # not built yet (or left incomplete): build (or finish) it
+        encode = source.encoder()
+        try:
+            return build_embedding_store(
+                directory, prompts, encode, batch_size=spec.text.encode_batch_size, dtype=STORE_DTYPE,
+                on_progress=lambda done, total: on_event(EmbeddingProgress(done, total, str(directory))),
+            )
+        finally:
+            del encode
+            gc.collect()
+
+    store = world.main_first(lambda: build() if world.is_main else EmbeddingStore.open(
+        store_directory(spec, source.encoder_id, source.max_tokens)))
+    if len(store) != len(prompts):
+        raise UsageError(f"the embedding store {store_directory(spec, source.encoder_id, source.max_tokens)} holds "
+                         f"{len(store)} prompts, the prompt file {len(prompts)}", hint="delete the store to rebuild it")
+    embeds, mask = store.null()
+    return StoredPrompts(store), TextCondition(embeds.float(), mask), {"prompts": len(prompts)}
