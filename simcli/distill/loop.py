@@ -141,7 +141,7 @@ class Distillation:
             warnings += self._apply_optimizer_settings()
         condition_source = None
         if is_text_teacher(teacher):  # prompts: embedded once into a store (rank 0 first), or by a loaded encoder
-            condition_source, null, _ = prepare_prompts(spec, teacher, world, self.on_event)
+            condition_source, null, _ = prepare_prompts(spec, teacher, world, self.device, self.on_event)
             self.nets.teacher.set_null_condition(null.to(self.device))
         tr = spec.training
         micro_batch, batch_warnings = resolve_micro_batch(tr.batch_size, tr.batch_gpu, world.size, self.progress.micro_batch)

@@ -36,7 +36,7 @@ def store_directory(spec: RunSpec, encoder_id: str, max_tokens: int) -> Path:
 
 
 def prepare_prompts(
-    spec: RunSpec, teacher: Teacher, world: World, on_event: EventHandler
+    spec: RunSpec, teacher: Teacher, world: World, device: torch.device, on_event: EventHandler
 ) -> tuple[Conditions, TextCondition, dict[str, object]]:
     """(where prompts are drawn from, the empty prompt's embedding, facts for the run's summary).
 
@@ -47,18 +47,21 @@ def prepare_prompts(
                          hint="pass --prompts FILE (one prompt per line, or JSON lines with a 'prompt' field)")
     prompts = read_prompts(Path(spec.text.prompts))
     source = teacher.pipeline
+    # The encoder on the run's device; in bfloat16 on GPUs (the store keeps bfloat16 anyway).
+    dtype = torch.bfloat16 if device.type == "cuda" else None
     if not spec.text.embedding_cache:
-        encode = source.encoder()
+        encode = source.encoder(device, dtype, spec.text.encode_batch_size)
         null = encode([""])
         return LivePrompts(prompts, encode), TextCondition(null.embeds.float(), null.mask), {"prompts": len(prompts)}
 
+    directory = store_directory(spec, source.encoder_id(), source.max_tokens)
+
     def build() -> EmbeddingStore:
-        directory = store_directory(spec, source.encoder_id, source.max_tokens)
         try:
             return EmbeddingStore.open(directory)
         except UsageError:
             pass  # not built yet (or left incomplete): build (or finish) it
-        encode = source.encoder()
+        encode = source.encoder(device, dtype, spec.text.encode_batch_size)
         try:
             return build_embedding_store(
                 directory, prompts, encode, batch_size=spec.text.encode_batch_size, dtype=STORE_DTYPE,
@@ -68,10 +71,9 @@ def prepare_prompts(
             del encode
             gc.collect()
 
-    store = world.main_first(lambda: build() if world.is_main else EmbeddingStore.open(
-        store_directory(spec, source.encoder_id, source.max_tokens)))
+    store = world.main_first(lambda: build() if world.is_main else EmbeddingStore.open(directory))
     if len(store) != len(prompts):
-        raise UsageError(f"the embedding store {store_directory(spec, source.encoder_id, source.max_tokens)} holds "
-                         f"{len(store)} prompts, the prompt file {len(prompts)}", hint="delete the store to rebuild it")
+        raise UsageError(f"the embedding store {directory} holds {len(store)} prompts, the prompt file {len(prompts)}",
+                         hint="delete the store to rebuild it")
     embeds, mask = store.null()
     return StoredPrompts(store), TextCondition(embeds.float(), mask), {"prompts": len(prompts)}

@@ -41,6 +41,11 @@ MAX_RESOLUTION = 8192
 def _check_counts(architecture: dict[str, Any], source: str) -> None:
     """Refuse structural counts that would make even a meta-device build slow (many modules, long loops)."""
     kwargs = architecture.get("init_kwargs", architecture)
+    if architecture.get("kind") == "pixart":  # the diffusers config and the training schedule
+        config, schedule = architecture.get("config"), architecture.get("schedule") or {}
+        if not isinstance(config, dict) or not isinstance(schedule, dict):
+            raise UsageError(f"{source}: the recorded PixArt architecture's config or schedule is not a mapping")
+        kwargs = {**config, "M": schedule.get("num_train_timesteps"), "img_resolution": config.get("sample_size")}
     if not isinstance(kwargs, dict):
         raise UsageError(f"{source}: the recorded architecture's init_kwargs are not a mapping")
     limits = {"num_blocks": MAX_BLOCKS, "num_layers": MAX_BLOCKS, "M": MAX_NOISE_LEVELS, "img_resolution": MAX_RESOLUTION}
@@ -109,6 +114,10 @@ def build_network(architecture: dict[str, Any]) -> Denoiser:
         return MLPDenoiser(**arch)
     if kind == "edm":
         return build_edm_network(str(arch.get("class_name")), dict(arch.get("init_kwargs", {})))
+    if kind == "pixart":  # a diffusers PixArt transformer; diffusers is imported only here
+        from simcli.nets.pixart import build_pixart_network
+
+        return build_pixart_network(arch)
     raise UsageError(f"unknown network kind {kind!r} in checkpoint", hint="was it written by a newer simcli?")
 
 

@@ -8,7 +8,9 @@ check that needs no network or download, and the loader. A new kind of teacher i
 - official EDM checkpoints by name (`edm-cifar10`, ...; see edm_catalog.py), downloaded into the cache, and
   local EDM snapshots: any path ending in `.pkl`, loaded without running code from it;
 - `digits`: the small class-conditional EDM teacher that ships inside simcli (8x8 handwritten digits), and any
-  network in simcli's native format: a path ending in `.safetensors` (simcli/teachers/native.py).
+  network in simcli's native format: a path ending in `.safetensors` (simcli/teachers/native.py);
+- text-to-image diffusers pipelines: `pixart-alpha-512` (PixArt-alpha from the Hugging Face Hub cache) and
+  `diffusers:PATH`, a local pipeline folder (simcli/teachers/diffusers_teacher.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simcli.errors import UsageError
+from simcli.teachers.diffusers_teacher import (
+    DIFFUSERS_PREFIX,
+    DIFFUSERS_TEACHERS,
+    absolute_diffusers_name,
+    check_diffusers_teacher,
+    is_diffusers_name,
+)
 from simcli.teachers.download import DownloadProgressFn
 from simcli.teachers.edm_catalog import EDM_TEACHERS
 
@@ -37,6 +46,8 @@ class Teacher:
                    fits one first)
     mixture        the analytic distribution, for exact samples and metrics; None for network teachers
     fid_reference  the FID reference of its dataset (`eval --ref` name), None when there is none
+    pipeline       text-to-image teachers: where the rest of their pipeline is (a DiffusersPipelineSource that
+                   loads the text encoder, the VAE decoder or the whole diffusers pipeline on demand); else None
     """
 
     name: str
@@ -46,6 +57,7 @@ class Teacher:
     architecture: dict[str, Any] | None = None
     mixture: GaussianMixture | None = None
     fid_reference: str | None = None
+    pipeline: Any = None
 
 
 @dataclass(frozen=True)
@@ -153,8 +165,22 @@ def _check_native_file(name: str) -> None:
         raise UsageError(f"teacher file not found: {name}", hint="pass a simcli-teacher .safetensors file")
 
 
+# ---------------------------------------------------------------------------------------------- diffusers pipelines
+
+
+def _load_diffusers(name: str, on_download: DownloadProgressFn | None) -> Teacher:
+    from simcli.teachers.diffusers_teacher import display_name, load_diffusers_denoiser
+
+    net, architecture, source = load_diffusers_denoiser(name)  # Hub downloads report through huggingface_hub
+    return Teacher(name, "diffusers", display_name(name), net, architecture, fid_reference=None, pipeline=source)
+
+
 TEACHER_KINDS: tuple[TeacherKind, ...] = (
     TeacherKind("digits", (DIGITS_TEACHER,), lambda n: n == DIGITS_TEACHER, lambda n: None, _load_native, preset="digits"),
+    TeacherKind(  # before the kinds that match a file suffix: diffusers:PATH may end in anything
+        "diffusers", (*DIFFUSERS_TEACHERS, f"{DIFFUSERS_PREFIX}PATH"), is_diffusers_name, check_diffusers_teacher,
+        _load_diffusers, preset="pixart", normalise=absolute_diffusers_name,
+    ),
     TeacherKind(
         "native", ("PATH.safetensors",), lambda n: n.endswith(".safetensors"), _check_native_file, _load_native,
         preset="cifar10", normalise=lambda n: str(Path(n).expanduser().resolve()),

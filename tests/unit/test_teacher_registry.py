@@ -22,7 +22,7 @@ from simcli.teachers.registry import (
 )
 from tests.helpers.tiny_edm import TINY_DDPMPP, write_tiny_edm
 
-PRESET_OF_KIND = {"mixture": "gmm", "edm": "cifar10", "digits": "digits", "native": "cifar10"}
+PRESET_OF_KIND = {"mixture": "gmm", "edm": "cifar10", "digits": "digits", "native": "cifar10", "diffusers": "pixart"}
 
 
 def plain_names() -> list[str]:
@@ -33,14 +33,17 @@ def plain_names() -> list[str]:
 def test_known_teachers_lists_every_kind_once():
     names = known_teachers()
     assert len(names) == len(set(names))
-    assert {"digits", "PATH.safetensors", "gmm-ring8", "gmm-grid25", "gmm:PATH.json", "PATH.pkl", *EDM_TEACHERS} == set(names)
+    assert {"digits", "PATH.safetensors", "gmm-ring8", "gmm-grid25", "gmm:PATH.json", "PATH.pkl", *EDM_TEACHERS,
+            "pixart-alpha-512", "diffusers:PATH"} == set(names)
     assert {k.name for k in TEACHER_KINDS} == set(PRESET_OF_KIND)
 
 
 @pytest.mark.parametrize("name", plain_names())
 def test_every_plain_name_maps_to_a_kind(name):
     kind = teacher_kind(name)
-    assert kind.name == ("edm" if name in EDM_TEACHERS else "digits" if name == "digits" else "mixture")
+    expected = ("edm" if name in EDM_TEACHERS else "digits" if name == "digits"
+                else "diffusers" if name == "pixart-alpha-512" else "mixture")
+    assert kind.name == expected
     assert describe_teacher_name(name) == (name, PRESET_OF_KIND[kind.name])  # stored as given
 
 

@@ -1,0 +1,483 @@
+"""Text-to-image teachers from diffusers pipelines: PixArt-alpha (the SIM paper's SIM-DiT-600M set-up).
+
+Names: `pixart-alpha-512` (PixArt-alpha/PixArt-XL-2-512x512 from the Hugging Face Hub, through its cache:
+HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE) and `diffusers:PATH`, a local pipeline folder written by
+`save_pretrained`. The teacher's denoiser is the pipeline's transformer alone (float32), wrapped as an EDM
+denoiser (simcli.nets.pixart); the text encoder, tokenizer and VAE stay on disk until `DiffusersPipelineSource`
+is asked for them.
+
+Hub files are first looked up in the cache only; a download is tried only when not offline (HF_HUB_OFFLINE,
+TRANSFORMERS_OFFLINE, SIMCLI_OFFLINE) and the Hub's host answers a TCP connect within HF_HUB_ETAG_TIMEOUT
+seconds (default 10), so a machine without network fails fast with one line naming the repo, the cache and the
+command that pre-downloads it.
+
+This module imports neither torch nor diffusers at import time: the registry reads its name table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from simcli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from simcli.nets.pixart import PixArtDenoiser
+    from simcli.nets.text_condition import TextCondition
+
+
+@dataclass(frozen=True)
+class HubPipeline:
+    """An official pipeline on the Hugging Face Hub."""
+
+    repo_id: str
+    display_name: str
+    revision: str | None = None
+    max_tokens: int = 120
+
+
+DIFFUSERS_TEACHERS: dict[str, HubPipeline] = {
+    "pixart-alpha-512": HubPipeline("PixArt-alpha/PixArt-XL-2-512x512", "PixArt-alpha 512px (PixArt-XL-2-512x512)"),
+}
+DIFFUSERS_PREFIX = "diffusers:"
+DEFAULT_MAX_TOKENS = 120  # PixArt-alpha's max_sequence_length (T5, section 3.1 of its paper)
+INSTALL_HINT = "pip install 'simcli[t2i]'"
+LOCAL_HINT = "pass a folder written by PixArtAlphaPipeline.save_pretrained (model_index.json, transformer/, ...)"
+HUB_ENDPOINT = "https://huggingface.co"
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+
+# What each use needs from a pipeline folder (Hub allow_patterns; fp16 variants and pickles are never fetched).
+TRANSFORMER_FILES = ("model_index.json", "scheduler/*", "transformer/*.json", "transformer/*.safetensors", "vae/*.json")
+ENCODER_FILES = ("model_index.json", "tokenizer/*", "text_encoder/*.json", "text_encoder/*.safetensors")
+DECODER_FILES = ("model_index.json", "vae/*.json", "vae/*.safetensors")
+PIPELINE_FILES = tuple(dict.fromkeys(TRANSFORMER_FILES + ENCODER_FILES + DECODER_FILES))
+IGNORED_FILES = ("*.fp16.*", "*.bin", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx")
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+
+def is_diffusers_name(name: str) -> bool:
+    return name in DIFFUSERS_TEACHERS or name.startswith(DIFFUSERS_PREFIX)
+
+
+def absolute_diffusers_name(name: str) -> str:
+    """`diffusers:PATH` with PATH made absolute (official names and an empty PATH unchanged)."""
+    path = name.removeprefix(DIFFUSERS_PREFIX)
+    if name in DIFFUSERS_TEACHERS or not path:
+        return name
+    return DIFFUSERS_PREFIX + str(Path(path).expanduser().resolve())
+
+
+def _local_folder(name: str) -> Path:
+    path = name.removeprefix(DIFFUSERS_PREFIX)
+    if not path:
+        raise UsageError(f"'{name}' names no folder", hint=f"use diffusers:PATH; {LOCAL_HINT}")
+    return Path(path).expanduser()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}",
+                         hint=LOCAL_HINT) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is not a JSON object", hint=LOCAL_HINT)
+    return data
+
+
+def check_pipeline_folder(folder: Path) -> None:
+    """Refuse a folder that is not a PixArt pipeline saved by diffusers (reads two small JSON files, loads nothing)."""
+    if not folder.is_dir():
+        raise UsageError(f"diffusers pipeline folder not found: {folder}", hint=LOCAL_HINT)
+    if not (folder / "model_index.json").is_file():
+        raise UsageError(f"{folder} is not a diffusers pipeline folder: it has no model_index.json", hint=LOCAL_HINT)
+    _read_json(folder / "model_index.json")
+    if not (folder / "transformer").is_dir():
+        raise UsageError(f"{folder} has no transformer/ folder (simcli's diffusers teachers are PixArt pipelines)",
+                         hint=LOCAL_HINT)
+    config_file = folder / "transformer" / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"{folder / 'transformer'} has no config.json", hint=LOCAL_HINT)
+    class_name = _read_json(config_file).get("_class_name")
+    if class_name not in (None, "PixArtTransformer2DModel"):
+        raise UsageError(f"{config_file} is a {class_name}, not a PixArtTransformer2DModel",
+                         hint="simcli's diffusers teachers are PixArt-alpha pipelines")
+
+
+def require_t2i_packages() -> None:
+    """One-line UsageError naming the t2i extra when diffusers or transformers cannot be found (nothing imported)."""
+    import importlib.util
+
+    for package in ("diffusers", "transformers", "huggingface_hub"):
+        if importlib.util.find_spec(package) is None:
+            raise UsageError(f"text-to-image teachers need the {package} package: {INSTALL_HINT}",
+                             hint="the t2i extra installs diffusers, transformers and sentencepiece")
+
+
+def check_diffusers_teacher(name: str) -> None:
+    """Refuse missing packages and unusable local folders; no loading, no network."""
+    require_t2i_packages()
+    if name not in DIFFUSERS_TEACHERS:
+        check_pipeline_folder(_local_folder(name))
+
+
+# ---------------------------------------------------------------------------------------------- the Hub cache
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hf_hub_cache() -> Path:
+    """The Hub cache as huggingface_hub would compute it now (HF_HUB_CACHE, else HF_HOME/hub, else XDG/~/.cache)."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expandvars(explicit)).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+def hub_offline() -> str | None:
+    """Why no download may be tried ('HF_HUB_OFFLINE=1', ...), or None."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SIMCLI_OFFLINE"):
+        if _env_true(name):
+            return f"offline mode, {name}={os.environ[name]}"
+    return None
+
+
+def hub_unreachable(endpoint: str | None = None, timeout_s: float | None = None) -> str | None:
+    """Why the Hub cannot be reached (DNS, refused, timeout), or None; a TCP connect, skipped behind a proxy."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urllib.parse.urlsplit(endpoint or os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT)
+    if timeout_s is None:
+        try:
+            timeout_s = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or DEFAULT_CONNECT_TIMEOUT_S)
+        except ValueError:
+            timeout_s = DEFAULT_CONNECT_TIMEOUT_S
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"{host} unreachable: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+
+
+def download_command(repo_id: str, revision: str | None = None) -> str:
+    """The shell command that puts a Hub repository into the cache (`hf download`; huggingface-cli before 0.34)."""
+    cli = "hf download"
+    try:
+        from importlib.metadata import version
+
+        major, minor = (int(part) for part in version("huggingface_hub").split(".")[:2])
+        if (major, minor) < (0, 34):
+            cli = "huggingface-cli download"
+    except Exception:  # not installed or an odd version string: the current CLI name
+        pass
+    return f"{cli} {repo_id}" + (f" --revision {revision}" if revision else "")
+
+
+def hub_snapshot(repo_id: str, revision: str | None, patterns: tuple[str, ...]) -> Path:
+    """The cached snapshot folder of a Hub repository holding `patterns`: from the cache, else downloaded.
+
+    One-line UsageError naming the repo, the cache and the pre-download command when the files are not cached
+    and cannot be downloaded (offline, no network, refused).
+    """
+    require_t2i_packages()
+    from huggingface_hub import snapshot_download
+
+    cache = hf_hub_cache()
+    kwargs = {"revision": revision, "allow_patterns": list(patterns), "ignore_patterns": list(IGNORED_FILES),
+              "cache_dir": str(cache)}
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True, **kwargs))
+        if all(next(folder.glob(pattern), None) is not None for pattern in patterns):
+            return folder
+    except Exception:  # not cached (or only partly): try the Hub unless offline
+        pass
+
+    def refuse(reason: str) -> UsageError:
+        return UsageError(f"{repo_id} is not in the Hugging Face cache {cache} and cannot be downloaded ({reason}); "
+                          f"pre-download it with `{download_command(repo_id, revision)}` (into $HF_HOME/hub)",
+                          hint="set HF_HOME (or HF_HUB_CACHE) to the cache that holds it; HF_HUB_OFFLINE=1 keeps off the network")
+
+    reason = hub_offline() or hub_unreachable()
+    if reason:
+        raise refuse(reason)
+    try:
+        return Path(snapshot_download(repo_id, **kwargs))
+    except Exception as exc:  # refused, gated, not found, interrupted: one line
+        raise refuse(f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
+
+
+# ---------------------------------------------------------------------------------------------- the source
+
+
+def _folder_fingerprint(folders: list[Path], head_bytes: int = 1 << 20) -> str:
+    """sha256 over file names, sizes and contents (whole small files; first and last MiB of large ones)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            size = path.stat().st_size
+            digest.update(f"{path.relative_to(folder.parent).as_posix()}\0{size}\0".encode())
+            with open(path, "rb") as fh:
+                digest.update(fh.read(head_bytes))
+                if size > 2 * head_bytes:
+                    fh.seek(size - head_bytes)
+                    digest.update(fh.read(head_bytes))
+    return digest.hexdigest()
+
+
+def _transformers_dtype_keyword() -> str:
+    """`dtype` (transformers 4.56 and later) or the older `torch_dtype`."""
+    from importlib.metadata import version
+
+    try:
+        major, minor = (int(part) for part in version("transformers").split(".")[:2])
+    except Exception:
+        return "dtype"
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def _missing_tokenizer_packages(tokenizer_folder: Path) -> list[str]:
+    """sentencepiece / protobuf when a tokenizer comes as spiece.model alone (no tokenizer.json) and they are missing."""
+    import importlib.util
+
+    if (tokenizer_folder / "tokenizer.json").is_file() or not (tokenizer_folder / "spiece.model").is_file():
+        return []
+    missing = []
+    for package, module in (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf")):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # the parent package (google) is missing
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
+
+
+def _pipeline_dtype_keyword(dtype: Any) -> dict[str, Any]:
+    """{'dtype': dtype} for the diffusers pipelines that take it (and deprecate torch_dtype), else {'torch_dtype': ...}."""
+    try:
+        from diffusers.utils import _resolve_dtype  # noqa: F401 - present where pipelines accept `dtype`
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
+def _fail_loading(what: str, folder: Path, exc: Exception) -> UsageError:
+    return UsageError(f"cannot load the {what} of {folder}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                      hint=LOCAL_HINT)
+
+
+@dataclass(frozen=True)
+class DiffusersPipelineSource:
+    """Where a diffusers pipeline is (Hub repo id + revision, or an absolute local folder); loads its parts on demand.
+
+    Each call loads afresh (nothing is kept here): keep what `encoder()`, `decoder()` or `pipeline()` return.
+    """
+
+    location: str
+    revision: str | None = None
+    local: bool = False
+    max_tokens: int = DEFAULT_MAX_TOKENS
+
+    def folder(self, patterns: tuple[str, ...] = PIPELINE_FILES) -> Path:
+        """The local folder holding the files `patterns` name (the Hub snapshot, fetched into the cache if needed)."""
+        if self.local:
+            return Path(self.location)
+        return hub_snapshot(self.location, self.revision, patterns)
+
+    def transformer(self, dtype: torch.dtype | None = None) -> Any:
+        """The PixArtTransformer2DModel (float32 unless dtype), in eval mode."""
+        import torch
+
+        from simcli.nets.pixart import require_diffusers
+
+        require_diffusers()
+        from diffusers import PixArtTransformer2DModel
+
+        folder = self.folder(TRANSFORMER_FILES)
+        try:
+            model = PixArtTransformer2DModel.from_pretrained(folder, subfolder="transformer",
+                                                             torch_dtype=dtype or torch.float32)
+        except Exception as exc:
+            raise _fail_loading("transformer", folder, exc) from None
+        return model.eval()
+
+    def scheduler_config(self) -> dict[str, Any]:
+        """scheduler/scheduler_config.json (empty when absent: the DDPM defaults apply)."""
+        path = self.folder(TRANSFORMER_FILES) / "scheduler" / "scheduler_config.json"
+        return _read_json(path) if path.is_file() else {}
+
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent: 2 ** (VAE levels - 1), as the pipeline computes it (8 when vae/config.json is absent)."""
+        from simcli.nets.pixart import DEFAULT_VAE_SCALE_FACTOR
+
+        path = self.folder(TRANSFORMER_FILES) / "vae" / "config.json"
+        channels = _read_json(path).get("block_out_channels") if path.is_file() else None
+        return 2 ** (len(channels) - 1) if isinstance(channels, list) and channels else DEFAULT_VAE_SCALE_FACTOR
+
+    def encoder(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                batch_size: int = 64) -> PromptEncoder:
+        """encode(prompts) -> TextCondition: the T5 tokenizer and encoder as PixArtAlphaPipeline.encode_prompt uses them."""
+        import torch
+
+        require_t2i_packages()
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        folder = self.folder(ENCODER_FILES)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer")
+            model = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder",
+                                                   **{_transformers_dtype_keyword(): dtype or torch.float32})
+        except Exception as exc:
+            missing = _missing_tokenizer_packages(folder / "tokenizer")
+            if missing:
+                raise UsageError(f"reading the T5 tokenizer {folder / 'tokenizer' / 'spiece.model'} needs the "
+                                 f"{' and '.join(missing)} package(s): {INSTALL_HINT}",
+                                 hint="the t2i extra installs sentencepiece and protobuf") from None
+            raise _fail_loading("text encoder", folder, exc) from None
+        model = model.to(device).eval().requires_grad_(False)
+        return PromptEncoder(tokenizer, model, self.max_tokens, self.encoder_id(), batch_size)
+
+    def encoder_id(self) -> str:
+        """What identifies the embeddings this source's encoder gives (cache keys), without loading it: the
+        pipeline's name, a fingerprint of the tokenizer and text-encoder files, and the token limit."""
+        folder = self.folder(ENCODER_FILES)
+        name = self.location if not self.local else Path(self.location).name
+        fingerprint = _folder_fingerprint([folder / "tokenizer", folder / "text_encoder"])[:16]
+        return f"{name}/text_encoder@{fingerprint}/max_tokens={self.max_tokens}"
+
+    def decoder(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                batch_size: int = 8) -> LatentDecoder:
+        """decode(latents) -> uint8 images [B, 3, H, W] through the pipeline's VAE."""
+        import torch
+
+        from simcli.nets.pixart import require_diffusers
+
+        require_diffusers()
+        from diffusers import AutoencoderKL
+
+        folder = self.folder(DECODER_FILES)
+        try:
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype or torch.float32)
+        except Exception as exc:
+            raise _fail_loading("VAE", folder, exc) from None
+        return LatentDecoder(vae.to(device).eval().requires_grad_(False), batch_size)
+
+    def pipeline(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Any:
+        """The whole diffusers PixArtAlphaPipeline on device (for the teacher's own multi-step sampling)."""
+        import torch
+
+        from simcli.nets.pixart import require_diffusers
+
+        require_diffusers()
+        from diffusers import PixArtAlphaPipeline
+
+        folder = self.folder(PIPELINE_FILES)
+        try:
+            pipe = PixArtAlphaPipeline.from_pretrained(folder, **_pipeline_dtype_keyword(dtype or torch.float32))
+        except Exception as exc:
+            raise _fail_loading("pipeline", folder, exc) from None
+        return pipe.to(device)
+
+
+class PromptEncoder:
+    """Prompts -> TextCondition (embeds float32 [n, max_tokens, C], mask int64 [n, max_tokens]) on the encoder's device.
+
+    As PixArtAlphaPipeline.encode_prompt with clean_caption off: lower-cased and stripped, padded to
+    max_tokens, truncated beyond it, attention mask passed to the encoder.
+    """
+
+    def __init__(self, tokenizer: Any, model: Any, max_tokens: int, encoder_id: str, batch_size: int = 64):
+        self.tokenizer = tokenizer
+        self.model = model
+        self.max_tokens = int(max_tokens)
+        self.encoder_id = encoder_id
+        self.batch_size = max(1, int(batch_size))
+
+    def __call__(self, prompts: list[str]) -> TextCondition:
+        import torch
+
+        from simcli.nets.text_condition import TextCondition
+
+        device = next(self.model.parameters()).device
+        parts = []
+        with torch.no_grad():
+            for start in range(0, len(prompts), self.batch_size):
+                texts = [str(p).lower().strip() for p in prompts[start:start + self.batch_size]]
+                tokens = self.tokenizer(texts, padding="max_length", max_length=self.max_tokens, truncation=True,
+                                        add_special_tokens=True, return_tensors="pt")
+                mask = tokens.attention_mask.to(device)
+                embeds = self.model(tokens.input_ids.to(device), attention_mask=mask)[0]
+                parts.append(TextCondition(embeds.to(torch.float32), mask.to(torch.int64)))
+        if not parts:
+            width = int(self.model.config.d_model)
+            return TextCondition(torch.zeros(0, self.max_tokens, width, device=device),
+                                 torch.zeros(0, self.max_tokens, dtype=torch.int64, device=device))
+        return TextCondition.cat(parts)
+
+
+class LatentDecoder:
+    """Latents [B, C, h, w] -> uint8 images [B, 3, H, W] (VAE decode of latents / scaling_factor, (x / 2 + 0.5) clamped)."""
+
+    def __init__(self, vae: Any, batch_size: int = 8):
+        self.vae = vae
+        self.batch_size = max(1, int(batch_size))
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        param = next(self.vae.parameters())
+        images = []
+        with torch.no_grad():
+            for chunk in latents.split(self.batch_size):
+                x = self.vae.decode(chunk.to(param.device, param.dtype) / self.scaling_factor, return_dict=False)[0]
+                images.append((x.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8))
+        if not images:
+            return torch.zeros(0, 3, 0, 0, dtype=torch.uint8)
+        return torch.cat(images)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def pipeline_source(name: str) -> DiffusersPipelineSource:
+    """The source a teacher name points at (a local folder is checked first)."""
+    entry = DIFFUSERS_TEACHERS.get(name)
+    if entry is not None:
+        return DiffusersPipelineSource(entry.repo_id, entry.revision, local=False, max_tokens=entry.max_tokens)
+    folder = _local_folder(name).resolve()
+    check_pipeline_folder(folder)
+    return DiffusersPipelineSource(str(folder), None, local=True)
+
+
+def display_name(name: str) -> str:
+    entry = DIFFUSERS_TEACHERS.get(name)
+    return entry.display_name if entry is not None else Path(name.removeprefix(DIFFUSERS_PREFIX)).name
+
+
+def load_diffusers_denoiser(name: str) -> tuple[PixArtDenoiser, dict[str, Any], DiffusersPipelineSource]:
+    """(the frozen PixArtDenoiser, its architecture record, the pipeline source) of a teacher name."""
+    from simcli.nets.pixart import PixArtDenoiser, pixart_architecture
+
+    require_t2i_packages()
+    source = pipeline_source(name)
+    transformer = source.transformer()
+    scheduler_config = source.scheduler_config()
+    scale = source.vae_scale_factor()
+    architecture = pixart_architecture(transformer, scheduler_config, guidance_scale=1.0, vae_scale_factor=scale)
+    net = PixArtDenoiser(transformer, architecture["schedule"], guidance_scale=1.0, vae_scale_factor=scale)
+    return net.eval().requires_grad_(False), architecture, source
