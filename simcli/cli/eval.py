@@ -1,4 +1,5 @@
-"""`simcli eval`: FID, IS, KID and precision/recall of images, or exact metrics against a mixture teacher."""
+"""`simcli eval`: FID, IS, KID and precision/recall of images, CLIP and aesthetic scores of text-to-image samples,
+or exact metrics against a mixture teacher."""
 
 from __future__ import annotations
 
@@ -23,14 +24,21 @@ EPILOG = """Examples:
 
   simcli eval --teacher gmm-ring8 --generator runs/ring8-sim --json
 
+  simcli eval --samples pixart-coco.npz --clip-score --aesthetic --prompts coco-val.txt
+
 Images: a folder (searched recursively), an npz from 'simcli sample', or a generator sampled in memory
 (seeds 0..N-1). References: a name (cifar10-train, ffhq64, afhqv2-64, imagenet64; digits-train, digits-test
 with --backend digits), a statistics npz or a folder of images (its statistics are computed once and cached).
 Offline, give --feature-weights PATH for Inception.
+
+Text-to-image: --clip-score (openai/clip-vit-large-patch14 from the Hugging Face cache, or --clip-model DIR) needs
+one prompt per image in sample order (--prompts FILE, else the npz's 'prompts' array); --aesthetic is the LAION
+aesthetic predictor on open_clip ViT-L-14/openai (head from simcli's cache or --aesthetic-weights FILE).
 """
 
 GENERATOR_DEFAULT_N = 50000  # the EDM/SiD protocol
 MIXTURE_DEFAULT_N = 10000
+TEXT_KEYS = ("clip_score", "aesthetic")  # text-to-image metrics (simcli.eval.text_image)
 
 
 def eval_command(
@@ -45,6 +53,11 @@ def eval_command(
     mode: Annotated[str, typer.Option("--mode", help="clean-fid resize mode: legacy_tensorflow, clean, legacy_pytorch.")] = "legacy_tensorflow",
     feature_weights: Annotated[Path | None, typer.Option("--feature-weights", help="Local feature-network weights (Inception offline; another digits classifier).")] = None,
     save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Also write the images' feature statistics to this .npz.")] = None,
+    clip_score: Annotated[bool, typer.Option("--clip-score", help="CLIP score of each image against its prompt: 100 * max(cos, 0), averaged (torchmetrics' definition). Needs the prompts.")] = False,
+    aesthetic: Annotated[bool, typer.Option("--aesthetic", help="LAION aesthetic score (improved-aesthetic-predictor head on CLIP ViT-L/14).")] = False,
+    prompts: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="The samples' prompts, one per line in sample order (.txt), or JSON lines with a 'prompt' field (.jsonl). Default: the npz's 'prompts' array.")] = None,
+    clip_model: Annotated[Path | None, typer.Option("--clip-model", metavar="DIR", help="Local CLIP model folder for --clip-score (default: openai/clip-vit-large-patch14 from the Hugging Face cache).")] = None,
+    aesthetic_weights: Annotated[Path | None, typer.Option("--aesthetic-weights", metavar="FILE", help="Local sac+logos+ava1-l14-linearMSE.pth for --aesthetic (default: simcli's cache, downloaded once).")] = None,
     teacher: EvalTeacherOpt = None,
     n: Annotated[int | None, typer.Option("--n", min=2, help="Images to use (default: all of --samples; 50000 from a generator).")] = None,
     seed: SeedOpt = 0,
@@ -54,13 +67,15 @@ def eval_command(
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
-    """Score images (FID, IS, KID, precision/recall) or, with --teacher gmm-..., samples against the exact mixture."""
+    """Score images (FID, IS, KID, precision/recall; CLIP and aesthetic scores) or, with --teacher gmm-..., samples
+    against the exact mixture."""
     with reported_errors():
         from simcli.runtime import set_cpu_threads
 
         set_cpu_threads(threads)
         if (samples is None) == (generator is None):
             raise UsageError("give exactly one of --samples and --generator")
+        text_metrics = _text_metrics(clip_score, aesthetic, prompts, clip_model, aesthetic_weights, teacher)
         if teacher is not None:
             _exact(teacher, samples, generator, n or MIXTURE_DEFAULT_N, seed, mmd_bandwidth, device, json_out)
             return
@@ -68,22 +83,75 @@ def eval_command(
         from simcli.runtime import resolve_device
 
         metrics = {name for name, on in (("fid", fid), ("is", inception_score), ("kid", kid), ("prc", prc)) if on}
-        if not metrics and save_stats is None:
+        if not metrics and save_stats is None and not text_metrics:
             metrics = {"fid", "is"} if backend == "torch-fidelity" else {"fid"}
         if ref is not None and not metrics:
             raise UsageError("--ref given, but no metric uses it", hint="add --fid, --is, --kid or --prc")
         if save_stats is not None and save_stats.suffix != ".npz":
             raise UsageError(f"--save-stats must name an .npz file, got {save_stats.name}")
+        source = generator if generator is not None else samples
+        count = n if n is not None or generator is None else GENERATOR_DEFAULT_N
+        text_report = None
+        if text_metrics:  # first: its likeliest mistakes (prompts) are found before any model loads
+            from simcli.eval.text_image import evaluate_text_image
+
+            text_report = evaluate_text_image(
+                source, metrics=text_metrics, prompts_file=prompts, clip_model=clip_model,
+                aesthetic_weights=aesthetic_weights, n=count, seed=seed, batch_size=batch_size,
+                device=resolve_device(device),
+            )
+            if not metrics and save_stats is None:
+                _print_text_report(text_report, json_out)
+                return
         report = evaluate_images(
-            generator if generator is not None else samples,
+            source,
             ref=ref, metrics=metrics, backend=backend, mode=mode, feature_weights=feature_weights,
-            n=n if n is not None or generator is None else GENERATOR_DEFAULT_N,
-            seed=seed, batch_size=batch_size, device=resolve_device(device), save_stats=save_stats,
+            n=count, seed=seed, batch_size=batch_size, device=resolve_device(device), save_stats=save_stats,
         )
+        if text_report is not None:
+            report.update({key: text_report[key] for key in ("prompts", *TEXT_KEYS) if key in text_report})
         if json_out:
             print_json(report)
         else:
             _print_image_report(report)
+            _print_text_lines(report)
+
+
+def _text_metrics(clip_score: bool, aesthetic: bool, prompts, clip_model, aesthetic_weights, teacher) -> set[str]:
+    """The text-image metrics asked for; refuses their options without them (and with --teacher)."""
+    chosen = {name for name, on in zip(TEXT_KEYS, (clip_score, aesthetic), strict=True) if on}
+    if teacher is not None and (chosen or prompts is not None):
+        raise UsageError("--clip-score, --aesthetic and --prompts score images, not mixture samples",
+                         hint="drop --teacher")
+    if prompts is not None and not chosen:
+        raise UsageError("--prompts given, but no metric uses it", hint="add --clip-score or --aesthetic")
+    if clip_model is not None and not clip_score:
+        raise UsageError("--clip-model given, but --clip-score is not", hint="add --clip-score")
+    if aesthetic_weights is not None and not aesthetic:
+        raise UsageError("--aesthetic-weights given, but --aesthetic is not", hint="add --aesthetic")
+    return chosen
+
+
+def _print_text_report(report: dict, json_out: bool) -> None:
+    if json_out:
+        print_json(report)
+        return
+    stdout_console().print(report["source"], markup=False)
+    _print_text_lines(report)
+
+
+def _print_text_lines(report: dict) -> None:
+    """One line per text-image metric on stdout; the prompt set on stderr."""
+    if report.get("prompts"):
+        p = report["prompts"]
+        stderr_console().print(f"prompts: {p['source']} ({p['n']}, sha256 {p['sha256'][:12]})", markup=False)
+    labels = {"clip_score": ("CLIP score", "model"), "aesthetic": ("aesthetic", "backbone")}
+    for key in TEXT_KEYS:
+        if key in report:
+            label, what = labels[key]
+            entry = report[key]
+            stdout_console().print(f"{label}: {entry['mean']:.4f} +- {entry['std']:.4f} "
+                                   f"(n={entry['n']}, {entry[what]})", markup=False)
 
 
 def _print_image_report(report: dict) -> None:
