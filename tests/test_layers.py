@@ -25,7 +25,7 @@ ENGINE = {
     "nets": set(),
     "data": set(),
     "teachers": {"nets", "data"},
-    "sampling": {"nets", "teachers"},
+    "sampling": {"nets", "data", "teachers"},
     "distill": {"nets", "data", "teachers", "sampling"},
     "eval": {"nets", "data", "teachers", "sampling"},
     "compare": set(),

@@ -87,6 +87,9 @@ def sample(
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="Vector samples: also write a PNG scatter plot (the mixture's modes marked; for a generator, "
         "its teacher's 18-step Heun samples beside it).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", metavar="TEXT", help="Text-to-image: a prompt (repeatable); sample i gets prompt i mod the number given.")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="Text-to-image: prompts, one per line (.txt) or JSON lines with a 'prompt' field (.jsonl); with --prompt too, these come after.")] = None,
+    guidance: Annotated[float, typer.Option("--guidance", min=1.0, help="Text-to-image --teacher: classifier-free guidance scale of its pipeline.")] = 4.5,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -98,6 +101,10 @@ def sample(
         from simcli.runtime import set_cpu_threads
 
         set_cpu_threads(threads)
+        if prompt or prompts is not None:
+            _text_to_image(out, generator, teacher, prompt, prompts, n, seed, batch_size, device, steps, guidance,
+                           force, grid, json_out, other=(churn, s_min, s_max, s_noise, class_label, plot, paper or None))
+            return
         from simcli.sampling.run import SAMPLER_FLAGS, resolve_heun_settings, sample_to_file
 
         sampler = None
@@ -118,3 +125,20 @@ def sample(
             stderr_console().print(f"wrote {summary['n']} samples ({summary['source']}) to {summary['out']}")
             if summary.get("plot"):
                 stderr_console().print(f"wrote {summary['plot']}", soft_wrap=True)
+
+
+def _text_to_image(out, generator, teacher, prompt, prompts, n, seed, batch_size, device, steps, guidance, force, grid,
+                   json_out, other) -> None:
+    """sample --prompt/--prompts: a text-to-image generator, or a diffusers teacher's pipeline with DPM-Solver."""
+    if any(v is not None for v in other):
+        raise UsageError("--churn, --s-min, --s-max, --s-noise, --class, --plot and --paper do not apply to text-to-image samples")
+    from simcli.sampling.text_to_image import sample_prompts, text_samples_to_file
+
+    summary = text_samples_to_file(
+        out, generator=generator, teacher=teacher, prompts=sample_prompts(prompt, prompts, n), seed=seed,
+        batch_size=min(batch_size, 64), device=device, steps=steps, guidance_scale=guidance, overwrite=force, grid=grid,
+    )
+    if json_out:
+        print_json(summary)
+    else:
+        stderr_console().print(f"wrote {summary['n']} samples ({summary['source']}, {summary['prompts']} prompts) to {summary['out']}")

@@ -41,7 +41,7 @@ from simcli.distill.state import Progress, restore, state_dict
 from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, StopRequest
 from simcli.distill.streams import IterationStreams, online_phase
-from simcli.distill.text_setup import is_text_teacher, prepare_prompts
+from simcli.distill.text_setup import check_prompts, is_text_teacher, prepare_prompts
 from simcli.errors import RunFailed, Stopped
 from simcli.rundir.atomic import remove_stale_temp_files
 from simcli.rundir.lock import RunDirLock
@@ -87,6 +87,7 @@ class Distillation:
         # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
         # Rank 0 loads (and downloads) it before the others, which then find it in the cache.
         teacher = self._teacher()
+        check_prompts(spec, teacher)  # a missing or malformed prompt file, too
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device, self.world) if make_evaluator is not None else None
         if self.stop.requested:  # e.g. during a download: nothing in the run directory was touched

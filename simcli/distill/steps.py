@@ -138,13 +138,15 @@ def noisy_generator_batch(
 
 
 def finish_update(
-    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: float, world: World, scaler: LossScaler,
+    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor | float, world: World,
+    scaler: LossScaler,
 ) -> tuple[float, bool]:
     """Sum the loss and the gradients over the processes, unscale, and step when they are finite (or let the
-    scaler skip an overflow); returns (the update's loss, whether the iteration counts as finite)."""
+    scaler skip an overflow); returns (the update's loss, whether the iteration counts as finite). The loss is
+    read from the device once here, not once per micro-batch."""
     grads = [p.grad for p in params if p.grad is not None]
     world.all_reduce_sum_(grads)
-    (loss,) = world.sum_floats([loss], grads[0].device if grads else torch.device("cpu"))
+    (loss,) = world.sum_floats([float(loss)], grads[0].device if grads else torch.device("cpu"))
     loss_finite = math.isfinite(loss)
     scaler.unscale_(grads)
     apply, finite = scaler.update(loss_finite, loss_finite and grads_are_finite(params))
@@ -189,7 +191,7 @@ def online_update(
             denoised = online(b.x, b.sigma, b.labels, **extra)
         loss = online_dsm_loss(denoised.float(), b.x0, b.sigma, sigma_data).mean() / ctx.plan.micro_batches
         (loss * scaler.factor).backward()
-        total += loss.item()
+        total = total + loss.detach()
     loss, finite = finish_update(optimizer, list(online.parameters()), total, ctx.world, scaler)
     online.eval().requires_grad_(False)
     return loss, finite
@@ -262,7 +264,7 @@ def generator_update(
             online_out, teacher_out = score_outputs(online, teacher, x, b.sigma, b.labels, shared_mask)
         loss = loss_fn(b.x0, online_out.float(), teacher_out.float(), b.sigma).mean() / ctx.plan.micro_batches
         (loss * scaler.factor).backward()
-        total += loss.item()
+        total = total + loss.detach()
     loss, finite = finish_update(optimizer, list(generator.parameters()), total, ctx.world, scaler)
     generator.eval()
     online.eval()

@@ -28,6 +28,20 @@ def is_text_teacher(teacher: Teacher) -> bool:
     return getattr(teacher.denoiser, "text_dim", 0) > 0
 
 
+def check_prompts(spec: RunSpec, teacher: Teacher) -> list[str]:
+    """The run's prompts; a text-to-image teacher without a readable prompt file is refused (before the run
+    directory is touched), and prompts given to another teacher too."""
+    if not is_text_teacher(teacher):
+        if spec.text.prompts is not None:
+            raise UsageError(f"--prompts given, but teacher '{teacher.display_name}' is not a text-to-image teacher",
+                             hint="drop --prompts")
+        return []
+    if spec.text.prompts is None:
+        raise UsageError(f"teacher '{teacher.display_name}' is a text-to-image teacher and needs prompts",
+                         hint="pass --prompts FILE (one prompt per line, or JSON lines with a 'prompt' field)")
+    return read_prompts(Path(spec.text.prompts))
+
+
 def store_directory(spec: RunSpec, encoder_id: str, max_tokens: int) -> Path:
     """Where the embeddings of the run's prompt file are stored: simcli's cache, keyed by the file's bytes, the
     encoder, the token limit and the dtype (any run with the same prompts and encoder reuses them)."""
@@ -42,10 +56,7 @@ def prepare_prompts(
 
     With text.embedding_cache, rank 0 builds the store (or finds it in the cache) before the others open it, and
     the text encoder is freed before training starts; without it, every process keeps its text encoder."""
-    if spec.text.prompts is None:
-        raise UsageError(f"teacher '{teacher.display_name}' is a text-to-image teacher and needs prompts",
-                         hint="pass --prompts FILE (one prompt per line, or JSON lines with a 'prompt' field)")
-    prompts = read_prompts(Path(spec.text.prompts))
+    prompts = check_prompts(spec, teacher)
     source = teacher.pipeline
     # The encoder on the run's device; in bfloat16 on GPUs (the store keeps bfloat16 anyway).
     dtype = torch.bfloat16 if device.type == "cuda" else None

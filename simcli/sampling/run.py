@@ -139,7 +139,7 @@ def teacher_samples(
     return torch.cat(xs), (torch.cat(labels) if labels[0] is not None else None), info
 
 
-def _check_out(out: Path, overwrite: bool, is_image: bool) -> None:
+def check_sample_out(out: Path, overwrite: bool, is_image: bool) -> None:
     if out.suffix != ".npz" and not (is_image and out.suffix == ""):
         raise UsageError(
             f"output must be an .npz file{' or a directory for PNGs' if is_image else ''}, got {out.name}"
@@ -208,7 +208,7 @@ def sample_to_file(
     an npz with 'images' uint8 [N, H, W, C], 'labels' [N] (-1 when unconditional) and 'seeds' [N].
     """
     out = Path(out)
-    _check_out(out, overwrite, is_image=True)  # what can be checked before sampling
+    check_sample_out(out, overwrite, is_image=True)  # what can be checked before sampling
     plot_teacher = None
     if plot is not None:
         check_png_path(Path(plot))
@@ -232,20 +232,20 @@ def sample_to_file(
         images = to_uint8(x)
         label_array = labels.numpy() if labels is not None else np.full(n, -1, np.int64)
         if out.suffix == ".npz":
-            _write_npz(out, images=images, labels=label_array, seeds=seeds)
+            write_npz(out, images=images, labels=label_array, seeds=seeds)
         else:
             save_pngs(images, seeds.tolist(), out)
         if grid is not None:
             summary["grid"] = str(save_grid(images[:256], grid))
     else:
-        _write_npz(out, samples=x.numpy().astype(np.float32), seeds=seeds)
+        write_npz(out, samples=x.numpy().astype(np.float32), seeds=seeds)
         if plot is not None:
             summary["plot"] = _write_plot(Path(plot), x, info, plot_teacher, n=n, seed=seed, batch_size=batch_size,
                                           device=device)
     return summary
 
 
-def _write_npz(out: Path, **arrays: np.ndarray) -> None:
+def write_npz(out: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_bytes_atomic(out, buf.getvalue())

@@ -122,6 +122,18 @@ def require_t2i_packages() -> None:
         if importlib.util.find_spec(package) is None:
             raise UsageError(f"text-to-image teachers need the {package} package: {INSTALL_HINT}",
                              hint="the t2i extra installs diffusers, transformers and sentencepiece")
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep diffusers' and transformers' own progress bars and advice off simcli's output (simcli reports what it
+    loads); their errors still come through."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for logging in (diffusers_logging, transformers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
 
 
 def check_diffusers_teacher(name: str) -> None:
