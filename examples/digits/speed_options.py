@@ -21,7 +21,7 @@ from pathlib import Path
 from experiments import HERE, distill, fmt, scores, snapshot_at
 
 ONE_UPDATE = ["--set", "online.updates_per_generator_update=1"]
-RUNS = {  # name -> (comparison, extra distill flags)
+RUNS = {  # name -> (what it is compared for, extra distill flags)
     "sim-fp32": ("precision", []),
     "sim-bf16": ("precision", ["--set", "training.precision=bf16"]),
     "sim-fresh-u1": ("samples", ONE_UPDATE),
@@ -57,9 +57,9 @@ def main() -> None:
              f"pseudo-Huber, {args.n} samples per evaluation, two seed sets; +- is half their range). Machine: 2 CPU "
              f"cores, one thread per run, {args.parallel} runs at a time (sec/kimg are comparable within a pair only).", ""]
     # (The run that produced the committed SPEED-OPTIONS.md shared the machine with test suites and benchmarks.)
-    for comparison, title, base, other in (
-        ("precision", "bf16 against fp32 (the preset: two online updates per generator update)", "sim-fp32", "sim-bf16"),
-        ("samples", "The online model on the generator step's samples (one online update per generator update)",
+    for title, base, other in (
+        ("bf16 against fp32 (the preset: two online updates per generator update)", "sim-fp32", "sim-bf16"),
+        ("The online model on the generator step's samples (one online update per generator update)",
          "sim-fresh-u1", "sim-generator-step-u1"),
     ):
         lines += [f"## {title}", "", "| run | FID vs train | FID vs held-out | IS | sec/kimg | wall s |", "|---|---|---|---|---|---|"]
