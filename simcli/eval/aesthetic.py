@@ -23,7 +23,7 @@ Where the files come from:
   ViT-L-14 weights file), else the Hugging Face cache; downloaded by open_clip unless offline (SIMCLI_OFFLINE,
   HF_HUB_OFFLINE). A missing file is one UsageError naming the repository or URL and where to put the file.
 
-The Hugging Face helpers at the bottom are shared with simcli.eval.text_image (CLIP score).
+The Hugging Face cache, offline and reachability checks are simcli.teachers.hub's, as for simcli.eval.text_image.
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ from PIL import Image
 
 from simcli.errors import UsageError
 from simcli.eval.backends.common import load_error, weights_cache_path, weights_file_sha256
+from simcli.teachers.hub import (
+    cached_hub_file,
+    download_command,
+    hf_hub_cache,
+    hub_missing_error,
+    hub_offline,
+    hub_unreachable,
+)
 
 Tensor = torch.Tensor
 ImageEmbedFn = Callable[[Tensor], Tensor]
@@ -58,74 +66,6 @@ BACKBONE_REPO = "timm/vit_large_patch14_clip_224.openai"
 BACKBONE_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order of preference
 BACKBONE_ENV = "SIMCLI_AESTHETIC_CLIP"
 BACKBONE_NAME = f"open_clip/{BACKBONE_MODEL}/{BACKBONE_TAG}"
-
-
-# ---------------------------------------------------------------------------------------------- Hugging Face
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hf_offline() -> bool:
-    """Offline for model downloads: SIMCLI_OFFLINE, HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set."""
-    from simcli.teachers.cache import offline
-
-    return offline() or _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE")
-
-
-def hf_unreachable() -> str | None:
-    """Why the Hugging Face hub cannot be reached (its host name does not resolve), or None when it may be.
-
-    Without this check huggingface_hub retries each file for about 25 s before giving up. Behind a proxy
-    (HTTPS_PROXY / ALL_PROXY) local name resolution proves nothing, so the check is skipped there.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError as exc:
-        return f"cannot resolve {host}: {exc.strerror or exc}"
-    return None
-
-
-def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache as the environment says now: $HF_HUB_CACHE, else $HF_HOME/hub, else the default."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def hf_missing_error(what: str, repo: str, command: str, why: str, alternative: str) -> UsageError:
-    """One line for a model that is neither in the Hugging Face cache nor downloadable: repo, command, HF_HOME."""
-    if os.environ.get("HF_HOME"):
-        home = os.environ["HF_HOME"]
-    else:
-        from huggingface_hub import constants
-
-        home = f"unset, so {constants.HF_HOME}"
-    return UsageError(
-        f"{what} {repo} is not in the Hugging Face cache {hf_hub_cache()} ({why})",
-        hint=f"where there is network, run {command} with the same HF_HOME (now {home}); or {alternative}",
-    )
-
-
-def _cached_hf_file(repo: str, names: tuple[str, ...]) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in names:
-        found = try_to_load_from_cache(repo, name, cache_dir=str(hf_hub_cache()))
-        if isinstance(found, str) and Path(found).is_file():
-            return Path(found)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- head
@@ -193,7 +133,7 @@ def aesthetic_head_path(weights: Path | str | None = None) -> Path:
     from simcli.teachers.download import ensure_file
 
     dest = weights_cache_path(AESTHETIC_HEAD_FILE)
-    if hf_offline() and not verify_cached(dest, expected_size=AESTHETIC_HEAD_BYTES).ok:
+    if hub_offline() and not verify_cached(dest, expected_size=AESTHETIC_HEAD_BYTES).ok:
         raise _head_missing(dest, "offline")
     try:
         path = ensure_file(AESTHETIC_HEAD_URL, dest, expected_size=AESTHETIC_HEAD_BYTES)
@@ -261,13 +201,13 @@ def load_backbone(backbone: Path | str | None = None, device: str | torch.device
     chosen = backbone if backbone is not None else (os.environ.get(BACKBONE_ENV, "").strip() or None)
     if chosen is not None:
         return _backbone_from_path(Path(chosen).expanduser(), device)
-    cached = _cached_hf_file(BACKBONE_REPO, BACKBONE_FILES)
-    command = f"hf download {BACKBONE_REPO} {BACKBONE_FILES[0]}"
+    cached = cached_hub_file(BACKBONE_REPO, BACKBONE_FILES)
+    command = download_command(BACKBONE_REPO, files=BACKBONE_FILES[:1])
     alternative = f"set {BACKBONE_ENV} to a local copy"
     if cached is None:
-        why = "offline" if hf_offline() else hf_unreachable()
+        why = "offline" if hub_offline() else hub_unreachable()
         if why:
-            raise hf_missing_error("aesthetic CLIP backbone", BACKBONE_REPO, command, why, alternative)
+            raise hub_missing_error("aesthetic CLIP backbone", BACKBONE_REPO, command, why, alternative)
     try:
         if cached is not None:
             model, preprocess = _open_clip_create(BACKBONE_MODEL, pretrained=str(cached), force_quick_gelu=True)
@@ -280,7 +220,7 @@ def load_backbone(backbone: Path | str | None = None, device: str | torch.device
         if cached is not None:
             raise load_error("aesthetic CLIP backbone", cached, exc) from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise hf_missing_error("aesthetic CLIP backbone", BACKBONE_REPO, command, f"download failed: {first}",
+        raise hub_missing_error("aesthetic CLIP backbone", BACKBONE_REPO, command, f"download failed: {first}",
                                alternative) from None
     return OpenClipImageEmbedder(model, preprocess, device, name=BACKBONE_NAME)
 

@@ -33,22 +33,16 @@ import numpy as np
 import torch
 
 from simcli.errors import UsageError
-from simcli.eval.aesthetic import (
-    aesthetic_head_path,
-    hf_hub_cache,
-    hf_missing_error,
-    hf_offline,
-    hf_unreachable,
-    load_aesthetic_scorer,
-)
+from simcli.eval.aesthetic import aesthetic_head_path, load_aesthetic_scorer
 from simcli.eval.image_inputs import GeneratorImages, open_images
 from simcli.eval.stats import ImageProgressFn
+from simcli.teachers.hub import download_command, hf_hub_cache, hub_missing_error, hub_offline, hub_unreachable
 
 Tensor = torch.Tensor
 
 TEXT_METRICS = ("clip_score", "aesthetic")
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-CLIP_DOWNLOAD = f'hf download {DEFAULT_CLIP_MODEL} --exclude "*.bin" --exclude "*.h5" --exclude "*.msgpack"'
+CLIP_DOWNLOAD_EXCLUDE = ("*.bin", "*.h5", "*.msgpack")  # the safetensors weights suffice
 NPZ_PROMPTS_KEY = "prompts"
 _PROMPTS_HINT = "pass --prompts FILE: the samples' prompts, one per line in sample order (.txt) or .jsonl with 'prompt'"
 
@@ -119,8 +113,9 @@ def load_clip_scorer(clip_model: Path | str | None = None, device: str | torch.d
                              hint="the folder needs config.json, the weights, the tokenizer files and "
                                   "preprocessor_config.json") from None
         return ClipScorer(model, processor, device, name=str(path))
-    unreachable = None if hf_offline() else hf_unreachable()
-    offline = hf_offline() or unreachable is not None  # then only the cache is read, without 25 s of retries
+    offline_reason = hub_offline()
+    unreachable = None if offline_reason else hub_unreachable()
+    offline = offline_reason is not None or unreachable is not None  # then only the cache is read, without retries
     try:
         kwargs = {"cache_dir": str(hf_hub_cache()), "local_files_only": offline}
         with _quiet_transformers():
@@ -129,8 +124,8 @@ def load_clip_scorer(clip_model: Path | str | None = None, device: str | torch.d
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         why = (unreachable or "offline") if offline else f"download failed: {first}"
-        raise hf_missing_error("CLIP model", DEFAULT_CLIP_MODEL, CLIP_DOWNLOAD, why,
-                               "pass --clip-model DIR") from None
+        command = download_command(DEFAULT_CLIP_MODEL, exclude=CLIP_DOWNLOAD_EXCLUDE)
+        raise hub_missing_error("CLIP model", DEFAULT_CLIP_MODEL, command, why, "pass --clip-model DIR") from None
     return ClipScorer(model, processor, device, name=DEFAULT_CLIP_MODEL)
 
 

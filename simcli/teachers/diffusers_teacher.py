@@ -6,10 +6,10 @@ HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE) and `diffusers:PATH`, a local pipeline fo
 denoiser (simcli.nets.pixart); the text encoder, tokenizer and VAE stay on disk until `DiffusersPipelineSource`
 is asked for them.
 
-Hub files are first looked up in the cache only; a download is tried only when not offline (HF_HUB_OFFLINE,
-TRANSFORMERS_OFFLINE, SIMCLI_OFFLINE) and the Hub's host answers a TCP connect within HF_HUB_ETAG_TIMEOUT
-seconds (default 10), so a machine without network fails fast with one line naming the repo, the cache and the
-command that pre-downloads it.
+Hub files come through simcli.teachers.hub: first looked up in the cache only; a download is tried only when
+not offline (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, SIMCLI_OFFLINE) and the Hub's host answers a TCP connect within
+HF_HUB_ETAG_TIMEOUT seconds (default 10), so a machine without network fails fast with one line naming the repo,
+the cache and the command that pre-downloads it.
 
 This module imports neither torch nor diffusers at import time: the registry reads its name table.
 """
@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simcli.errors import UsageError
+from simcli.teachers.hub import hf_library_version, hub_snapshot
 
 if TYPE_CHECKING:
     import torch
@@ -51,15 +50,12 @@ DIFFUSERS_PREFIX = "diffusers:"
 DEFAULT_MAX_TOKENS = 120  # PixArt-alpha's max_sequence_length (T5, section 3.1 of its paper)
 INSTALL_HINT = "pip install 'simcli[t2i]'"
 LOCAL_HINT = "pass a folder written by PixArtAlphaPipeline.save_pretrained (model_index.json, transformer/, ...)"
-HUB_ENDPOINT = "https://huggingface.co"
-DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
-# What each use needs from a pipeline folder (Hub allow_patterns; fp16 variants and pickles are never fetched).
+# What each use needs from a pipeline folder (Hub allow_patterns; hub.IGNORED_FILES are never fetched).
 TRANSFORMER_FILES = ("model_index.json", "scheduler/*", "transformer/*.json", "transformer/*.safetensors", "vae/*.json")
 ENCODER_FILES = ("model_index.json", "tokenizer/*", "text_encoder/*.json", "text_encoder/*.safetensors")
 DECODER_FILES = ("model_index.json", "vae/*.json", "vae/*.safetensors")
 PIPELINE_FILES = tuple(dict.fromkeys(TRANSFORMER_FILES + ENCODER_FILES + DECODER_FILES))
-IGNORED_FILES = ("*.fp16.*", "*.bin", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx")
 
 
 # ---------------------------------------------------------------------------------------------- names
@@ -143,95 +139,6 @@ def check_diffusers_teacher(name: str) -> None:
         check_pipeline_folder(_local_folder(name))
 
 
-# ---------------------------------------------------------------------------------------------- the Hub cache
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hf_hub_cache() -> Path:
-    """The Hub cache as huggingface_hub would compute it now (HF_HUB_CACHE, else HF_HOME/hub, else XDG/~/.cache)."""
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return Path(os.path.expandvars(explicit)).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    return Path(os.path.expandvars(home)).expanduser() / "hub"
-
-
-def hub_offline() -> str | None:
-    """Why no download may be tried ('HF_HUB_OFFLINE=1', ...), or None."""
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SIMCLI_OFFLINE"):
-        if _env_true(name):
-            return f"offline mode, {name}={os.environ[name]}"
-    return None
-
-
-def hub_unreachable(endpoint: str | None = None, timeout_s: float | None = None) -> str | None:
-    """Why the Hub cannot be reached (DNS, refused, timeout), or None; a TCP connect, skipped behind a proxy."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    url = urllib.parse.urlsplit(endpoint or os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT)
-    if timeout_s is None:
-        try:
-            timeout_s = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or DEFAULT_CONNECT_TIMEOUT_S)
-        except ValueError:
-            timeout_s = DEFAULT_CONNECT_TIMEOUT_S
-    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return None
-    except OSError as exc:
-        return f"{host} unreachable: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
-
-
-def download_command(repo_id: str, revision: str | None = None) -> str:
-    """The shell command that puts a Hub repository into the cache (`hf download`; huggingface-cli before 0.34)."""
-    cli = "hf download"
-    try:
-        from importlib.metadata import version
-
-        major, minor = (int(part) for part in version("huggingface_hub").split(".")[:2])
-        if (major, minor) < (0, 34):
-            cli = "huggingface-cli download"
-    except Exception:  # not installed or an odd version string: the current CLI name
-        pass
-    return f"{cli} {repo_id}" + (f" --revision {revision}" if revision else "")
-
-
-def hub_snapshot(repo_id: str, revision: str | None, patterns: tuple[str, ...]) -> Path:
-    """The cached snapshot folder of a Hub repository holding `patterns`: from the cache, else downloaded.
-
-    One-line UsageError naming the repo, the cache and the pre-download command when the files are not cached
-    and cannot be downloaded (offline, no network, refused).
-    """
-    require_t2i_packages()
-    from huggingface_hub import snapshot_download
-
-    cache = hf_hub_cache()
-    kwargs = {"revision": revision, "allow_patterns": list(patterns), "ignore_patterns": list(IGNORED_FILES),
-              "cache_dir": str(cache)}
-    try:
-        folder = Path(snapshot_download(repo_id, local_files_only=True, **kwargs))
-        if all(next(folder.glob(pattern), None) is not None for pattern in patterns):
-            return folder
-    except Exception:  # not cached (or only partly): try the Hub unless offline
-        pass
-
-    def refuse(reason: str) -> UsageError:
-        return UsageError(f"{repo_id} is not in the Hugging Face cache {cache} and cannot be downloaded ({reason}); "
-                          f"pre-download it with `{download_command(repo_id, revision)}` (into $HF_HOME/hub)",
-                          hint="set HF_HOME (or HF_HUB_CACHE) to the cache that holds it; HF_HUB_OFFLINE=1 keeps off the network")
-
-    reason = hub_offline() or hub_unreachable()
-    if reason:
-        raise refuse(reason)
-    try:
-        return Path(snapshot_download(repo_id, **kwargs))
-    except Exception as exc:  # refused, gated, not found, interrupted: one line
-        raise refuse(f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
-
-
 # ---------------------------------------------------------------------------------------------- the source
 
 
@@ -251,14 +158,8 @@ def _folder_fingerprint(folders: list[Path], head_bytes: int = 1 << 20) -> str:
 
 
 def _transformers_dtype_keyword() -> str:
-    """`dtype` (transformers 4.56 and later) or the older `torch_dtype`."""
-    from importlib.metadata import version
-
-    try:
-        major, minor = (int(part) for part in version("transformers").split(".")[:2])
-    except Exception:
-        return "dtype"
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    """`dtype` (transformers 4.56 and later, or an unknown version) or the older `torch_dtype`."""
+    return "dtype" if (hf_library_version("transformers") or (4, 56)) >= (4, 56) else "torch_dtype"
 
 
 def _missing_tokenizer_packages(tokenizer_folder: Path) -> list[str]:
@@ -308,7 +209,16 @@ class DiffusersPipelineSource:
         """The local folder holding the files `patterns` name (the Hub snapshot, fetched into the cache if needed)."""
         if self.local:
             return Path(self.location)
+        require_t2i_packages()
         return hub_snapshot(self.location, self.revision, patterns)
+
+    def _load(self, what: str, patterns: tuple[str, ...], load: Callable[[Path], Any]) -> Any:
+        """load(folder) on the folder holding `patterns`; a failure is one line naming the part and the folder."""
+        folder = self.folder(patterns)
+        try:
+            return load(folder)
+        except Exception as exc:
+            raise _fail_loading(what, folder, exc) from None
 
     def transformer(self, dtype: torch.dtype | None = None) -> Any:
         """The PixArtTransformer2DModel (float32 unless dtype), in eval mode."""
@@ -316,16 +226,9 @@ class DiffusersPipelineSource:
 
         from simcli.nets.pixart import require_diffusers
 
-        require_diffusers()
-        from diffusers import PixArtTransformer2DModel
-
-        folder = self.folder(TRANSFORMER_FILES)
-        try:
-            model = PixArtTransformer2DModel.from_pretrained(folder, subfolder="transformer",
-                                                             torch_dtype=dtype or torch.float32)
-        except Exception as exc:
-            raise _fail_loading("transformer", folder, exc) from None
-        return model.eval()
+        diffusers = require_diffusers()
+        return self._load("transformer", TRANSFORMER_FILES, lambda folder: diffusers.PixArtTransformer2DModel
+                          .from_pretrained(folder, subfolder="transformer", torch_dtype=dtype or torch.float32)).eval()
 
     def scheduler_config(self) -> dict[str, Any]:
         """scheduler/scheduler_config.json (empty when absent: the DDPM defaults apply)."""
@@ -378,14 +281,9 @@ class DiffusersPipelineSource:
 
         from simcli.nets.pixart import require_diffusers
 
-        require_diffusers()
-        from diffusers import AutoencoderKL
-
-        folder = self.folder(DECODER_FILES)
-        try:
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype or torch.float32)
-        except Exception as exc:
-            raise _fail_loading("VAE", folder, exc) from None
+        diffusers = require_diffusers()
+        vae = self._load("VAE", DECODER_FILES, lambda folder: diffusers.AutoencoderKL
+                         .from_pretrained(folder, subfolder="vae", torch_dtype=dtype or torch.float32))
         return LatentDecoder(vae.to(device).eval().requires_grad_(False), batch_size)
 
     def pipeline(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Any:
@@ -394,14 +292,9 @@ class DiffusersPipelineSource:
 
         from simcli.nets.pixart import require_diffusers
 
-        require_diffusers()
-        from diffusers import PixArtAlphaPipeline
-
-        folder = self.folder(PIPELINE_FILES)
-        try:
-            pipe = PixArtAlphaPipeline.from_pretrained(folder, **_pipeline_dtype_keyword(dtype or torch.float32))
-        except Exception as exc:
-            raise _fail_loading("pipeline", folder, exc) from None
+        diffusers = require_diffusers()
+        pipe = self._load("pipeline", PIPELINE_FILES, lambda folder: diffusers.PixArtAlphaPipeline
+                          .from_pretrained(folder, **_pipeline_dtype_keyword(dtype or torch.float32)))
         return pipe.to(device)
 
 

@@ -33,7 +33,8 @@ from simcli.nets.text_condition import TextCondition  # noqa: E402
 from simcli.rundir.snapshots import save_generator  # noqa: E402
 from simcli.sampling.generator import load_generator  # noqa: E402
 from simcli.teachers import diffusers_teacher  # noqa: E402
-from simcli.teachers.diffusers_teacher import DiffusersPipelineSource, download_command  # noqa: E402
+from simcli.teachers.diffusers_teacher import DiffusersPipelineSource  # noqa: E402
+from simcli.teachers.hub import download_command  # noqa: E402
 from simcli.teachers.registry import check_teacher, describe_teacher_name, load_teacher  # noqa: E402
 from tests.helpers.tiny_pixart import TINY_CAPTION_CHANNELS, TINY_MAX_TOKENS, write_tiny_pixart  # noqa: E402
 
