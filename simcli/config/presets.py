@@ -55,7 +55,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ema": {"halflife_kimg": 500.0, "rampup_ratio": 0.05},
         "training": {"batch_size": 1024, "batch_gpu": 32, "duration_kimg": 16384.0, "precision": "bf16",
                      "activation_checkpointing": True},
-        "logging": {"status_every_kimg": 10.24, "snapshot_every_kimg": 1024.0, "grid_samples": 0},
+        "logging": {"status_every_kimg": 10.24, "snapshot_every_kimg": 1024.0, "grid_samples": 16},
     },
     # A seconds-long smoke run: tiny networks, a short fit, a handful of iterations.
     "tiny": {

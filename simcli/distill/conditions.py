@@ -46,8 +46,15 @@ class StoredPrompts:
         self.store = store
 
     def draw(self, n: int, rng: torch.Generator, device: torch.device) -> TextCondition:
-        embeds, mask = self.store.get(draw_prompt_indices(n, len(self.store), rng))
+        return self.rows(draw_prompt_indices(n, len(self.store), rng).tolist(), device)
+
+    def rows(self, indices: list[int], device: torch.device) -> TextCondition:
+        """The embeddings of the prompts at these indices."""
+        embeds, mask = self.store.get(indices)
         return TextCondition(embeds, mask).to(device)
+
+    def __len__(self) -> int:
+        return len(self.store)
 
 
 class LivePrompts:
@@ -57,7 +64,13 @@ class LivePrompts:
         self.prompts, self.encode = list(prompts), encode
 
     def draw(self, n: int, rng: torch.Generator, device: torch.device) -> TextCondition:
-        indices = draw_prompt_indices(n, len(self.prompts), rng)
+        return self.rows(draw_prompt_indices(n, len(self.prompts), rng).tolist(), device)
+
+    def rows(self, indices: list[int], device: torch.device) -> TextCondition:
+        """The prompts at these indices, embedded now."""
         with torch.no_grad():
-            condition = self.encode([self.prompts[i] for i in indices.tolist()])
+            condition = self.encode([self.prompts[i] for i in indices])
         return TextCondition(condition.embeds.float(), condition.mask).to(device)
+
+    def __len__(self) -> int:
+        return len(self.prompts)

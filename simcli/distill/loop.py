@@ -25,6 +25,7 @@ from simcli.distill.events import (
     DownloadProgress,
     Evaluated,
     EventHandler,
+    GridSaved,
     Heartbeat,
     NonFiniteStep,
     RunStarted,
@@ -41,7 +42,7 @@ from simcli.distill.state import Progress, restore, state_dict
 from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, StopRequest
 from simcli.distill.streams import IterationStreams, online_phase
-from simcli.distill.text_setup import check_prompts, is_text_teacher, prepare_prompts
+from simcli.distill.text_setup import TextGrid, check_prompts, is_text_teacher, prepare_prompts
 from simcli.errors import RunFailed, Stopped
 from simcli.rundir.atomic import remove_stale_temp_files
 from simcli.rundir.lock import RunDirLock
@@ -140,10 +141,12 @@ class Distillation:
             warnings += [dropped] if dropped else []
         if loaded is not None:
             warnings += self._apply_optimizer_settings()
-        condition_source = None
+        condition_source, self.text_grid = None, None
         if is_text_teacher(teacher):  # prompts: embedded once into a store (rank 0 first), or by a loaded encoder
             condition_source, null, _ = prepare_prompts(spec, teacher, world, self.device, self.on_event)
             self.nets.teacher.set_null_condition(null.to(self.device))
+            if world.is_main and spec.logging.grid_samples:
+                self.text_grid = TextGrid(condition_source, teacher.pipeline, spec.logging.grid_samples, self.device)
         tr = spec.training
         micro_batch, batch_warnings = resolve_micro_batch(tr.batch_size, tr.batch_gpu, world.size, self.progress.micro_batch)
         self.progress.micro_batch = micro_batch
@@ -393,8 +396,15 @@ class Distillation:
 
     def write_grids(self) -> None:
         """Image teachers: a grid of the EMA generator and, once per run, of the teacher's sampler (rank 0)."""
-        if self.world.is_main:
-            write_grids(self.run_dir, self.spec, self.nets.teacher, self.nets.ema, self.images_seen, self.device, self.on_event)
+        if not self.world.is_main:
+            return
+        if self.text_grid is not None:  # latents: decoded by the pipeline's VAE, on the run's first prompts
+            path = self.text_grid.write(self.run_dir / f"grid-{kimg_tag(self.images_seen)}.png", self.nets.ema,
+                                        self.spec.generator.sigma_init)
+            self.on_event(GridSaved(path, f"the EMA generator at {self.images_seen / 1000:g} kimg on the first "
+                                          f"{self.text_grid.n} prompts, 1 NFE"))
+            return
+        write_grids(self.run_dir, self.spec, self.nets.teacher, self.nets.ema, self.images_seen, self.device, self.on_event)
 
     def summary(self) -> dict[str, Any]:
         return {**run_summary(self.run_dir, self.spec), "steps": self.progress.step, "images_seen": self.images_seen,

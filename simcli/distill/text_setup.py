@@ -4,6 +4,7 @@ and the teacher's empty-prompt embedding for classifier-free guidance."""
 from __future__ import annotations
 
 import gc
+import math
 from pathlib import Path
 
 import torch
@@ -88,3 +89,25 @@ def prepare_prompts(
                          hint="delete the store to rebuild it")
     embeds, mask = store.null()
     return StoredPrompts(store), TextCondition(embeds.float(), mask), {"prompts": len(prompts)}
+
+
+class TextGrid:
+    """Rank 0's grid of the EMA generator on the run's first prompts (cycled), the same seeds every time, decoded
+    by the pipeline's VAE (loaded at the first grid)."""
+
+    def __init__(self, conditions: StoredPrompts | LivePrompts, source, n: int, device: torch.device):
+        self.conditions, self.source, self.n, self.device = conditions, source, n, device
+        self.decode = None
+
+    def write(self, path: Path, ema: torch.nn.Module, sigma_init: float) -> Path:
+        from simcli.nets.denoiser import generate
+        from simcli.sampling.images import save_grid
+        from simcli.sampling.seeds import per_seed_randn
+
+        if self.decode is None:
+            self.decode = self.source.decoder(self.device)
+        condition = self.conditions.rows([i % len(self.conditions) for i in range(self.n)], self.device)
+        z = per_seed_randn(list(range(self.n)), tuple(ema.sample_shape), self.device)
+        with torch.no_grad():
+            images = self.decode(generate(ema, z, sigma_init, condition)).cpu().numpy()
+        return save_grid(images.transpose(0, 2, 3, 1), path, columns=math.ceil(math.sqrt(self.n)))

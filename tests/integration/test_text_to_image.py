@@ -134,3 +134,17 @@ def test_cli_distill_sample_with_prompts_and_errors(tmp_path, pipeline, prompts)
     wrong = runner.invoke(app, ["sample", "--generator", str(run), "--prompt", "x", "--class", "1", "--n", "1",
                                 "--out", str(tmp_path / "w.npz")])
     assert wrong.exit_code == 2
+
+
+def test_training_grids_decode_the_generator_on_the_first_prompts(tmp_path, pipeline, prompts):
+    from PIL import Image
+
+    events = []
+    run_distillation(spec_for(pipeline, prompts, 2, "logging.grid_samples=4", "logging.snapshot_every_kimg=0.008"),
+                     tmp_path / "run", events.append)
+    grids = sorted((tmp_path / "run").glob("grid-*.png"))
+    assert [g.name for g in grids] == ["grid-0000000.000.png", "grid-0000000.008.png"]
+    first, last = (np.asarray(Image.open(g)) for g in grids)
+    assert first.shape[:2] == last.shape[:2] and first.shape[0] >= 2 * 16  # 2 x 2 images of 16 px (enlarged)
+    assert not np.array_equal(first, last)  # the generator moved
+    assert not (tmp_path / "run" / "teacher-grid.png").exists()
