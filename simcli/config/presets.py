@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pixart": {
         "generator": {"optimizer": {"lr": 5e-6, "beta1": 0.0, "beta2": 0.999}, "sigma_init": 2.5, "weighting": "none",
                       "noise": {"kind": "lognormal", "p_mean": -2.0, "p_std": 2.0, "sigma_min": 0.01, "sigma_max": 156.6155}},
-        "online": {"optimizer": {"lr": 5e-6, "beta1": 0.0, "beta2": 0.999}, "augment_p": 0.0,
+        "online": {"optimizer": {"lr": 5e-6, "beta1": 0.0, "beta2": 0.999}, "augment_p": 0.0, "weighting": "none",
                    "noise": {"kind": "lognormal", "p_mean": -2.0, "p_std": 2.0, "sigma_min": 0.01, "sigma_max": 156.6155}},
         "ema": {"halflife_kimg": 500.0, "rampup_ratio": 0.05},
         "training": {"batch_size": 1024, "batch_gpu": 32, "duration_kimg": 16384.0, "precision": "bf16",

@@ -147,6 +147,9 @@ class OnlineSpec(Strict):
     """Noise levels of the online step (EDM lognormal, eq. B.6)."""
     optimizer: OptimizerSpec = OptimizerSpec()
     """Adam for the online model."""
+    weighting: Literal["edm", "none"] = "edm"
+    """Per-noise weight of the DSM loss: edm, lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (eq. B.7);
+    none, 1 (the paper's text-to-image runs: 'both loss weights 1', Appendix B.3)."""
     updates_per_generator_update: int = Field(1, gt=0)
     """Online updates before each generator update (1 in Algorithm 2)."""
     sample_source: Literal["fresh", "generator-step"] = "fresh"

@@ -297,7 +297,7 @@ class Distillation:
         for j in range(spec.online.updates_per_generator_update):
             loss_online, ok = online_update(
                 nets.generator, nets.online, self.opts["online"], ctx, online_phase(j), spec.online.noise,
-                augment=self.augment, scaler=self.scalers["online"], samples=kept,
+                augment=self.augment, scaler=self.scalers["online"], samples=kept, weighting=spec.online.weighting,
             )
             ok_online = ok_online and ok
         if not reuse:

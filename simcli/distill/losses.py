@@ -23,9 +23,11 @@ def edm_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
-def online_dsm_loss(online_out: Tensor, x0: Tensor, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
-    """Online model's denoising score matching loss lambda(sigma) ||D_psi(x; sigma) - x0||^2 (SIM eq. B.7): [B]."""
-    return edm_weight(sigma, sigma_data) * _flat(online_out - x0).pow(2).sum(1)
+def online_dsm_loss(online_out: Tensor, x0: Tensor, sigma: Tensor, sigma_data: float = 0.5, weighted: bool = True) -> Tensor:
+    """Online model's denoising score matching loss lambda(sigma) ||D_psi(x; sigma) - x0||^2 (SIM eq. B.7): [B].
+    weighted False: lambda = 1 (the paper's text-to-image runs, Appendix B.3)."""
+    squared = _flat(online_out - x0).pow(2).sum(1)
+    return edm_weight(sigma, sigma_data) * squared if weighted else squared
 
 
 def sim_generator_loss(

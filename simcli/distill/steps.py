@@ -167,6 +167,7 @@ def online_update(
     augment: AugmentPipe | None = None,
     scaler: LossScaler | None = None,
     samples: list[Samples] | None = None,
+    weighting: str = "edm",
 ) -> tuple[float, bool]:
     """One update of the online model by DSM on generator samples; returns (loss, finite).
 
@@ -189,7 +190,8 @@ def online_update(
         extra = {} if b.augment_labels is None else {"augment_labels": b.augment_labels}
         with ctx.autocast():
             denoised = online(b.x, b.sigma, b.labels, **extra)
-        loss = online_dsm_loss(denoised.float(), b.x0, b.sigma, sigma_data).mean() / ctx.plan.micro_batches
+        loss = online_dsm_loss(denoised.float(), b.x0, b.sigma, sigma_data, weighted=weighting == "edm").mean()
+        loss = loss / ctx.plan.micro_batches
         (loss * scaler.factor).backward()
         total = total + loss.detach()
     loss, finite = finish_update(optimizer, list(online.parameters()), total, ctx.world, scaler)

@@ -62,6 +62,7 @@ def test_the_pixart_preset_is_the_papers_and_auto_picks_it(pipeline, prompts):
     assert spec.generator.noise.p_mean == spec.online.noise.p_mean == -2.0
     assert spec.generator.noise.sigma_max == 156.6155 and spec.generator.sigma_init == 2.5
     assert spec.training.activation_checkpointing and spec.text.guidance_scale == 4.5
+    assert spec.generator.weighting == "none" and spec.online.weighting == "none"  # "both loss weights 1"
 
 
 def test_distill_from_prompts_embeds_them_once_and_resumes_exactly(tmp_path, pipeline, prompts, cache):

@@ -175,6 +175,8 @@ def test_online_dsm_loss_explicit_values():
     Dg = D.clone().requires_grad_(True)
     online_dsm_loss(Dg, x0, sigma).sum().backward()
     torch.testing.assert_close(Dg.grad, 2 * _t([5.0, 8.0, 4.25])[:, None] * (D - x0), rtol=1e-14, atol=0)
+    # unweighted (the paper's text-to-image runs): lambda = 1
+    torch.testing.assert_close(online_dsm_loss(D, x0, sigma, weighted=False), _t([5.0, 1.5, 0.0]), rtol=1e-14, atol=0)
 
 
 # --------------------------------------------------------------------------------------------------
