@@ -114,14 +114,15 @@ class World:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
-    def broadcast(self, obj: T) -> T:
-        """Rank 0's obj, on every process (picklable objects)."""
+    def broadcast(self, obj: T, patient: bool = False) -> T:
+        """Rank 0's obj, on every process (picklable objects). patient: through the set-up group, whose timeout
+        allows rank 0 hours of work alone first (embedding a prompt file, fitting a network, scoring)."""
         if not self.distributed:
             return obj
         import torch.distributed as dist
 
         box = [obj if self.is_main else None]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=_patient_group() if patient else None)
         return box[0]
 
     def gather(self, obj: T) -> list[T]:
@@ -178,13 +179,32 @@ class World:
             except BaseException as exc:  # handed on, then re-raised below
                 error = exc
                 told = ("error", (str(getattr(exc, "message", exc)), int(getattr(exc, "exit_code", 1))))
-        status, value = self.broadcast(told)
+        status, value = self.broadcast(told, patient=True)
         if error is not None:
             raise error
         if status == "error":
             message, code = value
             raise PeerFailed(f"rank 0 failed: {message}", code)
         return result, value
+
+
+PATIENT_TIMEOUT_HOURS = 24.0
+"""How long the other processes wait for rank 0's work alone (SIMCLI_SETUP_TIMEOUT_HOURS overrides): torch's
+default collective timeout (10 minutes with NCCL) would end them while rank 0 embeds a large prompt file."""
+_PATIENT_GROUP: list[Any] = []
+
+
+def _patient_group() -> Any:
+    """A gloo group over all processes with a long timeout, made on first use (every process reaches its first
+    patient broadcast at the same point of the run, so they make it together)."""
+    if not _PATIENT_GROUP:
+        import datetime
+
+        import torch.distributed as dist
+
+        hours = float(os.environ.get("SIMCLI_SETUP_TIMEOUT_HOURS") or PATIENT_TIMEOUT_HOURS)
+        _PATIENT_GROUP.append(dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=hours)))
+    return _PATIENT_GROUP[0]
 
 
 def environment_world(env: Mapping[str, str] = os.environ) -> tuple[int, int, int] | None:
@@ -227,7 +247,18 @@ def join_world(device_name: str) -> World:
     backend = "nccl" if on_cuda else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=size)
+    _patient_group()  # made by every process here, together
+    _JOINED[0] = True
     return World(rank, size, local_rank, backend)
+
+
+_JOINED = [False]
+
+
+def joined() -> bool:
+    """Whether this process joined a world of several processes in its life (errors from then on may be its own
+    alone)."""
+    return _JOINED[0]
 
 
 def leave_world(world: World) -> None:
@@ -236,4 +267,5 @@ def leave_world(world: World) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            _PATIENT_GROUP.clear()  # (joined() stays true: errors after the run are still this process's)
             dist.destroy_process_group()

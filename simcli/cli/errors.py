@@ -21,7 +21,7 @@ from typing import NoReturn
 import typer
 
 from simcli.errors import SimcliError, Stopped, UsageError
-from simcli.world import PeerFailed
+from simcli.world import PeerFailed, joined
 
 EXIT_INTERRUPTED = 130
 
@@ -39,12 +39,15 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except (UsageError, Stopped, PeerFailed) as exc:
-        if rank:  # the inputs and every joint decision are the same on all processes: rank 0 says it once
+        # Under torchrun rank 0 says what all processes share: a failure it reports to them (PeerFailed), a stop,
+        # and bad input found before the processes joined (the same on all). Bad input found after joining may be
+        # one process's alone (its own cache, its GPU): that process says it, naming its rank.
+        if rank and (isinstance(exc, (Stopped, PeerFailed)) or not joined()):
             raise typer.Exit(exc.exit_code) from None
         if isinstance(exc, Stopped):  # not an error: one line saying what was saved and how to go on
             print(f"simcli: {exc.message}", file=sys.stderr)
         else:
-            _print_error(exc.message, exc.hint)
+            _print_error(exc.message, exc.hint, rank)
         raise typer.Exit(exc.exit_code) from None
     except SimcliError as exc:
         _print_error(exc.message, exc.hint, rank)

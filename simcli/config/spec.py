@@ -323,6 +323,8 @@ RESUMABLE_CHANGES = (
     "training.duration_kimg",
     "training.duration_steps",
     "training.max_nonfinite_steps",
+    # The micro-batch: a run goes on with the new one (its random streams change from then on; the run warns).
+    "training.batch_gpu",
     # How the same computation runs: precision (a float32 master copy is kept), memory layout, compilation.
     "training.precision",
     "training.channels_last",

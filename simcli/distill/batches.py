@@ -65,6 +65,9 @@ def resolve_micro_batch(batch_size: int, batch_gpu: int | None, world_size: int,
         if (batch_size // batch_gpu) % world_size:
             raise UsageError(f"batch_size {batch_size} / batch_gpu {batch_gpu} = {batch_size // batch_gpu} micro-batches "
                              f"cannot be shared by {world_size} processes", hint=how)
+        if saved is not None and saved != batch_gpu:
+            return batch_gpu, [f"the run used micro-batches of {saved} images and goes on with {batch_gpu} "
+                               "(--batch-gpu): its random draws differ from here on"]
         return batch_gpu, []
     if saved is not None and batch_size % saved == 0 and (batch_size // saved) % world_size == 0:
         return saved, []

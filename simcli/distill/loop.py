@@ -89,9 +89,12 @@ class Distillation:
         # Rank 0 loads (and downloads) it before the others, which then find it in the cache.
         teacher = self._teacher()
         check_prompts(spec, teacher)  # a missing or malformed prompt file, too
+        # Text-to-image: the prompts' embeddings (a store built once in the cache, or a text encoder loaded), also
+        # before the run directory is touched: a text encoder that cannot be loaded leaves it as it was.
+        self.prompts = prepare_prompts(spec, teacher, self.world, self.device, self.on_event) if is_text_teacher(teacher) else None
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device, self.world) if make_evaluator is not None else None
-        if self.stop.requested:  # e.g. during a download: nothing in the run directory was touched
+        if self._stop_agreed():  # e.g. during a download (any process's signal): nothing in the run directory was touched
             raise Stopped(f"stopped by {self.stop.name} before the run started; nothing was written in {self.run_dir}; "
                           "run the same command again to start", self.stop.exit_code)
         self.lock = RunDirLock(self.run_dir) if self.world.is_main else None
@@ -142,9 +145,14 @@ class Distillation:
         if loaded is not None:
             warnings += self._apply_optimizer_settings()
         condition_source, self.text_grid = None, None
-        if is_text_teacher(teacher):  # prompts: embedded once into a store (rank 0 first), or by a loaded encoder
-            condition_source, null, _ = prepare_prompts(spec, teacher, world, self.device, self.on_event)
+        if self.prompts is not None:  # the teacher's guidance contrasts with the empty prompt
+            condition_source, null, facts = self.prompts
             self.nets.teacher.set_null_condition(null.to(self.device))
+            before, now = self.progress.prompts_sha256, facts["prompts_sha256"]
+            if before is not None and before != now:
+                warnings.append(f"the prompt file {spec.text.prompts} changed since the run's last state "
+                                f"(sha256 {before[:12]} -> {now[:12]}): the run goes on with the new prompts")
+            self.progress.prompts_sha256 = now
             if world.is_main and spec.logging.grid_samples:
                 self.text_grid = TextGrid(condition_source, teacher.pipeline, spec.logging.grid_samples, self.device)
         tr = spec.training
@@ -388,9 +396,9 @@ class Distillation:
         self.progress.loss_scalers = {k: dataclasses.asdict(s) for k, s in self.scalers.items()}
         if not self.world.is_main:
             return self.run_dir / f"state-{kimg_tag(self.images_seen)}.pt"
-        self.write_grids()
         gen_path, state_path = write_snapshot(self.run_dir, self.spec, self.images_seen, self._generator_meta(),
                                               state_dict(self.spec, self.nets, self.opts, self.progress), self.nets.ema)
+        self.write_grids()  # after the state: a grid that fails (a VAE out of memory) loses no checkpoint
         self.on_event(SnapshotSaved(gen_path, state_path, self.images_seen))
         return state_path
 

@@ -32,6 +32,8 @@ class Progress:
     best_score: float | None = None
     micro_batch: int | None = None
     """Images per micro-batch, which the random streams belong to (kept on resume; None in states before it)."""
+    prompts_sha256: str | None = None
+    """Text-to-image runs: the sha256 of the prompt file the run was distilled from (a resume warns on a change)."""
     loss_scalers: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each optimiser's LossScaler fields (simcli.distill.precision), for fp16 runs."""
 

@@ -43,6 +43,11 @@ def check_prompts(spec: RunSpec, teacher: Teacher) -> list[str]:
     return read_prompts(Path(spec.text.prompts))
 
 
+def _facts(spec: RunSpec, prompts: list[str]) -> dict[str, object]:
+    """What a run records of its prompts: how many, and the sha256 of the prompt file's bytes."""
+    return {"prompts": len(prompts), "prompts_sha256": prompts_digest(Path(spec.text.prompts))}
+
+
 def store_directory(spec: RunSpec, encoder_id: str, max_tokens: int) -> Path:
     """Where the embeddings of the run's prompt file are stored: simcli's cache, keyed by the file's bytes, the
     encoder, the token limit and the dtype (any run with the same prompts and encoder reuses them)."""
@@ -64,7 +69,7 @@ def prepare_prompts(
     if not spec.text.embedding_cache:
         encode = source.encoder(device, dtype, spec.text.encode_batch_size)
         null = encode([""])
-        return LivePrompts(prompts, encode), TextCondition(null.embeds.float(), null.mask), {"prompts": len(prompts)}
+        return LivePrompts(prompts, encode), TextCondition(null.embeds.float(), null.mask), _facts(spec, prompts)
 
     directory = store_directory(spec, source.encoder_id(), source.max_tokens)
 
@@ -88,7 +93,7 @@ def prepare_prompts(
         raise UsageError(f"the embedding store {directory} holds {len(store)} prompts, the prompt file {len(prompts)}",
                          hint="delete the store to rebuild it")
     embeds, mask = store.null()
-    return StoredPrompts(store), TextCondition(embeds.float(), mask), {"prompts": len(prompts)}
+    return StoredPrompts(store), TextCondition(embeds.float(), mask), _facts(spec, prompts)
 
 
 class TextGrid:

@@ -76,6 +76,7 @@ def generator_samples(
     """n one-step samples [n, ...] from seeds seed..seed+n-1, their class indices (or None), and their source."""
     dev = resolve_device(device)
     net, meta, file = load_generator(generator, dev)
+    _refuse_text_to_image(net)
     xs, labels = [], []
     for x, classes in generator_batches(net, meta["sigma_init"], n, seed, batch_size, dev, class_label):
         xs.append(x)
@@ -125,8 +126,12 @@ def teacher_samples(
     sampler with heun_steps steps. Per seed: latent, class label, churn noise (generate.py's draw order).
     """
     settings = sampler if sampler is not None else HeunSettings(num_steps=heun_steps)
+    if isinstance(teacher, str) and teacher_kind(teacher).name == "diffusers":
+        raise UsageError(f"'{teacher}' is a text-to-image teacher: its samples need prompts",
+                         hint="pass --prompt TEXT or --prompts FILE (its pipeline samples with DPM-Solver)")
     dev = resolve_device(device)
     net = (load_teacher(teacher).denoiser if isinstance(teacher, str) else teacher).to(dev).eval()
+    _refuse_text_to_image(net)
     xs, labels = [], []
     for seeds in _chunks(seed, n, batch_size):
         rng = SeedRNG(seeds, device=dev)
@@ -137,6 +142,13 @@ def teacher_samples(
     info = {"source": "teacher", "teacher": teacher if isinstance(teacher, str) else type(teacher).__name__,
             "heun_steps": settings.num_steps, "nfe": settings.nfe, "sampler": settings.summary()}
     return torch.cat(xs), (torch.cat(labels) if labels[0] is not None else None), info
+
+
+def _refuse_text_to_image(net: Denoiser) -> None:
+    """Text-to-image networks sample from prompts (simcli.sampling.text_to_image), not from here."""
+    if getattr(net, "text_dim", 0):
+        raise UsageError("this is a text-to-image model: its samples need prompts",
+                         hint="pass --prompt TEXT (repeatable) or --prompts FILE")
 
 
 def check_sample_out(out: Path, overwrite: bool, is_image: bool) -> None:

@@ -19,7 +19,7 @@ from simcli.errors import UsageError
 from simcli.nets.denoiser import generate
 from simcli.sampling.generator import load_generator
 from simcli.sampling.seeds import per_seed_randn, seed_generators
-from simcli.teachers.diffusers_teacher import is_diffusers_name, pipeline_source
+from simcli.teachers.diffusers_teacher import is_diffusers_name, pipeline_source, require_t2i_packages
 
 DEFAULT_TEACHER_STEPS = 14
 """DPM-Solver steps of the teacher's pipeline: the paper's comparison (PixArt-alpha, 14 steps)."""
@@ -48,7 +48,9 @@ def generator_text_images(
     if not getattr(net, "text_dim", 0) or teacher is None or not is_diffusers_name(teacher):
         raise UsageError(f"{file} is not a text-to-image generator", hint="drop --prompt/--prompts for this generator")
     source = pipeline_source(teacher)
-    encode, decode = source.encoder(device), source.decoder(device)
+    # the encoder as the run's embedding store used it: bfloat16 on GPUs (simcli.distill.text_setup)
+    encode = source.encoder(device, torch.bfloat16 if device.type == "cuda" else None)
+    decode = source.decoder(device)
     images = []
     for part in _chunks(len(prompts), batch_size):
         seeds = [seed + i for i in part]
@@ -67,11 +69,12 @@ def teacher_text_images(
     steps: int = DEFAULT_TEACHER_STEPS, guidance_scale: float = 4.5,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """uint8 images [n, 3, H, W] from the teacher's own pipeline with DPM-Solver (multistep) and guidance."""
-    from diffusers import DPMSolverMultistepScheduler
-
     if not is_diffusers_name(teacher):
         raise UsageError(f"--prompt needs a text-to-image teacher, not '{teacher}'",
                          hint="pixart-alpha-512 or diffusers:PATH")
+    require_t2i_packages()
+    from diffusers import DPMSolverMultistepScheduler
+
     pipe = pipeline_source(teacher).pipeline(device)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -80,7 +83,7 @@ def teacher_text_images(
     for part in _chunks(len(prompts), batch_size):
         out = pipe(prompt=[prompts[i] for i in part], num_inference_steps=steps, guidance_scale=guidance_scale,
                    generator=seed_generators([seed + i for i in part], device), output_type="pt", height=size,
-                   width=size, use_resolution_binning=False)
+                   width=size, use_resolution_binning=False, clean_caption=False)  # as training embeds them
         pixels = out.images if hasattr(out, "images") else out[0]  # [b, 3, H, W] in [0, 1]
         images.append((pixels.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     # classifier-free guidance evaluates the transformer twice per step (the first step once more for DPM-Solver's order)

@@ -135,6 +135,9 @@ def test_cli_distill_sample_with_prompts_and_errors(tmp_path, pipeline, prompts)
     wrong = runner.invoke(app, ["sample", "--generator", str(run), "--prompt", "x", "--class", "1", "--n", "1",
                                 "--out", str(tmp_path / "w.npz")])
     assert wrong.exit_code == 2
+    for source in (["--generator", str(run)], ["--teacher", f"diffusers:{pipeline}"]):  # prompts are needed
+        no_prompts = runner.invoke(app, ["sample", *source, "--n", "1", "--out", str(tmp_path / "np.npz"), "--device", "cpu"])
+        assert no_prompts.exit_code == 2 and "prompts" in no_prompts.stderr, no_prompts.stderr
 
 
 def test_training_grids_decode_the_generator_on_the_first_prompts(tmp_path, pipeline, prompts):
@@ -149,3 +152,12 @@ def test_training_grids_decode_the_generator_on_the_first_prompts(tmp_path, pipe
     assert first.shape[:2] == last.shape[:2] and first.shape[0] >= 2 * 16  # 2 x 2 images of 16 px (enlarged)
     assert not np.array_equal(first, last)  # the generator moved
     assert not (tmp_path / "run" / "teacher-grid.png").exists()
+
+
+def test_a_resume_says_when_the_prompt_file_changed(tmp_path, pipeline, prompts):
+    run_distillation(spec_for(pipeline, prompts, 2), tmp_path / "run")
+    prompts.write_text("\n".join([*PROMPTS, "a new prompt"]) + "\n")
+    events = []
+    run_distillation(spec_for(pipeline, prompts, 4), tmp_path / "run", events.append)
+    (started,) = [e for e in events if type(e).__name__ == "RunStarted"]
+    assert any("changed since the run's last state" in w for w in started.warnings)

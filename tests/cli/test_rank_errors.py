@@ -1,0 +1,37 @@
+"""Under torchrun, which process says an error: rank 0 what all share, any rank what is its own."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+import simcli.world as world
+from simcli.cli.errors import reported_errors
+from simcli.errors import RunFailed, Stopped, UsageError
+from simcli.world import PeerFailed
+
+
+def said(capsys, rank: int, joined: bool, exc: Exception, monkeypatch) -> tuple[int, str]:
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setattr(world, "_JOINED", [joined])
+    with pytest.raises(typer.Exit) as info, reported_errors():
+        raise exc
+    return info.value.exit_code, capsys.readouterr().err
+
+
+def test_bad_input_before_joining_is_said_once_by_rank_0(capsys, monkeypatch):
+    assert said(capsys, 0, False, UsageError("bad key", hint="fix it"), monkeypatch) == (
+        2, "simcli: error: bad key (hint: fix it)\n")
+    assert said(capsys, 1, False, UsageError("bad key"), monkeypatch) == (2, "")
+
+
+def test_after_joining_a_process_says_its_own_bad_input_with_its_rank(capsys, monkeypatch):
+    code, err = said(capsys, 3, True, UsageError("no embedding store in /local/cache"), monkeypatch)
+    assert code == 2 and err == "simcli: error: rank 3: no embedding store in /local/cache\n"
+
+
+def test_what_rank_0_reports_for_all_is_not_repeated(capsys, monkeypatch):
+    assert said(capsys, 2, True, PeerFailed("rank 0 failed: x", 1), monkeypatch) == (1, "")
+    assert said(capsys, 2, True, Stopped("stopped by SIGTERM", 143), monkeypatch) == (143, "")
+    code, err = said(capsys, 2, True, RunFailed("disk full"), monkeypatch)
+    assert code == 1 and "rank 2: disk full" in err
