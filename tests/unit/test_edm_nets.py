@@ -80,12 +80,8 @@ TINY_IDS = ["ddpmpp", "ncsnpp", "adm"]
 
 
 def _tsv_path() -> Path:
-    """The state_dict listing in ../shared/docs next to the repository root."""
-    repo_root = Path(__file__).resolve().parents[2]
-    for candidate in (repo_root.parent / "shared" / "docs" / TSV_NAME, repo_root / "shared" / "docs" / TSV_NAME):
-        if candidate.is_file():
-            return candidate
-    pytest.skip(f"{TSV_NAME} not found under {repo_root.parent / 'shared/docs'} or {repo_root / 'shared/docs'}")
+    """The parameter and buffer listing (name, shape) of the official CIFAR-10 DDPM++ checkpoint, kept with the tests."""
+    return Path(__file__).resolve().parents[1] / "data" / TSV_NAME
 
 
 def _count(net: torch.nn.Module) -> tuple[int, int, int]:

@@ -325,20 +325,30 @@ def test_cli_bad_text_options(tmp_path, extra, fragment, clip_dir):
     (tmp_path / "p.txt").write_text("a cat\nred car\n")
     (tmp_path / "h.pth").write_bytes(b"")
     args = [tmp_path / a if a in ("p.txt", "h.pth") else a for a in extra]
-    _one_error_line(_cli("eval", "--samples", samples, "--clip-model", clip_dir, *args) if "--clip-score" in extra
-                    else _cli("eval", "--samples", samples, *args), fragment)
+    result = (_cli("eval", "--samples", samples, "--clip-model", clip_dir, *args) if "--clip-score" in extra
+              else _cli("eval", "--samples", samples, *args))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("simcli: error: ") and fragment in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
 
 
 def test_cli_offline_without_clip_weights_names_the_repo_and_command(tmp_path):
     samples = _npz(tmp_path / "s.npz", _images(2), PROMPTS[:2])
-    _one_error_line(_cli("eval", "--samples", samples, "--clip-score"),
-                    "openai/clip-vit-large-patch14", "hf download openai/clip-vit-large-patch14", "HF_HOME",
-                    "offline", "--clip-model")
+    result = _cli("eval", "--samples", samples, "--clip-score")
+    assert result.exit_code == 2 and result.stdout == "" and len(result.stderr.splitlines()) == 1
+    for fragment in ("openai/clip-vit-large-patch14", "hf download openai/clip-vit-large-patch14", "HF_HOME",
+                     "offline", "--clip-model"):
+        assert fragment in result.stderr, fragment
 
 
 def test_cli_offline_without_aesthetic_files_names_url_path_and_repo(tmp_path, head_file):
     samples = _npz(tmp_path / "s.npz", _images(2), None)
     dest = tmp_path / "simcli-cache" / "weights" / aes.AESTHETIC_HEAD_FILE
-    _one_error_line(_cli("eval", "--samples", samples, "--aesthetic"), aes.AESTHETIC_HEAD_URL, str(dest), "offline")
-    _one_error_line(_cli("eval", "--samples", samples, "--aesthetic", "--aesthetic-weights", head_file),
-                    aes.BACKBONE_REPO, f"hf download {aes.BACKBONE_REPO}", "HF_HOME", aes.BACKBONE_ENV)
+    head = _cli("eval", "--samples", samples, "--aesthetic")
+    assert head.exit_code == 2 and len(head.stderr.splitlines()) == 1
+    assert aes.AESTHETIC_HEAD_URL in head.stderr and str(dest) in head.stderr and "offline" in head.stderr
+    assert not dest.exists()  # nothing half-written where the file belongs
+    backbone = _cli("eval", "--samples", samples, "--aesthetic", "--aesthetic-weights", head_file)
+    assert backbone.exit_code == 2 and len(backbone.stderr.splitlines()) == 1
+    for fragment in (aes.BACKBONE_REPO, f"hf download {aes.BACKBONE_REPO}", "HF_HOME", aes.BACKBONE_ENV):
+        assert fragment in backbone.stderr, fragment
