@@ -34,12 +34,13 @@ GeneratorOpt = Annotated[
     typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors. Required: this or --teacher."),
 ]
 SampleTeacherOpt = Annotated[
-    str | None, typer.Option("--teacher", help=f"Sample the teacher's EDM Heun sampler. Required: this or --generator. {TEACHER_HELP}")
+    str | None, typer.Option("--teacher", help=f"Sample the teacher's EDM Heun sampler (a text-to-image teacher: its pipeline with DPM-Solver, with --prompt). Required: this or --generator. {TEACHER_HELP}")
 ]
 StepsOpt = Annotated[
     int | None,
     typer.Option("--steps", min=1, show_default=False,
-                 help="Heun steps N for --teacher (2N-1 evaluations; default: 18, or the published steps with --paper)."),
+                 help="Heun steps N for --teacher (2N-1 evaluations; default: 18, or the published steps with --paper); "
+                      "DPM-Solver steps for a text-to-image teacher (default: 14)."),
 ]
 ChurnOpt = Annotated[
     float | None,

@@ -26,3 +26,18 @@ def write_tiny_edm(path: Path, label_dim: int = 0, seed: int = 0, dropout: float
         for p in net.parameters():
             p.add_(0.02 * torch.randn_like(p))
     return write_edm_pickle(path, net, init_kwargs)
+
+
+def tiny_edm_spec(teacher: Path, steps: int, *sets: str, snapshot_every_kimg: float = 0.04):
+    """A run of the tiny preset on a tiny EDM teacher file: batch 8 in micro-batches of 4, a status record every
+    iteration, no grids, snapshots every snapshot_every_kimg; sets: more `--set` overrides."""
+    from simcli.config.resolve import resolve_spec
+    from simcli.teachers.registry import describe_teacher_name
+
+    spec, _ = resolve_spec(
+        str(teacher), describe_teacher_name, preset="tiny",
+        flags={"training": {"duration_steps": steps, "batch_size": 8, "batch_gpu": 4}},
+        sets=["logging.status_every_kimg=0.008", "logging.grid_samples=0",
+              f"logging.snapshot_every_kimg={snapshot_every_kimg}", *sets],
+    )
+    return spec

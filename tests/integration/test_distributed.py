@@ -22,7 +22,7 @@ from simcli.distill.loop import run_distillation
 from simcli.eval.during_training import make_evaluator
 from simcli.teachers.registry import describe_teacher_name
 from simcli.world import World, join_world, leave_world
-from tests.helpers.tiny_edm import write_tiny_edm
+from tests.helpers.tiny_edm import tiny_edm_spec, write_tiny_edm
 
 
 def free_port() -> int:
@@ -32,12 +32,7 @@ def free_port() -> int:
 
 
 def edm_spec(teacher: Path, steps: int, *sets: str):
-    spec, _ = resolve_spec(
-        str(teacher), describe_teacher_name, preset="tiny",
-        flags={"training": {"duration_steps": steps, "batch_size": 8, "batch_gpu": 4}},
-        sets=["logging.status_every_kimg=0.008", "logging.grid_samples=0", "logging.snapshot_every_kimg=0.04", *sets],
-    )
-    return spec
+    return tiny_edm_spec(teacher, steps, *sets, snapshot_every_kimg=0.04)
 
 
 def gmm_spec(steps: int, *sets: str):

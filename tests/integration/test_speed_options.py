@@ -10,10 +10,8 @@ import pytest
 import torch
 
 import simcli.distill.loop as loop
-from simcli.config.resolve import resolve_spec
 from simcli.distill.loop import run_distillation
-from simcli.teachers.registry import describe_teacher_name
-from tests.helpers.tiny_edm import write_tiny_edm
+from tests.helpers.tiny_edm import tiny_edm_spec, write_tiny_edm
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +20,7 @@ def teacher(tmp_path_factory) -> Path:
 
 
 def spec_for(teacher: Path, steps: int, *sets: str):
-    spec, _ = resolve_spec(
-        str(teacher), describe_teacher_name, preset="tiny",
-        flags={"training": {"duration_steps": steps, "batch_size": 8, "batch_gpu": 4}},
-        sets=["logging.status_every_kimg=0.008", "logging.grid_samples=0", "logging.snapshot_every_kimg=0.024", *sets],
-    )
-    return spec
+    return tiny_edm_spec(teacher, steps, *sets, snapshot_every_kimg=0.024)
 
 
 def losses(run_dir: Path) -> list[tuple[float, float]]:
