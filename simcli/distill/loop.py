@@ -88,10 +88,14 @@ class Distillation:
         # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
         # Rank 0 loads (and downloads) it before the others, which then find it in the cache.
         teacher = self._teacher()
-        check_prompts(spec, teacher)  # a missing or malformed prompt file, too
-        # Text-to-image: the prompts' embeddings (a store built once in the cache, or a text encoder loaded), also
-        # before the run directory is touched: a text encoder that cannot be loaded leaves it as it was.
-        self.prompts = prepare_prompts(spec, teacher, self.world, self.device, self.on_event) if is_text_teacher(teacher) else None
+        # Text-to-image: the prompt file, and the prompts' embeddings (a store built once in the cache, or a text
+        # encoder loaded), also before the run directory is touched: a missing or malformed prompt file or a text
+        # encoder that cannot be loaded leaves it as it was. Prompts for another teacher are refused.
+        if is_text_teacher(teacher):
+            self.prompts = prepare_prompts(spec, teacher, self.world, self.device, self.on_event)
+        else:
+            check_prompts(spec, teacher)
+            self.prompts = None
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device, self.world) if make_evaluator is not None else None
         if self._stop_agreed():  # e.g. during a download (any process's signal): nothing in the run directory was touched

@@ -39,10 +39,11 @@ def write_grids(
     run_dir: Path, spec: RunSpec, teacher: nn.Module, ema: nn.Module, images_seen: int, device: torch.device,
     on_event: EventHandler,
 ) -> None:
-    """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler."""
+    """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler.
+    (Text-to-image runs decode their latents instead: simcli.distill.text_setup.TextGrid.)"""
     n = spec.logging.grid_samples
-    if n == 0 or len(teacher.sample_shape) != 3 or getattr(teacher, "text_dim", 0):
-        return  # text-to-image latents: `simcli sample --prompt` decodes them
+    if n == 0 or len(teacher.sample_shape) != 3:
+        return
     teacher_path = run_dir / TEACHER_GRID
     if not teacher_path.exists():
         images, columns = grid_images(teacher, n, GRID_SEED, device, heun_steps=TEACHER_GRID_STEPS)

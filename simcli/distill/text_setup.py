@@ -43,35 +43,31 @@ def check_prompts(spec: RunSpec, teacher: Teacher) -> list[str]:
     return read_prompts(Path(spec.text.prompts))
 
 
-def _facts(spec: RunSpec, prompts: list[str]) -> dict[str, object]:
-    """What a run records of its prompts: how many, and the sha256 of the prompt file's bytes."""
-    return {"prompts": len(prompts), "prompts_sha256": prompts_digest(Path(spec.text.prompts))}
-
-
-def store_directory(spec: RunSpec, encoder_id: str, max_tokens: int) -> Path:
-    """Where the embeddings of the run's prompt file are stored: simcli's cache, keyed by the file's bytes, the
-    encoder, the token limit and the dtype (any run with the same prompts and encoder reuses them)."""
-    key = embedding_store_key(prompts_digest(Path(spec.text.prompts)), encoder_id, max_tokens, "bfloat16")
-    return cache_dir() / "text-embeddings" / key
+def store_directory(prompts_sha256: str, encoder_id: str, max_tokens: int) -> Path:
+    """Where the embeddings of a prompt file are stored: simcli's cache, keyed by the file's bytes, the encoder,
+    the token limit and the dtype (any run with the same prompts and encoder reuses them)."""
+    return cache_dir() / "text-embeddings" / embedding_store_key(prompts_sha256, encoder_id, max_tokens, "bfloat16")
 
 
 def prepare_prompts(
     spec: RunSpec, teacher: Teacher, world: World, device: torch.device, on_event: EventHandler
 ) -> tuple[Conditions, TextCondition, dict[str, object]]:
-    """(where prompts are drawn from, the empty prompt's embedding, facts for the run's summary).
+    """(where prompts are drawn from, the empty prompt's embedding, what the run records of its prompts: their
+    count and the sha256 of the prompt file).
 
     With text.embedding_cache, rank 0 builds the store (or finds it in the cache) before the others open it, and
     the text encoder is freed before training starts; without it, every process keeps its text encoder."""
     prompts = check_prompts(spec, teacher)
+    facts = {"prompts": len(prompts), "prompts_sha256": prompts_digest(Path(spec.text.prompts))}
     source = teacher.pipeline
     # The encoder on the run's device; in bfloat16 on GPUs (the store keeps bfloat16 anyway).
     dtype = torch.bfloat16 if device.type == "cuda" else None
     if not spec.text.embedding_cache:
         encode = source.encoder(device, dtype, spec.text.encode_batch_size)
         null = encode([""])
-        return LivePrompts(prompts, encode), TextCondition(null.embeds.float(), null.mask), _facts(spec, prompts)
+        return LivePrompts(prompts, encode), TextCondition(null.embeds.float(), null.mask), facts
 
-    directory = store_directory(spec, source.encoder_id(), source.max_tokens)
+    directory = store_directory(facts["prompts_sha256"], source.encoder_id(), source.max_tokens)
 
     def build() -> EmbeddingStore:
         try:
@@ -93,7 +89,7 @@ def prepare_prompts(
         raise UsageError(f"the embedding store {directory} holds {len(store)} prompts, the prompt file {len(prompts)}",
                          hint="delete the store to rebuild it")
     embeds, mask = store.null()
-    return StoredPrompts(store), TextCondition(embeds.float(), mask), _facts(spec, prompts)
+    return StoredPrompts(store), TextCondition(embeds.float(), mask), facts
 
 
 class TextGrid:

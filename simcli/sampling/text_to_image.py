@@ -8,6 +8,7 @@ teacher pipeline's, found from the teacher name the snapshot records.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,11 @@ import torch
 from simcli.data.prompts import read_prompts
 from simcli.errors import UsageError
 from simcli.nets.denoiser import generate
+from simcli.rundir.atomic import check_png_path, write_bytes_atomic
+from simcli.runtime import resolve_device
 from simcli.sampling.generator import load_generator
+from simcli.sampling.images import save_grid, save_pngs
+from simcli.sampling.run import check_sample_out, write_npz
 from simcli.sampling.seeds import per_seed_randn, seed_generators
 from simcli.teachers.diffusers_teacher import is_diffusers_name, pipeline_source, require_t2i_packages
 
@@ -99,13 +104,6 @@ def text_samples_to_file(
     """Write text-to-image samples and return a summary: PNGs {seed:06d}.png plus prompts.jsonl (seed and prompt
     of each, in sample order: what `simcli eval --clip-score --prompts` reads), or an npz with 'images' uint8
     [N, H, W, C], 'prompts' and 'seeds'."""
-    import json
-
-    from simcli.rundir.atomic import check_png_path, write_bytes_atomic
-    from simcli.runtime import resolve_device
-    from simcli.sampling.images import save_grid, save_pngs
-    from simcli.sampling.run import check_sample_out, write_npz
-
     out = Path(out)
     check_sample_out(out, overwrite, is_image=True)
     if grid is not None:
