@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -66,9 +67,14 @@ def meta_network(architecture: dict[str, Any], source: str = "checkpoint") -> De
     Refuses (one-line UsageError) counts beyond the sanity bounds first, and any record the constructors reject.
     """
     _check_counts(architecture, source)
+    with torch.device("meta"):
+        return _build(architecture, source)
+
+
+def _build(architecture: dict[str, Any], source: str) -> Denoiser:
+    """build_network, with anything a constructor raises turned into a one-line UsageError naming `source`."""
     try:
-        with torch.device("meta"):
-            return build_network(architecture)
+        return build_network(architecture)
     except UsageError as exc:
         raise UsageError(f"{source}: {exc.message}", hint=exc.hint) from None
     except Exception as exc:  # the record is untrusted input: anything a constructor raises is a refusal
@@ -92,17 +98,29 @@ def check_size(net: Denoiser, source: str, limit: int = MAX_PARAMETERS) -> int:
     return count
 
 
-def shape_mismatches(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
-    """Missing, unexpected and mis-shaped entries of `found` against `expected` (name -> tensor), worded."""
+def listing(names: list[str], limit: int = 4) -> str:
+    """The first `limit` names, comma-separated, and how many more there are."""
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def shape_mismatches(expected: Mapping[str, Any], found: Mapping[str, Any], dtypes: bool = False) -> list[str]:
+    """Missing, unexpected and mis-shaped entries of `found` against `expected` (name -> tensor), worded.
+
+    With `dtypes`, a tensor of another dtype is a mismatch too (its dtype is then shown beside its shape).
+    """
+
+    def layout(t: Any, other: Any) -> str:
+        return f"{list(t.shape)}" + (f" {t.dtype}" if dtypes and t.dtype != other.dtype else "")
+
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} {list(found[k].shape)} in the file vs {list(v.shape)} here"
-              for k, v in expected.items() if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    shapes = [f"{k} {layout(found[k], v)} in the file vs {layout(v, found[k])} here"
+              for k, v in expected.items() if k in found and layout(found[k], v) != layout(v, found[k])]
+    other = "with other shapes or dtypes" if dtypes else "with other shapes"
     problems = []
-    for label, names, limit in (("missing", missing, 4), ("unexpected", unexpected, 4), ("with other shapes", shapes, 2)):
+    for label, names, limit in (("missing", missing, 4), ("unexpected", unexpected, 4), (other, shapes, 2)):
         if names:
-            shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-            problems.append(f"{len(names)} {label} ({shown})")
+            problems.append(f"{len(names)} {label} ({listing(names, limit)})")
     return problems
 
 
@@ -121,24 +139,30 @@ def build_network(architecture: dict[str, Any]) -> Denoiser:
     raise UsageError(f"unknown network kind {kind!r} in checkpoint", hint="was it written by a newer simcli?")
 
 
-def network_with_weights(architecture: dict[str, Any], state_dict: dict[str, Any], source: str) -> Denoiser:
+def network_with_weights(architecture: dict[str, Any], state_dict: Mapping[str, Any], source: str, *,
+                         what: str = "architecture", hint: str = "the file's architecture record and its tensors disagree",
+                         dtypes: bool = False, check: Callable[[Denoiser], list[str]] | None = None) -> Denoiser:
     """Rebuild the recorded architecture and load its weights (strictly); one-line UsageError on a mismatch.
 
-    The record is checked on the meta device first (sanity bounds, then names and shapes against the file's
-    tensors), so a damaged or hostile record is refused before anything is allocated.
+    The record is checked on the meta device first (sanity bounds, size, then names and shapes, with `dtypes`
+    also dtypes, against the file's tensors), so a damaged or hostile record is refused before anything is
+    allocated. `check`, when given, then sees the meta network: it returns further problems (worded) for the
+    same message, or raises its own UsageError. Messages name `source` and the recorded `what`; `hint` goes
+    with a mismatch. The one checked load behind every loader of a recorded network (native files, EDM pickles).
     """
     if not isinstance(architecture, dict):
         raise UsageError(f"{source}: the recorded architecture is not a mapping")
     skeleton = meta_network(architecture, source)
     check_size(skeleton, source)
-    problems = shape_mismatches(skeleton.state_dict(), state_dict)
+    problems = shape_mismatches(skeleton.state_dict(), state_dict, dtypes)
+    if not problems and check is not None:
+        problems = check(skeleton)
     if problems:
-        raise UsageError(f"{source}: weights do not match the recorded architecture: " + "; ".join(problems),
-                         hint="the file's architecture record and its tensors disagree")
+        raise UsageError(f"{source}: weights do not match the recorded {what}: " + "; ".join(problems), hint=hint)
     del skeleton
-    net = build_network(architecture)
+    net = _build(architecture, source)
     try:
         net.load_state_dict(state_dict)
     except RuntimeError as exc:
-        raise UsageError(f"{source}: weights do not match the recorded architecture ({str(exc).splitlines()[0]})") from None
+        raise UsageError(f"{source}: weights do not match the recorded {what} ({str(exc).splitlines()[0]})") from None
     return net

@@ -1,4 +1,4 @@
-"""Loading official-format EDM pickles without running their code (simcli.teachers.edm_pickle).
+"""Loading official-format EDM pickles without running their code (simcli.teachers.edm_pickle, edm_unpickler).
 
 Fixtures come from tests/helpers/edm_pickle_writer.py, which writes simcli's own tiny networks in the upstream
 torch_utils.persistence format (edm-spec 1.2-1.6). Loaded networks must give bit-identical outputs to the
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import torch
 
 from simcli.errors import UsageError
 from simcli.nets.registry import build_edm_network
-from simcli.teachers import edm_pickle
-from simcli.teachers.edm_pickle import load_edm_pickle, parse_legacy_storage, unpickle_edm
+from simcli.teachers import edm_unpickler
+from simcli.teachers.edm_pickle import load_edm_pickle
+from simcli.teachers.edm_unpickler import parse_legacy_storage, unpickle_edm
 from tests.helpers import edm_pickle_writer as w
 
 DDPMPP = {"model_type": "SongUNet", "embedding_type": "positional", "encoder_type": "standard",
@@ -83,8 +85,9 @@ def _write(tmp_path: Path, variant=BASE, name: str = "net.pkl", **options) -> tu
     return w.write_edm_pickle(tmp_path / name, net, init_kwargs, **options), net
 
 
-def _refusal(path: Path, **kwargs) -> str:
-    with pytest.raises(UsageError) as info:
+def _refusal(path: Path, expect: str, **kwargs) -> str:
+    """The one-line message refusing to load `path`; it must contain `expect`."""
+    with pytest.raises(UsageError, match=re.escape(expect)) as info:
         load_edm_pickle(path, **kwargs)
     assert "\n" not in info.value.message
     return info.value.message
@@ -127,7 +130,7 @@ def _globals(path: Path) -> set[str]:
     """Every global the outer pickle names (recorded while the restricted unpickler reads it)."""
     seen = set()
 
-    class Recording(edm_pickle._OuterUnpickler):
+    class Recording(edm_unpickler._OuterUnpickler):
         def find_class(self, module, name):
             seen.add(f"{module}.{name}")
             return super().find_class(module, name)
@@ -224,7 +227,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, kind, qualname, w
     _, class_name, init_kwargs = BASE
     path = tmp_path / "evil.pkl"
     path.write_bytes(w.malicious_pickle_bytes(_network(class_name, init_kwargs), init_kwargs, kind, marker, where))
-    message = _refusal(path)
+    message = _refusal(path, qualname)
     assert qualname in message and "nothing from the file was executed" in message
     assert not marker.exists()
 
@@ -246,36 +249,36 @@ def test_persistent_ids_are_refused():
 @pytest.mark.parametrize("fraction", [0.5, 0.999, 0.01])
 def test_truncated_file(tmp_path, fraction):
     path, _ = _write(tmp_path, truncate_to=fraction)
-    assert "is truncated" in _refusal(path)
+    _refusal(path, "is truncated")
 
 
 @pytest.mark.parametrize("content", [b"", b"hello world\n", b"PK\x03\x04zipdata"], ids=["empty", "text", "zip"])
 def test_not_a_pickle(tmp_path, content):
     path = tmp_path / "x.pkl"
     path.write_bytes(content)
-    assert "is not a pickle" in _refusal(path)
+    _refusal(path, "is not a pickle")
 
 
 def test_missing_file(tmp_path):
-    assert "not found" in _refusal(tmp_path / "nope.pkl")
+    _refusal(tmp_path / "nope.pkl", "not found")
 
 
 @pytest.mark.parametrize("version", [5, 7])
 def test_wrong_persistence_version(tmp_path, version):
     path, _ = _write(tmp_path, version=version)
-    message = _refusal(path)
+    message = _refusal(path, f"format version {version}")
     assert f"format version {version}" in message and "only version 6" in message
 
 
 def test_missing_ema_key_lists_the_keys(tmp_path):
     path, _ = _write(tmp_path, key="net")
-    message = _refusal(path)
+    message = _refusal(path, "no 'ema' entry")
     assert "no 'ema' entry" in message and "keys present: net, loss_fn, augment_pipe, dataset_kwargs" in message
 
 
 def test_unknown_class_name(tmp_path):
     path, _ = _write(tmp_path, class_name="EDM2Precond")
-    assert "unknown EDM network class 'EDM2Precond'" in _refusal(path)
+    _refusal(path, "unknown EDM network class 'EDM2Precond'")
 
 
 @pytest.mark.parametrize("change,expect", [
@@ -287,15 +290,15 @@ def test_unknown_class_name(tmp_path):
 def test_tensors_not_matching_the_recorded_architecture(tmp_path, change, expect):
     _, class_name, init_kwargs = BASE
     path = w.write_edm_pickle(tmp_path / "bad.pkl", _network(class_name, init_kwargs), {**init_kwargs, **change})
-    assert expect in _refusal(path)
+    _refusal(path, expect)
 
 
 def test_top_level_not_a_dict_and_ema_not_a_network(tmp_path):
     path = tmp_path / "list.pkl"
     path.write_bytes(pickle.dumps([1, 2], protocol=4))
-    assert "not the dict of an EDM snapshot" in _refusal(path)
+    _refusal(path, "not the dict of an EDM snapshot")
     path.write_bytes(pickle.dumps({"ema": {"weights": 1}}, protocol=4))
-    assert "not a persistent network object" in _refusal(path)
+    _refusal(path, "not a persistent network object")
 
 
 def test_build_on_an_allowed_global_is_refused():
@@ -303,7 +306,7 @@ def test_build_on_an_allowed_global_is_refused():
     data = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}X\x02\x00\x00\x00fnK\x01sb."
     with pytest.raises(UsageError, match=r"modify the global torch\._utils\._rebuild_tensor_v2"):
         unpickle_edm(io.BytesIO(data))
-    assert edm_pickle._rebuild_tensor_v2.__name__ == "_rebuild_tensor_v2"
+    assert edm_unpickler._rebuild_tensor_v2.__name__ == "_rebuild_tensor_v2"
 
 
 def test_recorded_attributes_must_match_the_rebuilt_network(tmp_path):
@@ -312,14 +315,14 @@ def test_recorded_attributes_must_match_the_rebuilt_network(tmp_path):
     tree["ema"].args[0]["state"]["sigma_data"] = 0.3  # differs from the default the kwargs rebuild
     path = tmp_path / "attr.pkl"
     path.write_bytes(w.dumps(tree))
-    assert "recorded sigma_data=0.3 but the rebuilt network has sigma_data=0.5" in _refusal(path)
+    _refusal(path, "recorded sigma_data=0.3 but the rebuilt network has sigma_data=0.5")
 
 
 def test_tensor_dtype_must_match(tmp_path):
     _, class_name, init_kwargs = BASE
     net = _network(class_name, init_kwargs).double()
     path = w.write_edm_pickle(tmp_path / "f64.pkl", net, init_kwargs)
-    assert "model.map_augment.weight [16, 9] torch.float64 in the file vs [16, 9] torch.float32 here" in _refusal(path)
+    _refusal(path, "model.map_augment.weight [16, 9] torch.float64 in the file vs [16, 9] torch.float32 here")
 
 
 @pytest.mark.slow
