@@ -4,7 +4,8 @@ From the top down:
     cli                 typer and rich; composes everything below; the only layer that may exit the process
     config              pydantic run specs; imports only the leaves
     engine packages     torch; each imports only the engine packages listed for it below, config and leaves
-    leaves              errors, runtime, world, rundir (and the package root): usable from every layer
+    leaves              errors, runtime, world, rundir, assets, store (and the package root): usable from every
+                        layer; they import only each other
 
 Every import counts, also those inside functions. The engine packages form a stack without cycles, and no
 two modules import each other, directly or round a loop.
@@ -19,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "simcli"
 
-LEAVES = ("simcli", "simcli.errors", "simcli.runtime", "simcli.world", "simcli.rundir", "simcli.assets")
+LEAVES = ("simcli", "simcli.errors", "simcli.runtime", "simcli.world", "simcli.rundir", "simcli.assets", "simcli.store")
 # Each engine package and the engine packages it may import (nets at the bottom).
 ENGINE = {
     "nets": set(),
@@ -182,6 +183,37 @@ def test_no_module_import_cycles():
     assert not cycles, "module import loops:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+CAPABILITIES = ("text_dim", "label_dim", "augment_dim", "map_augment", "guidance_scale", "set_guidance_scale",
+                "set_null_condition", "set_activation_checkpointing", "supports_activation_checkpointing", "use_fp16",
+                "sample_shape", "conditioning")
+"""What a denoiser declares on its interface (simcli.nets.denoiser); asked directly, never probed."""
+
+
+def capability_probes(sources: dict[str, Source]) -> list[str]:
+    """hasattr/getattr with a literal denoiser capability name anywhere outside nets/ (where the interface lives)."""
+    out = []
+    for module, (shown, text, _) in sources.items():
+        if module.startswith("simcli.nets"):
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr")):
+                continue
+            names = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
+            if names and names[0] in CAPABILITIES:
+                out.append(f"{shown}:{node.lineno} {node.func.id}(..., {names[0]!r})")
+    return out
+
+
+def test_denoiser_capabilities_are_asked_not_probed():
+    probes = capability_probes(_sources())
+    assert not probes, "capability probes (ask Denoiser.conditioning and its typed switches instead):\n" + "\n".join(probes)
+
+
+def test_the_probe_checker_catches_planted_probes():
+    planted = {"simcli.distill.fake": ("p.py", "def f(n):\n    return getattr(n, 'text_dim', 0) or hasattr(n, 'set_null_condition')\n", False)}
+    assert capability_probes(planted) == ["p.py:2 getattr(..., 'text_dim')", "p.py:2 hasattr(..., 'set_null_condition')"]
+
+
 @pytest.mark.parametrize(
     ("module", "source", "expected"),
     [
@@ -189,6 +221,7 @@ def test_no_module_import_cycles():
         ("simcli.distill.fake", "from simcli.eval import stats\n", "distill may import only"),
         ("simcli.config.fake", "import simcli.nets.layers\n", "config imports only"),
         ("simcli.rundir.fake", "import rich.table\n", "only the CLI may use rich"),
+        ("simcli.store.fake", "from simcli.teachers.edm_catalog import EDM_TEACHERS\n", "a leaf imports only leaves"),
         ("simcli.sampling.fake", "from ..cli import app\n", "the engine never imports the CLI"),
     ],
 )

@@ -23,7 +23,7 @@ Where the files come from:
   ViT-L-14 weights file), else the Hugging Face cache; downloaded by open_clip unless offline (SIMCLI_OFFLINE,
   HF_HUB_OFFLINE). A missing file is one UsageError naming the repository or URL and where to put the file.
 
-The Hugging Face cache, offline and reachability checks are simcli.teachers.hub's, as for simcli.eval.text_image.
+The Hugging Face cache, offline and reachability checks are simcli.store.hub's, as for simcli.eval.text_image.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from PIL import Image
 
 from simcli.errors import UsageError
 from simcli.eval.backends.common import load_error, weights_cache_path, weights_file_sha256
-from simcli.teachers.hub import (
+from simcli.store.hub import (
     cached_hub_file,
     download_command,
     hf_hub_cache,
@@ -129,8 +129,8 @@ def aesthetic_head_path(weights: Path | str | None = None) -> Path:
             raise UsageError(f"aesthetic head weights not found: {path}",
                              hint="--aesthetic-weights must name the .pth file")
         return path
-    from simcli.teachers.cache import verify_cached
-    from simcli.teachers.download import ensure_file
+    from simcli.store.cache import verify_cached
+    from simcli.store.download import ensure_file
 
     dest = weights_cache_path(AESTHETIC_HEAD_FILE)
     if hub_offline() and not verify_cached(dest, expected_size=AESTHETIC_HEAD_BYTES).ok:

@@ -27,9 +27,10 @@ import torch
 from simcli.errors import UsageError
 from simcli.eval.features import FeatureExtractor
 from simcli.eval.image_inputs import FolderImages, list_image_files
+from simcli.eval.references import ensure_fid_reference_file
 from simcli.rundir.atomic import atomic_write
-from simcli.teachers.cache import cache_dir
-from simcli.teachers.download import DownloadProgressFn, ensure_fid_reference_file
+from simcli.store.cache import cache_dir
+from simcli.store.download import DownloadProgressFn
 from simcli.teachers.edm_catalog import FID_REFERENCES, get_fid_reference
 
 STATS_FORMAT = "simcli-feature-stats/1"

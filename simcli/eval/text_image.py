@@ -36,7 +36,7 @@ from simcli.errors import UsageError
 from simcli.eval.aesthetic import aesthetic_head_path, load_aesthetic_scorer
 from simcli.eval.image_inputs import GeneratorImages, open_images
 from simcli.eval.stats import ImageProgressFn
-from simcli.teachers.hub import download_command, hf_hub_cache, hub_missing_error, hub_offline, hub_unreachable
+from simcli.store.hub import download_command, hf_hub_cache, hub_missing_error, hub_offline, hub_unreachable
 
 Tensor = torch.Tensor
 

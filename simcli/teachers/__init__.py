@@ -1,1 +1,1 @@
-"""Teachers: the Teacher record and the one table of teacher kinds (analytic mixtures, EDM checkpoints), the safe EDM pickle loader, the catalog and download cache."""
+"""Teachers: the Teacher record and the one table of teacher kinds (analytic mixtures, EDM checkpoints), the safe EDM pickle loader, the EDM catalog and its teacher files (the download cache itself is simcli.store)."""

@@ -1,7 +1,10 @@
-"""Downloads against a loopback HTTP server the tests start themselves (no internet), plus the EDM catalog.
+"""The download store (simcli.store) against a loopback HTTP server the tests start themselves (no internet), the
+EDM teacher and FID reference files built on it (simcli.teachers.edm_files, simcli.eval.references), and the
+EDM catalog.
 
 The server binds 127.0.0.1 on an ephemeral port, serves bytes the tests make, can honour or ignore Range and
-If-Range, can drop the connection mid-body, and records every request so offline runs can prove silence.
+If-Range, can leave out Content-Length, can drop the connection mid-body, and records every request so offline
+runs can prove silence.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from simcli.errors import UsageError
-from simcli.teachers import cache as cache_mod
-from simcli.teachers import download as dl
+from simcli.eval.references import ensure_fid_reference_file, fid_reference_path
+from simcli.store import cache as cache_mod
+from simcli.store import download as dl
+from simcli.store.download import DownloadError
 from simcli.teachers.edm_catalog import (
     EDM_BASE_URL,
     EDM_TEACHERS,
@@ -29,6 +34,7 @@ from simcli.teachers.edm_catalog import (
     get_edm_teacher,
     get_fid_reference,
 )
+from simcli.teachers.edm_files import ensure_teacher_file, mirrored_url, teacher_path
 
 PAYLOAD = os.urandom(300_000) + bytes(range(256)) * 100  # ~325 KB: several reads, well under a second
 
@@ -38,6 +44,7 @@ class _State:
         self.files: dict[str, bytes] = {}
         self.etags: dict[str, str] = {}
         self.support_range = True
+        self.send_length = True  # False: no Content-Length, the body ends when the connection closes
         self.drop_after: int | None = None  # close the connection after this many body bytes
         self.drops_left = 10**9  # how many responses to drop before answering in full
         self.stall_s = 0.0  # with drop_after: go silent this long instead of closing
@@ -78,7 +85,8 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
                 status = 206
             body = data[start:]
             self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
+            if state.send_length:
+                self.send_header("Content-Length", str(len(body)))
             self.send_header("ETag", etag)
             if state.support_range:
                 self.send_header("Accept-Ranges", "bytes")
@@ -137,14 +145,14 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------- fetch
+# ----------------------------------------------------------------------------------------------- downloads
 
 
 def test_download_writes_file_and_sha256_sidecar(server, cache):
     server.put("/f.bin", PAYLOAD)
     dest = cache_mod.cache_dir() / "sub" / "f.bin"
     seen: list[tuple[int, int | None]] = []
-    out = dl.fetch(
+    out = dl.ensure_file(
         f"{server.base}/f.bin",
         dest,
         expected_size=len(PAYLOAD),
@@ -160,28 +168,40 @@ def test_download_writes_file_and_sha256_sidecar(server, cache):
     assert record["downloaded_at"] and record["source"] == "download"
     assert not cache_mod.part_path(dest).exists()
     assert seen[0] == (0, len(PAYLOAD)) and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
-    assert cache_mod.verify_cached(dest, expected_size=len(PAYLOAD), check_sha256=True).ok
-    assert cache_mod.verify_sha256(dest) is True
+    check = cache_mod.verify_cached(dest, expected_size=len(PAYLOAD), check_sha256=True)
+    assert check.ok and check.sha256_checked and check.record.sha256 == _sha(PAYLOAD)
 
 
 def test_size_mismatch_is_refused_and_nothing_installed(server, cache):
     server.put("/f.bin", PAYLOAD)
     dest = cache / "f.bin"
-    with pytest.raises(UsageError) as err:
-        dl.fetch(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD) + 10_000, size_tolerance=100, timeout_s=5)
+    with pytest.raises(DownloadError, match=r"the server says .* expected about 335600 \(\+-100\); not installed") as err:
+        dl.ensure_file(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD) + 10_000, size_tolerance=100, timeout_s=5)
     assert str(len(PAYLOAD)) in err.value.message and str(dest) in err.value.message
     assert not dest.exists() and not cache_mod.part_path(dest).exists() and not cache_mod.record_path(dest).exists()
 
 
-def test_size_refused_without_content_length(tmp_path, cache):
-    # file:// also exercises the non-HTTP path (no status code, Range ignored)
+def test_size_refused_without_content_length(server, cache):
+    """A server that does not say the size: the body is counted as it arrives and refused once it is too long."""
+    server.put("/f.bin", PAYLOAD)
+    server.send_length = False
+    dest = cache / "f.bin"
+    with pytest.raises(DownloadError, match=r"the download of .* expected about 1000 \(\+-10\); not installed") as err:
+        dl.ensure_file(f"{server.base}/f.bin", dest, expected_size=1000, size_tolerance=10, timeout_s=5)
+    assert str(dest) in err.value.message
+    assert not dest.exists() and not cache_mod.part_path(dest).exists()
+    assert dl.ensure_file(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5).read_bytes() == PAYLOAD
+
+
+def test_size_refused_for_a_file_url(tmp_path, cache):
+    # file:// exercises the non-HTTP path (no status code, Range ignored)
     src = tmp_path / "src.bin"
     src.write_bytes(PAYLOAD)
     dest = cache / "f.bin"
-    with pytest.raises(UsageError):
-        dl.fetch(src.as_uri(), dest, expected_size=1000, size_tolerance=10, timeout_s=5)
+    with pytest.raises(DownloadError, match=rf"{len(PAYLOAD)} bytes, expected about 1000 \(\+-10\); not installed"):
+        dl.ensure_file(src.as_uri(), dest, expected_size=1000, size_tolerance=10, timeout_s=5)
     assert not dest.exists()
-    dl.fetch(src.as_uri(), dest, expected_size=len(PAYLOAD), timeout_s=5)
+    dl.ensure_file(src.as_uri(), dest, expected_size=len(PAYLOAD), timeout_s=5)
     assert dest.read_bytes() == PAYLOAD
 
 
@@ -191,7 +211,7 @@ def test_resume_partial_file_with_range(server, cache):
     cache.mkdir()
     cache_mod.part_path(dest).write_bytes(PAYLOAD[:123_456])
     seen: list[tuple[int, int | None]] = []
-    dl.fetch(
+    dl.ensure_file(
         f"{server.base}/f.bin",
         dest,
         expected_size=len(PAYLOAD),
@@ -210,7 +230,7 @@ def test_server_ignoring_range_restarts_cleanly(server, cache):
     dest = cache / "f.bin"
     cache.mkdir()
     cache_mod.part_path(dest).write_bytes(b"\xff" * 50_000)  # wrong bytes: must be thrown away, not spliced
-    dl.fetch(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5)
+    dl.ensure_file(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5)
     assert dest.read_bytes() == PAYLOAD
     assert server.requests[0].get("Range") == "bytes=50000-"
     assert json.loads(cache_mod.record_path(dest).read_text())["sha256"] == _sha(PAYLOAD)
@@ -220,11 +240,11 @@ def test_interrupted_download_resumes_on_next_call(server, cache):
     server.put("/f.bin", PAYLOAD)
     server.drop_after, server.drops_left = 100_000, 1
     dest = cache / "f.bin"
-    with pytest.raises(UsageError) as err:
-        dl.fetch(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5, retries=0)
+    with pytest.raises(DownloadError, match="interrupted .*; 100000 bytes kept in .*, nothing installed at") as err:
+        dl.ensure_file(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5, retries=0)
     assert "\n" not in err.value.message and str(dest) in err.value.message
     assert not dest.exists() and cache_mod.part_path(dest).stat().st_size == 100_000
-    dl.fetch(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5)
+    dl.ensure_file(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5)
     assert dest.read_bytes() == PAYLOAD
     assert server.requests[-1]["Range"] == "bytes=100000-" and server.requests[-1]["If-Range"]
     assert json.loads(cache_mod.record_path(dest).read_text())["sha256"] == _sha(PAYLOAD)
@@ -234,7 +254,7 @@ def test_interruption_is_retried_within_one_call(server, cache):
     server.put("/f.bin", PAYLOAD)
     server.drop_after, server.drops_left = 70_000, 2
     dest = cache / "f.bin"
-    dl.fetch(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5, retries=2)
+    dl.ensure_file(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5, retries=2)
     assert dest.read_bytes() == PAYLOAD
     assert [r.get("Range") for r in server.requests] == [None, "bytes=70000-", "bytes=140000-"]
 
@@ -244,11 +264,11 @@ def test_changed_remote_file_is_not_spliced(server, cache):
     server.put("/f.bin", PAYLOAD, etag='"v1"')
     server.drop_after, server.drops_left = 100_000, 1
     dest = cache / "f.bin"
-    with pytest.raises(UsageError):
-        dl.fetch(f"{server.base}/f.bin", dest, timeout_s=5, retries=0)
+    with pytest.raises(DownloadError, match="interrupted .*; 100000 bytes kept in"):
+        dl.ensure_file(f"{server.base}/f.bin", dest, timeout_s=5, retries=0)
     new = bytes(reversed(PAYLOAD))
     server.put("/f.bin", new, etag='"v2"')
-    dl.fetch(f"{server.base}/f.bin", dest, timeout_s=5)
+    dl.ensure_file(f"{server.base}/f.bin", dest, timeout_s=5)
     assert dest.read_bytes() == new
 
 
@@ -257,15 +277,15 @@ def test_complete_part_file_416_restarts(server, cache):
     dest = cache / "f.bin"
     cache.mkdir()
     cache_mod.part_path(dest).write_bytes(PAYLOAD + b"extra")
-    dl.fetch(f"{server.base}/f.bin", dest, timeout_s=5)
+    dl.ensure_file(f"{server.base}/f.bin", dest, timeout_s=5)
     assert dest.read_bytes() == PAYLOAD
 
 
 def test_unreachable_server_names_url_and_path(cache):
     url = f"http://127.0.0.1:{_closed_port()}/edm/f.bin"
     dest = cache / "edm" / "f.bin"
-    with pytest.raises(UsageError) as err:
-        dl.fetch(url, dest, timeout_s=2)
+    with pytest.raises(DownloadError, match=r"cannot download .* \(.*\); place the file by hand at") as err:
+        dl.ensure_file(url, dest, timeout_s=2)
     exc = err.value
     assert url in exc.message and str(dest) in exc.message and "\n" not in exc.message
     assert exc.hint and str(dest) in exc.hint and "SIMCLI_CACHE" in exc.hint and exc.exit_code == 2
@@ -277,38 +297,43 @@ def test_stalled_server_times_out_and_keeps_partial(server, cache):
     server.drop_after, server.stall_s = 40_000, 1.0
     dest = cache / "f.bin"
     t0 = time.monotonic()
-    with pytest.raises(UsageError) as err:
-        dl.fetch(f"{server.base}/f.bin", dest, timeout_s=0.3, retries=0)
+    with pytest.raises(DownloadError, match="interrupted .*timed out") as err:
+        dl.ensure_file(f"{server.base}/f.bin", dest, timeout_s=0.3, retries=0)
     assert time.monotonic() - t0 < 0.9
     assert "interrupted" in err.value.message and "timed out" in err.value.message
     assert not dest.exists() and cache_mod.part_path(dest).stat().st_size == 40_000
 
 
 def test_http_404_is_a_usage_error(server, cache):
-    with pytest.raises(UsageError) as err:
-        dl.fetch(f"{server.base}/missing.bin", cache / "m.bin", timeout_s=5)
+    with pytest.raises(UsageError, match="the server answered HTTP 404") as err:
+        dl.ensure_file(f"{server.base}/missing.bin", cache / "m.bin", timeout_s=5)
     assert "404" in err.value.message and f"{server.base}/missing.bin" in err.value.message
+    assert isinstance(err.value, DownloadError) and err.value.exit_code == 2
 
 
-def test_interrupted_download_keeps_previous_good_file(server, cache):
-    good = b"good old file" * 1000
+def test_interrupted_redownload_keeps_the_previous_file(server, cache):
+    """A cached file that fails its checks (an older, smaller version here) is re-downloaded; when that is cut
+    off, the file stays exactly as it was, record and all."""
+    old = b"good old file" * 1000
     dest = cache / "f.bin"
     cache.mkdir()
-    dest.write_bytes(good)
+    dest.write_bytes(old)
     cache_mod.record_path(dest).write_text(
-        json.dumps({"url": "x", "size": len(good), "sha256": _sha(good), "downloaded_at": "then"})
+        json.dumps({"url": "x", "size": len(old), "sha256": _sha(old), "downloaded_at": "then"})
     )
     server.put("/f.bin", PAYLOAD)
     server.support_range = False
     server.drop_after = 50_000  # every response is cut
-    with pytest.raises(UsageError) as err:
-        dl.fetch(f"{server.base}/f.bin", dest, timeout_s=5, retries=1)
-    assert "interrupted" in err.value.message and "\n" not in err.value.message
-    assert dest.read_bytes() == good and cache_mod.verify_sha256(dest) is True
+    with pytest.raises(DownloadError, match=f"is {len(old)} bytes, expected about .*; re-downloading failed: download of .* interrupted") as err:
+        dl.ensure_file(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5, retries=1)
+    assert "\n" not in err.value.message
+    assert dest.read_bytes() == old
+    check = cache_mod.verify_cached(dest, check_sha256=True)
+    assert check.ok and check.sha256_checked and check.record.sha256 == _sha(old)
     assert len(server.requests) == 2  # one retry, then give up
 
 
-# ---------------------------------------------------------------------------------------------- ensure / offline
+# ---------------------------------------------------------------------------------------------- EDM files / offline
 
 
 def _tiny_teacher(data: bytes):
@@ -320,11 +345,23 @@ def test_ensure_teacher_file_downloads_once_via_mirror(server, cache, monkeypatc
     entry = _tiny_teacher(PAYLOAD)
     server.put(f"/edm/pretrained/{entry.file_name}", PAYLOAD)
     monkeypatch.setenv("SIMCLI_EDM_MIRROR", f"{server.base}/edm/")
-    path = dl.ensure_teacher_file(entry, timeout_s=5)
-    assert path == cache / "edm" / "pretrained" / "edm-cifar10-32x32-uncond-vp.pkl" == cache_mod.teacher_path(entry)
+    path = ensure_teacher_file(entry, timeout_s=5)
+    assert path == cache / "edm" / "pretrained" / "edm-cifar10-32x32-uncond-vp.pkl" == teacher_path(entry)
     assert path.read_bytes() == PAYLOAD and len(server.requests) == 1
-    assert dl.ensure_teacher_file(entry, timeout_s=5, check_sha256=True) == path
+    assert ensure_teacher_file(entry, timeout_s=5, check_sha256=True) == path
     assert len(server.requests) == 1  # cached: no network
+
+
+def test_ensure_fid_reference_file_downloads_via_mirror(server, cache, monkeypatch):
+    ref = dataclasses.replace(get_fid_reference("cifar10-train"), approx_size_bytes=len(PAYLOAD), size_tolerance=0)
+    assert mirrored_url(ref.url) == ref.url  # no mirror set: the official URL
+    server.put(f"/edm/fid-refs/{ref.file_name}", PAYLOAD)
+    monkeypatch.setenv("SIMCLI_EDM_MIRROR", f"{server.base}/edm/")
+    assert mirrored_url(ref.url) == f"{server.base}/edm/fid-refs/cifar10-32x32.npz"
+    path = ensure_fid_reference_file(ref, timeout_s=5)
+    assert path == cache / "edm" / "fid-refs" / "cifar10-32x32.npz" == fid_reference_path("cifar10-train")
+    assert path.read_bytes() == PAYLOAD and [r["path"] for r in server.requests] == ["/edm/fid-refs/cifar10-32x32.npz"]
+    assert ensure_fid_reference_file(ref, timeout_s=5, check_sha256=True) == path and len(server.requests) == 1
 
 
 def test_offline_never_connects(server, cache, monkeypatch):
@@ -332,18 +369,19 @@ def test_offline_never_connects(server, cache, monkeypatch):
     server.put(f"/edm/pretrained/{entry.file_name}", PAYLOAD)
     monkeypatch.setenv("SIMCLI_EDM_MIRROR", f"{server.base}/edm/")
     monkeypatch.setenv("SIMCLI_OFFLINE", "1")
-    with pytest.raises(UsageError) as err:
-        dl.ensure_teacher_file(entry, timeout_s=5)
-    dest = cache_mod.teacher_path(entry)
+    with pytest.raises(DownloadError, match="is not cached and SIMCLI_OFFLINE is set; place the file by hand at") as err:
+        ensure_teacher_file(entry, timeout_s=5)
+    dest = teacher_path(entry)
     assert f"{server.base}/edm/pretrained/{entry.file_name}" in err.value.message
     assert str(dest) in err.value.message and "\n" not in err.value.message
-    with pytest.raises(UsageError):
-        dl.fetch(f"{server.base}/x", cache / "x", timeout_s=5)
+    server.put("/x", PAYLOAD)
+    with pytest.raises(DownloadError, match=f"{server.base}/x is not cached and SIMCLI_OFFLINE is set"):
+        dl.ensure_file(f"{server.base}/x", cache / "x", timeout_s=5)
     assert server.requests == [] and not dest.exists()
     # a file placed by hand is used offline, and gets a 'manual' record
     dest.parent.mkdir(parents=True)
     dest.write_bytes(PAYLOAD)
-    assert dl.ensure_teacher_file(entry) == dest
+    assert ensure_teacher_file(entry) == dest
     assert cache_mod.read_record(dest).source == "manual" and cache_mod.read_record(dest).sha256 == _sha(PAYLOAD)
     assert server.requests == []
 
@@ -352,8 +390,8 @@ def test_unreachable_teacher_message_names_url_and_cache_path(cache, monkeypatch
     entry = get_edm_teacher("edm-imagenet64")
     port = _closed_port()
     monkeypatch.setenv("SIMCLI_EDM_MIRROR", f"http://127.0.0.1:{port}/edm/")
-    with pytest.raises(UsageError) as err:
-        dl.ensure_teacher_file("edm-imagenet64", timeout_s=2)
+    with pytest.raises(DownloadError, match=r"cannot download .* \(.*\); place the file by hand at") as err:
+        ensure_teacher_file("edm-imagenet64", timeout_s=2)
     msg = err.value.message
     assert f"http://127.0.0.1:{port}/edm/pretrained/{entry.file_name}" in msg
     assert str(cache / "edm" / "pretrained" / entry.file_name) in msg and "\n" not in msg
@@ -361,19 +399,19 @@ def test_unreachable_teacher_message_names_url_and_cache_path(cache, monkeypatch
 
 def test_corrupt_cached_file_is_reported_and_kept_until_redownload_succeeds(server, cache, monkeypatch):
     entry = _tiny_teacher(PAYLOAD)
-    dest = cache_mod.teacher_path(entry)
+    dest = teacher_path(entry)
     dest.parent.mkdir(parents=True)
     dest.write_bytes(PAYLOAD[:1000])  # truncated copy
     monkeypatch.setenv("SIMCLI_EDM_MIRROR", f"http://127.0.0.1:{_closed_port()}/edm/")
     check = cache_mod.verify_cached(dest, expected_size=entry.approx_size_bytes)
     assert not check.ok and "1000 bytes" in check.problem
-    with pytest.raises(UsageError) as err:
-        dl.ensure_teacher_file(entry, timeout_s=2)
+    with pytest.raises(DownloadError, match="is 1000 bytes, expected about .*; re-downloading failed: cannot download") as err:
+        ensure_teacher_file(entry, timeout_s=2)
     assert "1000 bytes" in err.value.message and str(dest) in err.value.message
     assert dest.read_bytes() == PAYLOAD[:1000]  # not silently deleted
     server.put(f"/edm/pretrained/{entry.file_name}", PAYLOAD)
     monkeypatch.setenv("SIMCLI_EDM_MIRROR", f"{server.base}/edm/")
-    assert dl.ensure_teacher_file(entry, timeout_s=5).read_bytes() == PAYLOAD
+    assert ensure_teacher_file(entry, timeout_s=5).read_bytes() == PAYLOAD
 
 
 def test_sha256_check_catches_same_size_corruption(server, cache):
@@ -383,10 +421,12 @@ def test_sha256_check_catches_same_size_corruption(server, cache):
         fh.write(b"\x00\x01\x02")
     assert cache_mod.verify_cached(dest, expected_size=len(PAYLOAD)).ok  # size alone cannot tell
     check = cache_mod.verify_cached(dest, expected_size=len(PAYLOAD), check_sha256=True)
-    assert not check.ok and check.sha256_checked and cache_mod.verify_sha256(dest) is False
+    assert not check.ok and check.sha256_checked and "sha256 of cached file" in check.problem
     # ensure_file with check_sha256 replaces it
     dl.ensure_file(f"{server.base}/f.bin", dest, expected_size=len(PAYLOAD), timeout_s=5, check_sha256=True)
-    assert dest.read_bytes() == PAYLOAD and cache_mod.verify_sha256(dest) is True
+    assert dest.read_bytes() == PAYLOAD
+    check = cache_mod.verify_cached(dest, check_sha256=True)
+    assert check.ok and check.sha256_checked
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
@@ -432,6 +472,6 @@ def test_catalog_sanity():
     assert {"cifar10-train", "ffhq64", "afhqv2-64", "imagenet64"} <= set(FID_REFERENCES)
     assert all(r.url.startswith(FID_REFS_BASE_URL) and r.approx_size_bytes > 0 for r in FID_REFERENCES.values())
     assert get_fid_reference("ffhq-64x64.npz").name == "ffhq64"
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(UsageError, match="unknown EDM teacher 'edm-cifar100'") as err:
         get_edm_teacher("edm-cifar100")
     assert "edm-cifar10" in err.value.hint

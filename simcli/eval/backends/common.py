@@ -55,7 +55,7 @@ def missing_weights_error(what: str, file_name: str, url: str, destination: Path
 
 def weights_cache_path(file_name: str) -> Path:
     """Where simcli keeps feature-extractor weights it downloads: <cache>/weights/<file name>."""
-    from simcli.teachers.cache import cache_dir
+    from simcli.store.cache import cache_dir
 
     return cache_dir() / "weights" / file_name
 
@@ -67,7 +67,7 @@ def locate_weights(what: str, file_name: str, url: str, library_path: Path, feat
         return feature_weights
     if library_path.is_file():
         return library_path
-    from simcli.teachers.download import ensure_file
+    from simcli.store.download import ensure_file
 
     dest = weights_cache_path(file_name)
     try:

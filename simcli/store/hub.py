@@ -24,7 +24,7 @@ import urllib.parse
 from pathlib import Path
 
 from simcli.errors import UsageError
-from simcli.teachers.cache import OFFLINE_ENV
+from simcli.store.cache import OFFLINE_ENV
 
 HUB_ENDPOINT = "https://huggingface.co"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0

@@ -1,12 +1,13 @@
-"""The download cache: where teacher checkpoints and FID statistics live, and their sha256 records.
+"""The download cache: where simcli keeps the files it downloads, whether it may download, and their sha256 records.
 
 Environment:
     SIMCLI_CACHE        cache root (default: $XDG_CACHE_HOME/simcli, ~/.cache/simcli, ~/Library/Caches/simcli on
                         macOS, %LOCALAPPDATA%/simcli/Cache on Windows)
     SIMCLI_OFFLINE=1    never touch the network; files must already be in the cache
-    SIMCLI_EDM_MIRROR   replaces https://nvlabs-fi-cdn.nvidia.com/edm/ in catalog URLs (http(s):// or file://)
 
-Files beside a cached file X (official files land in <cache>/edm/pretrained/ and <cache>/edm/fid-refs/):
+Callers choose where under `cache_dir()` their files go; this module knows no catalog of files.
+
+Files beside a cached file X:
     X.part          bytes received so far; the next attempt resumes them with an HTTP Range request
     X.part.json     url and ETag/Last-Modified of the partial download, so a resume never splices two versions
     X.sha256.json   written when X is installed: url, size, sha256, downloaded_at, source ("download"/"manual")
@@ -25,11 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simcli.rundir.atomic import write_json_atomic
-from simcli.teachers.edm_catalog import EDM_ROOT_URL, EdmTeacher, FidReference, get_edm_teacher, get_fid_reference
 
 CACHE_ENV = "SIMCLI_CACHE"
 OFFLINE_ENV = "SIMCLI_OFFLINE"
-MIRROR_ENV = "SIMCLI_EDM_MIRROR"
 CHUNK_BYTES = 1 << 20
 
 
@@ -56,7 +55,7 @@ class CacheCheck:
     sha256_checked: bool = False
 
 
-# ---------------------------------------------------------------------------------------------- locations
+# ---------------------------------------------------------------------------------------------- where and whether
 
 
 def cache_dir() -> Path:
@@ -80,39 +79,23 @@ def offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def mirrored_url(url: str) -> str:
-    """`url` with the official EDM root replaced by $SIMCLI_EDM_MIRROR when that is set."""
-    mirror = os.environ.get(MIRROR_ENV, "").strip()
-    if mirror and url.startswith(EDM_ROOT_URL):
-        return mirror.rstrip("/") + "/" + url[len(EDM_ROOT_URL) :]
-    return url
-
-
-def teacher_path(name_or_entry: str | EdmTeacher) -> Path:
-    """Where a teacher's .pkl lives in the cache (and where to copy it by hand)."""
-    entry = get_edm_teacher(name_or_entry) if isinstance(name_or_entry, str) else name_or_entry
-    return cache_dir() / "edm" / "pretrained" / entry.file_name
-
-
-def fid_reference_path(name_or_ref: str | FidReference) -> Path:
-    """Where FID reference statistics live in the cache."""
-    ref = get_fid_reference(name_or_ref) if isinstance(name_or_ref, str) else name_or_ref
-    return cache_dir() / "edm" / "fid-refs" / ref.file_name
-
-
 def part_path(dest: Path) -> Path:
+    """X.part: the bytes of X received so far."""
     return dest.with_name(dest.name + ".part")
 
 
 def record_path(dest: Path) -> Path:
+    """X.sha256.json: the record of X (DownloadRecord)."""
     return dest.with_name(dest.name + ".sha256.json")
 
 
 def part_meta_path(dest: Path) -> Path:
+    """X.part.json: what X.part was downloaded from (url, ETag, Last-Modified)."""
     return dest.with_name(dest.name + ".part.json")
 
 
 def lock_path(dest: Path) -> Path:
+    """X.lock: held while one process downloads X."""
     return dest.with_name(dest.name + ".lock")
 
 
@@ -120,6 +103,7 @@ def lock_path(dest: Path) -> Path:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in CHUNK_BYTES blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(CHUNK_BYTES):
@@ -149,6 +133,7 @@ def write_record(dest: Path, record: DownloadRecord) -> None:
 
 
 def now_utc() -> str:
+    """Now, as ISO 8601 in UTC to the second (DownloadRecord.downloaded_at)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -177,10 +162,3 @@ def verify_cached(
             problem = f"sha256 of cached file {dest} does not match its record {record_path(dest)}"
     return CacheCheck(dest, size, problem is None, problem, record, checked)
 
-
-def verify_sha256(dest: Path) -> bool | None:
-    """True/False: the file's sha256 matches/differs from its sidecar record; None: no record (or no file)."""
-    record = read_record(Path(dest))
-    if record is None or not Path(dest).is_file():
-        return None
-    return sha256_file(Path(dest)) == record.sha256

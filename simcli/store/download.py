@@ -1,14 +1,14 @@
-"""Download teacher checkpoints and FID statistics into the cache: resumable, size-checked, sha256-recorded.
+"""Download a file into the cache: resumable, size-checked, sha256-recorded (`ensure_file`).
 
 Engine code: it never prints. Progress reaches the caller only through `on_progress(done_bytes, total_bytes)`
 (total is None when the server does not say), and every failure is a `DownloadError` (a `UsageError`, exit
 code 2) whose one-line message names the URL and the exact path where the file can be placed by hand.
-Where files go and how they are checked afterwards is `cache.py`.
+Where files go and how they are checked afterwards is `simcli.store.cache`; which files there are (URLs,
+sizes, places in the cache) is the callers' business.
 
 A cached file X only ever appears by an atomic rename of a complete, size-checked X.part: a failed download
 leaves whatever X was there before untouched.
 """
-
 
 import contextlib
 import hashlib
@@ -24,24 +24,20 @@ from pathlib import Path
 from simcli import __version__
 from simcli.errors import UsageError
 from simcli.rundir.atomic import write_json_atomic
-from simcli.teachers.cache import (
+from simcli.store.cache import (
     CACHE_ENV,
     CHUNK_BYTES,
     OFFLINE_ENV,
     DownloadRecord,
-    fid_reference_path,
     lock_path,
-    mirrored_url,
     now_utc,
     offline,
     part_meta_path,
     part_path,
     sha256_file,
-    teacher_path,
     verify_cached,
     write_record,
 )
-from simcli.teachers.edm_catalog import EdmTeacher, FidReference, get_edm_teacher, get_fid_reference
 
 PROGRESS_EVERY_BYTES = 1 << 20  # on_progress is called at most once per MiB, plus at the start and the end
 DEFAULT_TIMEOUT_S = 30.0
@@ -60,8 +56,7 @@ class DownloadError(UsageError):
         self.dest = dest
 
 
-
-# ---------------------------------------------------------------------------------------------- fetch
+# ---------------------------------------------------------------------------------------------- fetching
 
 
 class _NetworkError(Exception):
@@ -335,31 +330,6 @@ def _fetch_locked(
     return dest
 
 
-def fetch(
-    url: str,
-    dest: Path,
-    *,
-    expected_size: int | None = None,
-    size_tolerance: int = 0,
-    on_progress: DownloadProgressFn | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    retries: int = 2,
-) -> Path:
-    """Download `url` to `dest` (always, even when `dest` exists) and return `dest`.
-
-    Bytes go to `dest.part` (a partial one is resumed with a Range request; a server that ignores Range gets a
-    fresh start); the size is checked against `expected_size +- size_tolerance` (from the headers before the
-    body, then at the end); the sha256 is computed on the way; the file is renamed into place atomically and
-    `dest.sha256.json` records it. An interruption after some bytes arrived is retried up to `retries` times.
-    Every failure is a DownloadError and leaves any existing `dest` untouched. `timeout_s` bounds each socket
-    operation (connect, each read), not the whole download.
-    """
-    dest = Path(dest).absolute()
-    _refuse_offline(url, dest)
-    with _locked(url, dest):
-        return _fetch_locked(url, dest, expected_size, size_tolerance, on_progress, timeout_s, retries)
-
-
 def ensure_file(
     url: str,
     dest: Path,
@@ -369,11 +339,22 @@ def ensure_file(
     on_progress: DownloadProgressFn | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     check_sha256: bool = False,
+    retries: int = 2,
 ) -> Path:
-    """`dest` when it is cached and valid (no network), else download it with `fetch`.
+    """`dest` when it is cached and valid (no network), else download `url` there; returns `dest`.
 
-    A cached file first seen without a sidecar (copied in by hand) gets a 'manual' record. A cached file that
-    fails the checks is kept until a re-download succeeds; if that fails the error names both problems.
+    Cached and valid: `verify_cached` passes (size against the sidecar record and `expected_size +-
+    size_tolerance`; with `check_sha256` also the sha256). A cached file first seen without a sidecar (copied in
+    by hand) gets a 'manual' record.
+
+    Otherwise (unless SIMCLI_OFFLINE, which refuses) bytes go to `dest.part`, under `dest.lock`: a partial one is
+    resumed with a Range request (a server that ignores Range gets a fresh start); the size is checked against
+    `expected_size +- size_tolerance` (from the headers before the body, then at the end); the sha256 is computed
+    on the way; the file is renamed into place atomically and `dest.sha256.json` records it. An interruption
+    after some bytes arrived is retried up to `retries` times. `timeout_s` bounds each socket operation
+    (connect, each read), not the whole download. Every failure is a DownloadError and leaves any existing
+    `dest` untouched: a cached file that fails the checks is kept until a re-download succeeds, and if that
+    fails the error names both problems.
     """
     dest = Path(dest).absolute()
     check = verify_cached(dest, expected_size=expected_size, size_tolerance=size_tolerance, check_sha256=check_sha256)
@@ -395,7 +376,7 @@ def ensure_file(
             )
             if again.ok:  # another process installed it while we waited for the lock
                 return dest
-            return _fetch_locked(url, dest, expected_size, size_tolerance, on_progress, timeout_s, retries=2)
+            return _fetch_locked(url, dest, expected_size, size_tolerance, on_progress, timeout_s, retries)
     except DownloadError as exc:
         if bad:
             raise DownloadError(
@@ -403,42 +384,3 @@ def ensure_file(
             ) from None
         raise
 
-
-def ensure_teacher_file(
-    name_or_entry: str | EdmTeacher,
-    *,
-    on_progress: DownloadProgressFn | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    check_sha256: bool = False,
-) -> Path:
-    """Path of an official EDM teacher .pkl in the cache, downloading it (or its mirror copy) when needed."""
-    entry = get_edm_teacher(name_or_entry) if isinstance(name_or_entry, str) else name_or_entry
-    return ensure_file(
-        mirrored_url(entry.url),
-        teacher_path(entry),
-        expected_size=entry.approx_size_bytes,
-        size_tolerance=entry.size_tolerance,
-        on_progress=on_progress,
-        timeout_s=timeout_s,
-        check_sha256=check_sha256,
-    )
-
-
-def ensure_fid_reference_file(
-    name_or_ref: str | FidReference,
-    *,
-    on_progress: DownloadProgressFn | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    check_sha256: bool = False,
-) -> Path:
-    """Path of EDM FID reference statistics (.npz) in the cache, downloading them when needed."""
-    ref = get_fid_reference(name_or_ref) if isinstance(name_or_ref, str) else name_or_ref
-    return ensure_file(
-        mirrored_url(ref.url),
-        fid_reference_path(ref),
-        expected_size=ref.approx_size_bytes,
-        size_tolerance=ref.size_tolerance,
-        on_progress=on_progress,
-        timeout_s=timeout_s,
-        check_sha256=check_sha256,
-    )
