@@ -69,7 +69,7 @@ def distill(
                              hint="give the job's time budget, e.g. --max-minutes 230")
         # First thing: the budget counts from here, so the teacher's download and loading count too.
         stop = StopRequest(max_seconds=None if max_minutes is None else max_minutes * 60)
-        from simcli.config.resolve import resolve_spec
+        from simcli.config.resolve import ADAPTED, resolve_spec
         from simcli.runtime import set_cpu_threads
 
         if kimg is not None and steps is not None:
@@ -88,8 +88,11 @@ def distill(
             "text": {"prompts": str(prompts.resolve()) if prompts is not None else None},
         }
         from simcli.teachers.registry import check_teacher, describe_teacher_name
+        from simcli.world import environment_world
 
-        spec, provenance = resolve_spec(teacher, describe_teacher_name, preset=preset, config_file=config, flags=flags, sets=set_)
+        processes = (environment_world() or (0, 1, 0))[1]
+        spec, provenance = resolve_spec(teacher, describe_teacher_name, preset=preset, config_file=config, flags=flags,
+                                        sets=set_, processes=processes)
         set_cpu_threads(threads)  # after the spec checks: it imports torch, which takes seconds
         if dry_run:
             check_teacher(spec.teacher)
@@ -104,6 +107,10 @@ def distill(
         # Under torchrun: join the other processes (rank 0 reports and writes; the others stay quiet).
         world = join_world(spec.device)
         reporter = DistillReporter()
+        if world.is_main and provenance.get("training.batch_gpu", "").endswith(ADAPTED):
+            preset = provenance["training.batch_gpu"].split(",")[0].split(":")[1]
+            reporter.line(f"note: micro-batches of {spec.training.batch_gpu} images, as the {preset} preset's do not divide "
+                          f"the batch of {spec.training.batch_size // world.size} images per process (--batch-gpu sets them)")
         try:
             with stop_on_signals(stop):
                 summary = run_distillation(spec, out, reporter, make_evaluator, restart=restart, stop=stop, world=world)
@@ -126,13 +133,12 @@ def distill(
 
 def _kept_snapshot(run_dir: Path, batch_size: int) -> str:
     """What an abort leaves: the newest state (and its iteration), or that there is none yet."""
-    from simcli.rundir.snapshots import STATE_RE, list_states
+    from simcli.rundir.layout import newest_state
 
-    states = list_states(run_dir) if run_dir.is_dir() else []
-    if not states:
+    newest = newest_state(run_dir, batch_size)
+    if newest is None:
         return "no snapshot was written yet; run the same command again to start"
-    step = round(float(STATE_RE.match(states[-1].name).group(1)) * 1000 / batch_size)
-    return f"the last snapshot, {states[-1].name} (iteration {step}), is kept; run the same command again to resume"
+    return f"the last snapshot, {newest[0].name} (iteration {newest[1]}), is kept; run the same command again to resume"
 
 
 def _print_dry_run(spec, provenance: dict[str, str], json_out: bool) -> None:

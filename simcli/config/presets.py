@@ -1,9 +1,16 @@
 """Named presets: partial specs layered over the method defaults (defaults < preset < file < flags).
 
-`auto` picks the preset that fits the teacher's kind (each kind names its preset in simcli/teachers/registry.py:
-`gmm` for analytic mixtures, `digits` for the shipped digits teacher, `pixart` for diffusers text-to-image
-teachers, `cifar10` for other networks). A preset's
-`by_method` entry holds settings that apply only to one method (layered right above the preset).
+`auto` picks the preset that fits the teacher (each kind of teacher names its preset in
+simcli/teachers/registry.py): `gmm` for analytic mixtures, `digits` for the shipped digits teacher, `pixart` for
+diffusers text-to-image teachers; for the official EDM teachers the preset of their dataset, `cifar10`, `ffhq64`
+(edm-ffhq64, edm-ffhq64-ve), `afhq64` (edm-afhqv2-64, edm-afhqv2-64-ve) or `imagenet64` (edm-imagenet64), also for a
+local pickle under an official file name; `cifar10` for any other network.
+
+A preset's `by_method` entry holds settings that apply only to one method (layered right above the preset). The
+dataset presets follow the authors' own runs of that dataset, each value cited to its file and line: settings of
+the data, the network and the compute (batch, precision, EMA, duration) apply to every method; optimiser settings
+and augmentation are the method's, under `by_method`. Measured results are not written here (they drift): they
+live in examples/digits/RESULTS.md, examples/digits/SPEED-OPTIONS.md and benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -11,10 +18,97 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's CIFAR-10 settings (Table 5): Adam 1e-5, betas (0, 0.999), batch 256, sigma_init 2.5.
+    # The paper's CIFAR-10 settings (Table 5): Adam 1e-5, betas (0, 0.999), batch 256, sigma_init 2.5. SiD's
+    # CIFAR-10 runs are the method defaults (mingyuanzhou/SiD@01fbb13 run_sid.sh:25-45: batch 256, lr 1e-5, fp32,
+    # alpha 1.2; sid_train.py:70-72: EMA 0.5 Mimg, dropout 0.13 as the pickle records it, augment 0.12).
+    # Diff-Instruct's README recipe, the one run its code documents, is batch 128 on one V100
+    # (pkulwj1994/diff_instruct@0c37389 README.md:50: --batch 128; its --lr/--glr 1e-5, --init_sigma 1.0 and --fp16 0
+    # are the method defaults).
     "cifar10": {
         "training": {"batch_size": 256, "duration_kimg": 200_000.0},
         "logging": {"status_every_kimg": 10.0, "snapshot_every_kimg": 500.0},
+        "by_method": {"di": {"training": {"batch_size": 128}}},
+    },
+    # FFHQ 64x64 (edm-ffhq64, edm-ffhq64-ve): SiD's run "ffhq64", mingyuanzhou/SiD@01fbb13 run_sid.sh:100-125.
+    # Every method: batch 512 (--batch 512, run_sid.sh:105) in micro-batches of 32 (--batch-gpu 32, :106); fp16
+    # (--fp16 1, :117, which builds the networks with EDM's fp16 trunk, sid_train.py:196; simcli's fp16 is autocast
+    # with dynamic loss scaling, the nearest it has); EMA half-life 500 kimg (--ema default 0.5 Mimg, sid_train.py:70
+    # and :200) with ramp-up 0.05 (sid_training_loop.py:131); 500 Mimg (--duration 500, :124); a status line every
+    # 10 kimg and a snapshot every 50 ticks, 500 kimg (--tick 10, --snap 50, :112-113). Dropout 0.05 (--dropout 0.05,
+    # :120) and channel_mult 1,2,2,2 (--cres, :122) are what the teacher's pickle records, and simcli's copies keep it.
+    # SiD (by_method.sid): lr 1e-5 for both networks (--lr, --glr, :115-116), the generator's Adam beta1 0.9
+    # (--g_beta1 0.9, :123), Adam eps 1e-6 (sid_train.py:152-153 with --fp16), augmentation 0.15 (--augment 0.15,
+    # :121), alpha 1.2 (--alpha 1.2, :102).
+    # SIM and Diff-Instruct have no published FFHQ, AFHQ or ImageNet settings (the SIM paper gives settings for
+    # CIFAR-10 and text-to-image only, shared/docs/sim-method.md section 5; diff_instruct's di_train.py:215-220 loads
+    # only the CIFAR-10 teachers). They take SiD's learning rate for the dataset (our choice: the one tuned for this
+    # data and batch, and one lr for every method keeps comparisons like-for-like) and keep their own Adam betas
+    # (0, 0.999) (SIM: Table 5 and Appendix B.3 alike), eps 1e-8, noise and augmentation (SIM none, DI 0.12:
+    # di_train.py:76).
+    "ffhq64": {
+        "ema": {"halflife_kimg": 500.0, "rampup_ratio": 0.05},
+        "training": {"batch_size": 512, "batch_gpu": 32, "duration_kimg": 500_000.0, "precision": "fp16"},
+        "logging": {"status_every_kimg": 10.0, "snapshot_every_kimg": 500.0},
+        "by_method": {
+            "sid": {
+                "generator": {"optimizer": {"lr": 1e-5, "beta1": 0.9, "eps": 1e-6}},
+                "online": {"optimizer": {"lr": 1e-5, "eps": 1e-6}, "augment_p": 0.15},
+                "loss": {"sid_alpha": 1.2},
+            },
+            "sim": {"generator": {"optimizer": {"lr": 1e-5}}, "online": {"optimizer": {"lr": 1e-5}}},
+            "di": {"generator": {"optimizer": {"lr": 1e-5}}, "online": {"optimizer": {"lr": 1e-5}}},
+        },
+    },
+    # AFHQv2 64x64 (edm-afhqv2-64, edm-afhqv2-64-ve): SiD's run "afhq64-v2", run_sid.sh:127-151 (SiD@01fbb13).
+    # Every method: as ffhq64: batch 512 (:132), micro-batches of 32 (:133), fp16 (:144), EMA 500 kimg (the --ema
+    # default, sid_train.py:70), 500 Mimg (:150), --tick 10 and --snap 50 (:139-140).
+    # SiD (by_method.sid): lr 5e-6 for both networks (--lr, --glr, :142-143), generator beta1 0 (no --g_beta1: its
+    # default, sid_train.py:103), eps 1e-6 (sid_train.py:152-153), augmentation 0.15 (:148), alpha 1.0 (--alpha 1.0,
+    # :129; FFHQ and ImageNet run 1.2).
+    # SIM and Diff-Instruct: SiD's lr 5e-6, their own betas, eps, noise and augmentation (see ffhq64).
+    # NOT APPLIED: dropout. SiD builds every network with --dropout 0.05 (:147; sid_train.py:196, then
+    # sid_training_loop.py:177-184 before the weights are copied in), but the EDM AFHQv2 pickle records 0.25, and
+    # simcli's generator, online model and teacher keep the pickle's dropout: the spec has no key for the dropout
+    # of an EDM network (network.dropout is the analytic teachers' MLP's). These runs train at dropout 0.25.
+    "afhq64": {
+        "ema": {"halflife_kimg": 500.0, "rampup_ratio": 0.05},
+        "training": {"batch_size": 512, "batch_gpu": 32, "duration_kimg": 500_000.0, "precision": "fp16"},
+        "logging": {"status_every_kimg": 10.0, "snapshot_every_kimg": 500.0},
+        "by_method": {
+            "sid": {
+                "generator": {"optimizer": {"lr": 5e-6, "beta1": 0.0, "eps": 1e-6}},
+                "online": {"optimizer": {"lr": 5e-6, "eps": 1e-6}, "augment_p": 0.15},
+                "loss": {"sid_alpha": 1.0},
+            },
+            "sim": {"generator": {"optimizer": {"lr": 5e-6}}, "online": {"optimizer": {"lr": 5e-6}}},
+            "di": {"generator": {"optimizer": {"lr": 5e-6}}, "online": {"optimizer": {"lr": 5e-6}}},
+        },
+    },
+    # ImageNet 64x64, class-conditional (edm-imagenet64): SiD's run "imagenet64-cond", run_sid.sh:73-98 (SiD@01fbb13).
+    # Every method: batch 8192 (--batch 8192, :79) in micro-batches of 16 (--batch-gpu 16, :80); fp16 (--fp16 1,
+    # :91; the ADM pickle has its own fp16 trunk, which simcli's fp16 autocast replaces); EMA half-life 2000 kimg
+    # (--ema 2 Mimg, :96; sid_train.py:200) with ramp-up 0.05 (sid_training_loop.py:131); 1000 Mimg (--duration 1000,
+    # :97); a status line every 20 kimg and a snapshot every 50 ticks, 1000 kimg (--tick 20, --snap 50, :86-87); no
+    # augmentation for any method (--augment 0, :95: the ADM network has no augment_dim, so none could apply).
+    # Dropout 0.1 (--dropout 0.1, :94) is what the pickle records, and simcli's copies keep it.
+    # SiD (by_method.sid): lr 4e-6 for both networks (--lr, --glr, :89-90), eps 1e-6 (sid_train.py:152-153), alpha
+    # 1.2 (:75). SIM and Diff-Instruct: SiD's lr 4e-6, their own betas, eps and noise (see ffhq64).
+    # SiD's class labels come from the ImageNet training set (sid_training_loop.py:298 and :324); simcli draws them
+    # uniformly (simcli/distill/conditions.py ClassLabels).
+    "imagenet64": {
+        "online": {"augment_p": 0.0},
+        "ema": {"halflife_kimg": 2000.0, "rampup_ratio": 0.05},
+        "training": {"batch_size": 8192, "batch_gpu": 16, "duration_kimg": 1_000_000.0, "precision": "fp16"},
+        "logging": {"status_every_kimg": 20.0, "snapshot_every_kimg": 1000.0},
+        "by_method": {
+            "sid": {
+                "generator": {"optimizer": {"lr": 4e-6, "eps": 1e-6}},
+                "online": {"optimizer": {"lr": 4e-6, "eps": 1e-6}},
+                "loss": {"sid_alpha": 1.2},
+            },
+            "sim": {"generator": {"optimizer": {"lr": 4e-6}}, "online": {"optimizer": {"lr": 4e-6}}},
+            "di": {"generator": {"optimizer": {"lr": 4e-6}}, "online": {"optimizer": {"lr": 4e-6}}},
+        },
     },
     # Analytic mixtures on CPU: small MLPs learn in minutes at a larger learning rate and a short EMA; two
     # online updates per generator update (the ratio of the paper's listing) track the generator more closely.
@@ -26,14 +120,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training": {"batch_size": 256, "duration_kimg": 512.0},
         "logging": {"status_every_kimg": 25.6, "snapshot_every_kimg": 128.0},
         # SIM's generator noise of the paper's text-to-image runs (Appendix B.3), ln sigma ~ N(-2, 2^2): the CIFAR-10
-        # setting N(-3.5, 2.5^2) puts half its mass below sigma = 0.03, under the mixtures' component scale, and
-        # measured worse mode weights here (benchmarks/results/gmm_table.md, issue notes).
+        # setting N(-3.5, 2.5^2) puts half its mass below sigma = exp(-3.5) = 0.03, under the mixtures' component
+        # scale. Results with this preset: benchmarks/results/gmm_table.md; `python benchmarks/gmm_table.py --methods
+        # "SIM pseudo-huber" --set generator.noise.p_mean=-3.5 --set generator.noise.p_std=2.5 --out <prefix>`
+        # measures the CIFAR-10 setting.
         "by_method": {"sim": {"generator": {"noise": {"kind": "lognormal", "p_mean": -2.0, "p_std": 2.0}}}},
     },
     # The shipped digits teacher on a laptop CPU (the README quick start): the paper's CIFAR-10 settings at batch 128
-    # and lr 1e-4, 50 kimg (about 7 minutes on 2 cores), the digits FID against the training digits every 10 kimg.
-    # Two online updates per generator update (the paper listing's ratio) reached FID 0.60 at 30 kimg where one
-    # reached 0.64-0.70 (2,000 samples; issue 8 notes).
+    # and lr 1e-4, 50 kimg, the digits FID against the training digits every 10 kimg. Two online updates per
+    # generator update (the paper listing's ratio). Measured: run times and FIDs of this preset per method in
+    # examples/digits/RESULTS.md; two online updates (its sim-fp32 row) against one (sim-fresh-u1) in
+    # examples/digits/SPEED-OPTIONS.md.
     "digits": {
         "generator": {"optimizer": {"lr": 1e-4}},
         # The digits network has no augment_dim, so SiD's and DI's augmentation cannot apply (as in SiD's ImageNet runs).

@@ -175,8 +175,11 @@ def resolve_spec(
     config_file: str | Path | None = None,
     flags: dict[str, Any] | None = None,
     sets: list[str] | None = None,
+    processes: int = 1,
 ) -> tuple[RunSpec, dict[str, str]]:
-    """Build the RunSpec from its layers; returns the spec and the provenance of each leaf key."""
+    """Build the RunSpec from its layers; returns the spec and the provenance of each leaf key.
+
+    `processes`: how many processes will share the run (torchrun's WORLD_SIZE), for `adapt_micro_batch`."""
     file_layer = load_config_file(config_file) if config_file else {}
     flag_layer: dict[str, Any] = {}
     for path, value in _leaves(flags or {}):
@@ -212,6 +215,7 @@ def resolve_spec(
     ] + upper
     merged, provenance = merge_layers(layers)
     merged["teacher"] = teacher_name
+    adapt_micro_batch(merged, provenance, processes)
     if method != "sim" and "loss.distance" in provenance:
         raise UsageError(
             f"a distance ({provenance['loss.distance']}: loss.distance) was given, but the method is {method}",
@@ -222,6 +226,28 @@ def resolve_spec(
     except ValidationError as exc:
         raise _format_validation_error(exc) from None
     return spec, provenance
+
+
+ADAPTED = "adapted to training.batch_size"
+"""Marks the provenance of a micro-batch that a preset named and simcli changed (adapt_micro_batch)."""
+
+
+def adapt_micro_batch(merged: dict[str, Any], provenance: dict[str, str], processes: int = 1) -> None:
+    """A micro-batch from a preset or method default (training.batch_gpu) that does not divide the batch each process
+    computes gives way to the largest divisor of that batch not above it, marked in its provenance; a micro-batch the
+    user gave (file, flag, --set) is left for validation to refuse."""
+    training = merged.get("training")
+    source = provenance.get("training.batch_gpu", "")
+    if not isinstance(training, dict) or not source.startswith(("preset:", "method:")):
+        return
+    batch, micro = training.get("batch_size"), training.get("batch_gpu")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (batch, micro)) or processes < 1:
+        return
+    per_process = batch // processes if batch % processes == 0 else batch
+    if per_process % micro == 0:
+        return
+    training["batch_gpu"] = max(d for d in range(1, min(micro, per_process) + 1) if per_process % d == 0)
+    provenance["training.batch_gpu"] = f"{source}, {ADAPTED}"
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:

@@ -158,3 +158,42 @@ def test_preset_settings_for_one_method_do_not_leak_into_another(cli, json_doc):
     assert spec["generator"]["noise"]["kind"] == "karras-uniform" and prov["generator.noise.kind"] == "method:sid"
     spec, prov = dry_run(cli, json_doc, "--preset", "cifar10")  # the paper's CIFAR-10 noise for SIM
     assert (spec["generator"]["noise"]["p_mean"], spec["generator"]["noise"]["p_std"]) == (-3.5, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("teacher", "method", "preset", "batch", "lr", "augment_p"),
+    [
+        ("edm-cifar10", "sid", "cifar10", 256, 1e-5, 0.12),
+        ("edm-cifar10", "di", "cifar10", 128, 1e-5, 0.12),  # Diff-Instruct's README recipe: --batch 128
+        ("edm-ffhq64", "sid", "ffhq64", 512, 1e-5, 0.15),
+        ("edm-afhqv2-64", "sid", "afhq64", 512, 5e-6, 0.15),
+        ("edm-afhqv2-64", "sim", "afhq64", 512, 5e-6, 0.0),
+        ("edm-imagenet64", "sid", "imagenet64", 8192, 4e-6, 0.0),
+        ("edm-imagenet64", "di", "imagenet64", 8192, 4e-6, 0.0),
+    ],
+)
+def test_dry_run_shows_the_dataset_preset_of_an_edm_teacher(cli, json_doc, tmp_path, monkeypatch, teacher, method,
+                                                             preset, batch, lr, augment_p):
+    monkeypatch.setenv("SIMCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SIMCLI_OFFLINE", "1")
+    result = cli("distill", "--teacher", teacher, "--method", method, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json_doc(result.stdout)
+    spec, prov = doc["spec"], doc["provenance"]
+    assert spec["training"]["batch_size"] == batch
+    assert prov["training.batch_size"] in (f"preset:{preset}", f"preset:{preset}:{method}")
+    assert spec["generator"]["optimizer"]["lr"] == spec["online"]["optimizer"]["lr"] == lr
+    assert spec["online"]["augment_p"] == augment_p
+    if preset != "cifar10":
+        assert (spec["training"]["precision"], prov["training.precision"]) == ("fp16", f"preset:{preset}")
+        assert prov["generator.optimizer.lr"] == f"preset:{preset}:{method}"
+    assert not (tmp_path / "cache").exists()  # resolved without downloading or loading the teacher
+
+
+def test_dry_run_text_names_the_dataset_preset(cli):
+    result = cli("distill", "--teacher", "edm-ffhq64", "--method", "sid", "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "training.batch_size = 512  (preset:ffhq64)" in lines
+    assert "generator.optimizer.beta1 = 0.9  (preset:ffhq64:sid)" in lines
+    assert "loss.sid_alpha = 1.2  (preset:ffhq64:sid)" in lines

@@ -249,3 +249,105 @@ def test_online_augmentation_needs_a_network_with_augment_dim():
     for net in (tiny_edm(augment_dim=0), MLPDenoiser(dim=2)):
         pipe, warnings = online_augmentation(0.12, net)
         assert pipe is None and len(warnings) == 1 and "online.augment_p" in warnings[0]
+
+
+# ---------------------------------------------------------------------------------------------- per-dataset presets
+
+# Every official EDM teacher and the preset `auto` picks for it (the NCSN++ "-ve" models share their dataset's).
+DATASET_PRESETS = {
+    "edm-cifar10": "cifar10", "edm-cifar10-cond": "cifar10", "edm-cifar10-ve": "cifar10", "edm-cifar10-cond-ve": "cifar10",
+    "edm-ffhq64": "ffhq64", "edm-ffhq64-ve": "ffhq64",
+    "edm-afhqv2-64": "afhq64", "edm-afhqv2-64-ve": "afhq64",
+    "edm-imagenet64": "imagenet64",
+}
+
+
+def dataset_values(teacher: str, method: str) -> dict:
+    """The settings a dataset preset decides, as `auto` resolves them for the teacher and method."""
+    s = method_spec(method, teacher)
+    g, o, t = s.generator.optimizer, s.online.optimizer, s.training
+    return {
+        "batch": t.batch_size, "batch_gpu": t.batch_gpu, "precision": t.precision, "kimg": t.duration_kimg,
+        "ema": (s.ema.halflife_kimg, s.ema.rampup_ratio), "lr": (g.lr, o.lr), "betas": (g.beta1, g.beta2, o.beta1, o.beta2),
+        "eps": (g.eps, o.eps), "augment": s.online.augment_p, "sid_alpha": s.loss.sid_alpha,
+        "status_kimg": s.logging.status_every_kimg, "snapshot_kimg": s.logging.snapshot_every_kimg,
+    }
+
+
+# SiD's own runs, mingyuanzhou/SiD@01fbb13: run_sid.sh "ffhq64" (lines 100-125), "afhq64-v2" (127-151) and
+# "imagenet64-cond" (73-98); sid_train.py:70 (--ema default 0.5 Mimg), :103 (--g_beta1 default 0), :152-153 (Adam
+# betas (0 or g_beta1, 0.999), eps 1e-6 with --fp16 1); sid_training_loop.py:131 (EMA ramp-up 0.05).
+SID_RUNS = {
+    "edm-ffhq64": {
+        "batch": 512, "batch_gpu": 32, "precision": "fp16", "kimg": 500_000.0, "ema": (500.0, 0.05),
+        "lr": (1e-5, 1e-5), "betas": (0.9, 0.999, 0.0, 0.999), "eps": (1e-6, 1e-6), "augment": 0.15, "sid_alpha": 1.2,
+        "status_kimg": 10.0, "snapshot_kimg": 500.0,
+    },
+    "edm-afhqv2-64": {
+        "batch": 512, "batch_gpu": 32, "precision": "fp16", "kimg": 500_000.0, "ema": (500.0, 0.05),
+        "lr": (5e-6, 5e-6), "betas": (0.0, 0.999, 0.0, 0.999), "eps": (1e-6, 1e-6), "augment": 0.15, "sid_alpha": 1.0,
+        "status_kimg": 10.0, "snapshot_kimg": 500.0,
+    },
+    "edm-imagenet64": {
+        "batch": 8192, "batch_gpu": 16, "precision": "fp16", "kimg": 1_000_000.0, "ema": (2000.0, 0.05),
+        "lr": (4e-6, 4e-6), "betas": (0.0, 0.999, 0.0, 0.999), "eps": (1e-6, 1e-6), "augment": 0.0, "sid_alpha": 1.2,
+        "status_kimg": 20.0, "snapshot_kimg": 1000.0,
+    },
+}
+SID_RUNS["edm-ffhq64-ve"] = SID_RUNS["edm-ffhq64"]
+SID_RUNS["edm-afhqv2-64-ve"] = SID_RUNS["edm-afhqv2-64"]
+
+
+@pytest.mark.parametrize(("teacher", "preset"), sorted(DATASET_PRESETS.items()))
+def test_auto_picks_the_preset_of_the_teachers_dataset(teacher, preset):
+    assert describe_teacher_name(teacher) == (teacher, preset)
+    for method in ("sim", "sid", "di"):
+        _, provenance = resolve_spec(teacher, describe_teacher_name, flags={"loss": {"method": method}})
+        assert provenance["training.batch_size"] in {f"preset:{preset}", f"preset:{preset}:{method}"}
+
+
+def test_every_catalog_teacher_has_its_datasets_preset():
+    from simcli.teachers.edm_catalog import EDM_TEACHERS
+
+    assert set(DATASET_PRESETS) == set(EDM_TEACHERS)
+
+
+def test_a_local_copy_of_an_official_pickle_gets_its_datasets_preset(tmp_path):
+    assert describe_teacher_name(str(tmp_path / "edm-afhqv2-64x64-uncond-vp.pkl"))[1] == "afhq64"
+    assert describe_teacher_name(str(tmp_path / "edm-imagenet-64x64-cond-adm.pkl"))[1] == "imagenet64"
+    assert describe_teacher_name(str(tmp_path / "ffhq-finetuned.pkl"))[1] == "cifar10"  # not an official file name
+
+
+@pytest.mark.parametrize("teacher", sorted(SID_RUNS))
+def test_sid_runs_each_dataset_as_run_sid_sh(teacher):
+    assert dataset_values(teacher, "sid") == SID_RUNS[teacher]
+
+
+@pytest.mark.parametrize("teacher", sorted(SID_RUNS))
+@pytest.mark.parametrize("method", ["sim", "di"])
+def test_sim_and_di_take_the_datasets_settings_and_sids_lr_but_keep_their_own_optimiser(teacher, method):
+    """No SIM or Diff-Instruct run of these datasets is published: the dataset-level settings and SiD's lr, with
+    their own Adam betas (0, 0.999), eps 1e-8, augmentation (SIM none, DI di_train.py:76's 0.12; none on ImageNet,
+    whose network has no augment_dim) and no SiD alpha."""
+    sid = SID_RUNS[teacher]
+    own = {"betas": (0.0, 0.999, 0.0, 0.999), "eps": (1e-8, 1e-8), "sid_alpha": 1.2,
+           "augment": 0.0 if method == "sim" or teacher == "edm-imagenet64" else 0.12}
+    assert dataset_values(teacher, method) == {**sid, **own}
+
+
+def test_dataset_presets_keep_each_methods_noise():
+    for teacher in SID_RUNS:
+        assert method_spec("sim", teacher).generator.noise == LognormalNoise(p_mean=-3.5, p_std=2.5)
+        assert method_spec("sid", teacher).generator.noise.kind == "karras-uniform"
+        assert method_spec("di", teacher).generator.sigma_init == 1.0
+
+
+@pytest.mark.parametrize("teacher", ["edm-cifar10", "edm-cifar10-cond"])
+def test_cifar10_runs_diff_instruct_at_its_readme_batch(teacher):
+    # pkulwj1994/diff_instruct@0c37389 README.md:50: di_train.py ... --batch 128 (one V100); lr 1e-5, fp32.
+    di = dataset_values(teacher, "di")
+    assert (di["batch"], di["lr"], di["precision"], di["augment"]) == (128, (1e-5, 1e-5), "fp32", 0.12)
+    # SIM (Table 5) and SiD (run_sid.sh:29, :39-41): batch 256, lr 1e-5, fp32.
+    for method in ("sim", "sid"):
+        values = dataset_values(teacher, method)
+        assert (values["batch"], values["lr"], values["precision"], values["ema"]) == (256, (1e-5, 1e-5), "fp32", (500.0, 0.05))

@@ -7,6 +7,7 @@ Every leaf key reports the layer it came from; errors are UsageErrors that name 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -251,14 +252,14 @@ def test_an_empty_mapping_sets_nothing():
     ],
 )
 def test_unknown_keys_and_bad_values_name_the_key(item, fragments):
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError, match=re.escape(fragments[0])) as info:
         resolve(sets=[item])
     for fragment in fragments:
         assert fragment in info.value.message, (fragment, info.value.message)
 
 
 def test_unknown_key_hint_lists_the_known_keys():
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError, match="unknown spec key 'training.foo'") as info:
         resolve(sets=["training.foo=1"])
     assert "known keys under 'training'" in info.value.hint and "duration_steps" in info.value.hint
 
@@ -287,6 +288,14 @@ def test_unknown_names_are_usage_errors(kwargs, fragment):
         ("gmm-ring8", "gmm", "training.duration_kimg", 512.0),
         ("gmm-grid25", "gmm", "ema.halflife_kimg", 20.0),
         ("edm-cifar10", "cifar10", "training.duration_kimg", 200_000.0),
+        ("edm-cifar10-cond-ve", "cifar10", "training.batch_size", 256),
+        # EDM teachers of other datasets: their dataset's preset (SiD's runs of it, run_sid.sh)
+        ("edm-ffhq64", "ffhq64", "training.batch_size", 512),
+        ("edm-ffhq64-ve", "ffhq64", "training.precision", "fp16"),
+        ("edm-afhqv2-64", "afhq64", "training.duration_kimg", 500_000.0),
+        ("edm-afhqv2-64-ve", "afhq64", "training.batch_gpu", 32),
+        ("edm-imagenet64", "imagenet64", "ema.halflife_kimg", 2000.0),
+        ("edm-imagenet64", "imagenet64", "training.batch_size", 8192),
     ],
 )
 def test_auto_preset_follows_the_teacher_kind(teacher, preset, key, value):
@@ -310,6 +319,8 @@ def test_file_backed_teacher_names_come_back_absolute(tmp_path, monkeypatch):
     spec, provenance = resolve("sub/teacher.pkl")
     assert spec.teacher == str(root / "sub" / "teacher.pkl")
     assert provenance["training.duration_kimg"] == "preset:cifar10"  # a .pkl is an EDM teacher
+    _, provenance = resolve("sub/edm-ffhq-64x64-uncond-vp.pkl")  # a local copy of an official file: its dataset's
+    assert provenance["training.duration_kimg"] == "preset:ffhq64"
     assert resolve("gmm-ring8")[0].teacher == "gmm-ring8" and resolve("edm-cifar10")[0].teacher == "edm-cifar10"
 
 
@@ -369,3 +380,31 @@ def test_spec_differences_on_resolved_specs():
     old = resolve(preset="tiny")[0].model_dump(mode="json")
     new = resolve(preset="tiny", flags={"training": {"duration_kimg": 3.2}, "device": "cpu", "seed": 1})[0].model_dump(mode="json")
     assert spec_differences(old, new, RESUMABLE_CHANGES) == ["seed"]
+
+
+# ---------------------------------------------------------------------------------------------- preset micro-batches
+
+
+@pytest.mark.parametrize(
+    ("batch", "processes", "expected"),
+    [(8, 1, 8), (4, 1, 4), (48, 1, 24), (8, 2, 4), (96, 2, 24), (512, 1, 32), (512, 4, 32), (36, 1, 18)],
+)
+def test_a_presets_micro_batch_gives_way_to_a_batch_it_does_not_divide(batch, processes, expected):
+    """The ffhq64 preset's 32-image micro-batch: kept where it divides each process's batch, else the largest divisor
+    of that batch not above 32, marked in the provenance."""
+    spec, provenance = resolve("edm-ffhq64", flags={"training": {"batch_size": batch}}, processes=processes)
+    assert spec.training.batch_gpu == expected
+    per_process = batch // processes
+    assert per_process % expected == 0 and expected <= 32
+    adapted = provenance["training.batch_gpu"].endswith("adapted to training.batch_size")
+    assert adapted == (per_process % 32 != 0)
+    assert provenance["training.batch_gpu"].startswith("preset:ffhq64")
+
+
+def test_a_micro_batch_the_user_gives_is_never_changed():
+    with pytest.raises(UsageError, match=r"batch_gpu \(32\) must divide batch_size \(8\)"):
+        resolve("edm-ffhq64", flags={"training": {"batch_size": 8, "batch_gpu": 32}})
+    with pytest.raises(UsageError, match=r"batch_gpu \(3\) must divide batch_size \(8\)"):
+        resolve("edm-ffhq64", flags={"training": {"batch_size": 8}}, sets=["training.batch_gpu=3"])
+    spec, provenance = resolve("edm-ffhq64", flags={"training": {"batch_size": 8, "batch_gpu": 2}})
+    assert spec.training.batch_gpu == 2 and provenance["training.batch_gpu"] == "flag"
