@@ -21,8 +21,9 @@ import torch
 
 from simcli.config.resolve import resolve_spec
 from simcli.distill.loop import run_distillation
-from simcli.distill.setup import TEACHER_FIT_FILE, fitted_teacher_network
+from simcli.distill.setup import fitted_teacher_network
 from simcli.eval.gmm_metrics import gmm_report
+from simcli.rundir.layout import TEACHER_FIT_FILE
 from simcli.sampling.run import generator_samples, teacher_samples
 from simcli.teachers.registry import describe_teacher_name, load_teacher
 

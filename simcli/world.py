@@ -125,16 +125,6 @@ class World:
         dist.broadcast_object_list(box, src=0, group=_patient_group() if patient else None)
         return box[0]
 
-    def gather(self, obj: T) -> list[T]:
-        """Every process's obj, in rank order, on every process (picklable objects)."""
-        if not self.distributed:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.size
-        dist.all_gather_object(out, obj)
-        return out
-
     def gather_to_main(self, obj: T) -> list[T] | None:
         """Every process's obj, in rank order, on rank 0 (None on the others)."""
         if not self.distributed:

@@ -16,7 +16,6 @@ ThreadsOpt = Annotated[
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 TEACHER_HELP = f"Teacher: {', '.join(known_teachers())}."
-TeacherOpt = Annotated[str | None, typer.Option("--teacher", help=TEACHER_HELP)]
 DistillTeacherOpt = Annotated[
     str | None, typer.Option("--teacher", help=f"Required (unless the --config file names the teacher). {TEACHER_HELP}")
 ]

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from simcli.errors import UsageError
-from simcli.rundir.metrics import METRICS_FILE, read_records
+from simcli.rundir.layout import CONFIG_FILE, METRICS_FILE
+from simcli.rundir.metrics import read_records
 
-CONFIG_FILE = "config.json"
 SORT_KEYS = ("fid", "name")
 
 

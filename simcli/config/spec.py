@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 DistanceName = Literal["pseudo-huber", "l2", "l1", "huber", "lp", "exp-lp"]
 MethodName = Literal["sim", "sid", "di"]
 PrecisionName = Literal["fp32", "tf32", "bf16", "fp16"]
+FeatureBackendName = Literal["torch-fidelity", "clean-fid", "digits"]  # simcli.eval.features registers each
 
 
 class Strict(BaseModel):
@@ -67,7 +68,7 @@ class OptimizerSpec(Strict):
 
 
 class NetworkSpec(Strict):
-    """MLP denoiser for vector data (analytic teachers); EDM teachers bring their own network."""
+    """MLP denoiser for vector data (analytic teachers); network teachers (EDM, digits, PixArt) bring their own."""
 
     hidden_dim: int = Field(256, gt=0)
     """Width of each hidden layer."""
@@ -156,8 +157,8 @@ class OnlineSpec(Strict):
     """Samples the online model is trained on. fresh: new generator samples (G in eval mode), as Algorithm 2.
     generator-step: the samples the generator update just made (G in train mode, detached), one generator forward
     fewer per iteration; the iteration then runs the generator update first and the online update on its samples
-    (needs updates_per_generator_update 1). Measured on the digits teacher (examples/digits/SPEED-OPTIONS.md): 11%
-    less time per kimg, but FID 64% higher at equal images seen; the run warns when it is chosen."""
+    (needs updates_per_generator_update 1). What it saves and what it costs in FID on the digits teacher:
+    examples/digits/SPEED-OPTIONS.md; the run warns when it is chosen."""
     augment_p: float = Field(0.0, ge=0, lt=1)
     """Probability p of EDM's augmentation pipeline on the online step's generated images: the augmented image is
     the denoising target and its 9 augment labels go to the online model. Only for networks with augment_dim 9
@@ -197,8 +198,9 @@ class TrainingSpec(Strict):
     duration_steps: int | None = Field(None, gt=0)
     """Stop after this many iterations (exclusive with duration_kimg)."""
     activation_checkpointing: bool = False
-    """Recompute UNet block activations in the backward pass of the generator, the online model and the teacher
-    (EDM networks): less memory, more time (benchmarks/bench_distill.py measures both)."""
+    """Recompute the blocks' activations in the backward pass of the generator, the online model and the teacher
+    (EDM UNets and the PixArt transformer; not the MLPs of mixture teachers): less memory, more time
+    (benchmarks/bench_distill.py measures both; results in benchmarks/results/)."""
     precision: PrecisionName = "fp32"
     """Network passes: fp32 (TF32 off, as SiD's CIFAR-10 runs), tf32, bf16 (autocast) or fp16 (autocast with dynamic
     loss scaling). Weights, optimiser state, losses and d'(y) stay float32. May change on resume."""
@@ -253,7 +255,7 @@ class EvaluationSpec(Strict):
     """In-training evaluation of the EMA generator, every logging.eval_every_kimg.
 
     Image teachers get FID (and IS) against `reference`; analytic teachers get the exact metrics of
-    `simcli eval --teacher` instead (mode weights, precision, MMD, sliced W2).
+    `simcli eval --teacher` instead (mode weights, precision, MMD, sliced W2); text-to-image runs refuse it.
     """
 
     reference: str | None = None
@@ -261,9 +263,10 @@ class EvaluationSpec(Strict):
     num_samples: int = Field(10000, gt=1)
     """Samples per evaluation (the published protocol uses 50000; fewer is faster but biased upwards)."""
     inception_score: bool = True
-    """Also compute the Inception Score (torch-fidelity backend only)."""
-    backend: str = "torch-fidelity"
-    """Feature backend: torch-fidelity or clean-fid."""
+    """Also compute the Inception Score, where the backend gives class logits (torch-fidelity, digits; not clean-fid)."""
+    backend: FeatureBackendName = "torch-fidelity"
+    """Feature extractor: torch-fidelity (Inception; FID and IS), clean-fid (Inception; FID only) or digits (the
+    digits teacher's classifier, for 8x8 digits)."""
     feature_weights: str | None = None
     """Local Inception weights file for offline use."""
     batch_size: int = Field(250, gt=0)
@@ -291,7 +294,9 @@ class RunSpec(Strict):
     """Everything that defines a distillation run; written to config.json and embedded in checkpoints."""
 
     teacher: str
-    """Teacher: an official EDM name (edm-cifar10, ...), a local EDM .pkl, gmm-ring8, gmm-grid25 or gmm:PATH.json."""
+    """Teacher (--teacher): digits; an official EDM name (edm-cifar10, ...) or a local EDM PATH.pkl; a simcli
+    PATH.safetensors; an analytic mixture gmm-ring8, gmm-grid25 or gmm:PATH.json; a text-to-image pipeline
+    pixart-alpha-512 or diffusers:PATH. Paths are stored absolute."""
     network: NetworkSpec = NetworkSpec()
     """Architecture of the MLP fitted to an analytic teacher."""
     teacher_fit: TeacherFitSpec = TeacherFitSpec()

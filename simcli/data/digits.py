@@ -13,7 +13,6 @@ import numpy as np
 
 from simcli.errors import UsageError
 
-NUM_CLASSES = 10
 NUM_TEST = 300
 SPLIT_SEED = 0
 PIXEL_MAX = 16  # load_digits pixel values are integers 0..16

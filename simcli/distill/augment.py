@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from simcli.nets.denoiser import Denoiser
+
 AUGMENT_DIM = 9
 LABEL_NAMES = ("xflip", "yflip", "scale", "rotate_cos", "rotate_sin", "aniso_cos", "aniso_sin", "translate_x", "translate_y")
 
@@ -263,13 +265,7 @@ class AugmentPipe:
         return self.apply(images, self.sample(images.shape[0], rng, images.device))
 
 
-def network_augment_dim(net: torch.nn.Module) -> int:
-    """The augment_dim of an EDM image network (its UNet's map_augment input size); 0 for any other network."""
-    mapping = getattr(getattr(net, "model", None), "map_augment", None)
-    return int(getattr(mapping, "in_features", 0)) if mapping is not None else 0
-
-
-def online_augmentation(p: float, online: torch.nn.Module) -> tuple[AugmentPipe | None, list[str]]:
+def online_augmentation(p: float, online: Denoiser) -> tuple[AugmentPipe | None, list[str]]:
     """The online step's pipeline for spec value online.augment_p = p, and the run's warnings about it.
 
     Only a network that takes EDM's 9 augment labels is augmented (as in EDM, SiD and Diff-Instruct, whose
@@ -278,7 +274,7 @@ def online_augmentation(p: float, online: torch.nn.Module) -> tuple[AugmentPipe 
     """
     if p <= 0:
         return None, []
-    dim = network_augment_dim(online)
+    dim = online.conditioning.augment_dim
     if dim == AUGMENT_DIM:
         return AugmentPipe(p), []
     return None, [

@@ -98,7 +98,6 @@ class Distance:
     name: str
     d: Callable[[Tensor], Tensor]
     d_prime: Callable[[Tensor], Tensor]
-    smooth: bool  # False when d' is discontinuous (the SIM surrogate then drops a boundary term)
 
 
 DISTANCE_NAMES: tuple[str, ...] = get_args(DistanceName)
@@ -122,23 +121,22 @@ def make_distance(
     """Bind a named distance to its constants (those of the other distances may be left out)."""
     if name == "pseudo-huber":
         _need(name, pseudo_huber_c=pseudo_huber_c)
-        return Distance(name, partial(pseudo_huber, c=pseudo_huber_c), partial(pseudo_huber_grad, c=pseudo_huber_c), True)
+        return Distance(name, partial(pseudo_huber, c=pseudo_huber_c), partial(pseudo_huber_grad, c=pseudo_huber_c))
     if name == "l2":
-        return Distance(name, l2, l2_grad, True)
+        return Distance(name, l2, l2_grad)
     if name == "l1":
-        return Distance(name, l1, l1_grad, False)
+        return Distance(name, l1, l1_grad)
     if name == "huber":
         _need(name, huber_delta=huber_delta)
-        return Distance(name, partial(huber, delta=huber_delta), partial(huber_grad, delta=huber_delta), True)
+        return Distance(name, partial(huber, delta=huber_delta), partial(huber_grad, delta=huber_delta))
     if name == "lp":
         _need(name, lp_alpha=lp_alpha)
-        return Distance(name, partial(lp, alpha=lp_alpha), partial(lp_grad, alpha=lp_alpha), True)
+        return Distance(name, partial(lp, alpha=lp_alpha), partial(lp_grad, alpha=lp_alpha))
     if name == "exp-lp":
         _need(name, exp_lp_alpha=exp_lp_alpha, exp_lp_beta=exp_lp_beta)
         return Distance(
             name,
             partial(exp_lp, alpha=exp_lp_alpha, beta=exp_lp_beta),
             partial(exp_lp_grad, alpha=exp_lp_alpha, beta=exp_lp_beta),
-            True,
         )
     raise ValueError(f"unknown distance {name!r}; known: {', '.join(DISTANCE_NAMES)}")

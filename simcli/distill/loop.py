@@ -25,7 +25,6 @@ from simcli.distill.events import (
     DownloadProgress,
     Evaluated,
     EventHandler,
-    GridSaved,
     Heartbeat,
     NonFiniteStep,
     RunStarted,
@@ -33,21 +32,21 @@ from simcli.distill.events import (
     Status,
     ignore_event,
 )
-from simcli.distill.outputs import generator_meta, run_summary, save_best_generator, write_grids, write_snapshot
+from simcli.distill.outputs import Grids, ImageGrids, generator_meta, run_summary, save_best_generator, write_snapshot
 from simcli.distill.precision import LossScaler, Precision
-from simcli.distill.recovery import kept_after_stop, repair_generator, roll_back_streak
+from simcli.distill.recovery import kept_after_stop, roll_back_streak
 from simcli.distill.reports import Clock, Durations, due_reports, status_record
-from simcli.distill.setup import apply_optimizer_settings, build_networks, prepare_run_dir, speed_up_networks
-from simcli.distill.state import Progress, restore, state_dict
+from simcli.distill.resume import resume
+from simcli.distill.setup import build_networks, choose_state, speed_up_networks
+from simcli.distill.state import state_dict
 from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, StopRequest
 from simcli.distill.streams import IterationStreams, online_phase
-from simcli.distill.text_setup import TextGrid, check_prompts, is_text_teacher, prepare_prompts
+from simcli.distill.text_setup import RunPrompts
 from simcli.errors import RunFailed, Stopped
-from simcli.rundir.atomic import remove_stale_temp_files
+from simcli.rundir.layout import generator_path, state_path
 from simcli.rundir.lock import RunDirLock
-from simcli.rundir.metrics import append_record, truncate_after
-from simcli.rundir.snapshots import kimg_tag, load_state_file
+from simcli.rundir.metrics import append_record
 from simcli.teachers.registry import Teacher, load_teacher
 from simcli.world import PeerFailed, World
 
@@ -91,11 +90,7 @@ class Distillation:
         # Text-to-image: the prompt file, and the prompts' embeddings (a store built once in the cache, or a text
         # encoder loaded), also before the run directory is touched: a missing or malformed prompt file or a text
         # encoder that cannot be loaded leaves it as it was. Prompts for another teacher are refused.
-        if is_text_teacher(teacher):
-            self.prompts = prepare_prompts(spec, teacher, self.world, self.device, self.on_event)
-        else:
-            check_prompts(spec, teacher)
-            self.prompts = None
+        self.prompts = RunPrompts.prepare(spec, teacher, self.world, self.device, self.on_event)
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device, self.world) if make_evaluator is not None else None
         if self._stop_agreed():  # e.g. during a download (any process's signal): nothing in the run directory was touched
@@ -115,56 +110,27 @@ class Distillation:
         )
 
     def _set_up(self, teacher: Teacher, restart: bool) -> None:
-        spec, world = self.spec, self.world
-        found: dict[str, Any] = {}
-
-        def prepare() -> tuple[Path | None, list[str]]:
-            prepared = prepare_run_dir(self.run_dir, spec, restart=restart, map_location=self.device)
-            remove_stale_temp_files(self.run_dir)
-            found["loaded"] = prepared.loaded
-            return (prepared.loaded[1] if prepared.loaded else None), prepared.warnings
-
-        # Rank 0 checks the run directory and writes config.json; the others read the state it chose.
-        loaded_path, warnings = world.on_main(prepare)
-        loaded = found.get("loaded")
-        if not world.is_main and loaded_path is not None:
-            loaded = (load_state_file(loaded_path, self.device), loaded_path, [])
+        """The stages of a run's set-up: the state it goes on from, the networks, the optimisers, resuming, the
+        prompts, the batches, the losses, the precision and the outputs."""
+        spec, world, tr = self.spec, self.world, self.spec.training
+        loaded, warnings = choose_state(self.run_dir, spec, restart, world, self.device)
         # Rank 0 fits an analytic teacher's network (and caches it) before the others, which then load the cache.
         self.nets = world.main_first(lambda: build_networks(spec, teacher, self.run_dir, self.device, self.on_event))
         self.opts = {
             "generator": self._adam(self.nets.generator, spec.generator.optimizer),
             "online": self._adam(self.nets.online, spec.online.optimizer),
         }
-        self.progress, self.resumed_from, warnings = Progress(), None, list(warnings)
-        if loaded is not None:
-            state, self.resumed_from, _ = loaded
-            self.progress = restore(state, self.nets, self.opts)
-            if world.is_main:
-                repaired = repair_generator(self.run_dir, self.images_seen, self.nets.ema.state_dict(),
-                                            self._generator_meta(), self.resumed_from)
-                warnings += [repaired] if repaired else []
-        if world.is_main:
-            dropped = truncate_after(self.run_dir, self.progress.step).describe(self.progress.step)
-            warnings += [dropped] if dropped else []
-        if loaded is not None:
-            warnings += self._apply_optimizer_settings()
-        condition_source, self.text_grid = None, None
+        self.progress, resume_warnings = resume(self.run_dir, spec, loaded, self.nets, self.opts, world)
+        self.resumed_from = loaded[1] if loaded is not None else None
+        warnings += resume_warnings
         if self.prompts is not None:  # the teacher's guidance contrasts with the empty prompt
-            condition_source, null, facts = self.prompts
-            self.nets.teacher.set_null_condition(null.to(self.device))
-            before, now = self.progress.prompts_sha256, facts["prompts_sha256"]
-            if before is not None and before != now:
-                warnings.append(f"the prompt file {spec.text.prompts} changed since the run's last state "
-                                f"(sha256 {before[:12]} -> {now[:12]}): the run goes on with the new prompts")
-            self.progress.prompts_sha256 = now
-            if world.is_main and spec.logging.grid_samples:
-                self.text_grid = TextGrid(condition_source, teacher.pipeline, spec.logging.grid_samples, self.device)
-        tr = spec.training
+            warnings += self.prompts.attach(self.nets.teacher, self.progress, spec, self.device)
         micro_batch, batch_warnings = resolve_micro_batch(tr.batch_size, tr.batch_gpu, world.size, self.progress.micro_batch)
         self.progress.micro_batch = micro_batch
         sample_shape = tuple(self.nets.teacher.sample_shape)
         self.plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, micro_batch, sample_shape, self.nets.teacher.label_dim,
-                              self.device, share_micro_batches(tr.batch_size // micro_batch, world), condition_source)
+                              self.device, share_micro_batches(tr.batch_size // micro_batch, world),
+                              self.prompts.conditions if self.prompts is not None else None)
         self.loss_fn = make_generator_loss(spec.loss, spec.generator.weighting, int(np.prod(sample_shape)))
         self.augment, augment_warnings = online_augmentation(spec.online.augment_p, self.nets.online)
         self.precision = Precision(tr.precision, self.device)
@@ -172,6 +138,7 @@ class Distillation:
         self.scalers = {name: LossScaler(**{**self.progress.loss_scalers.get(name, {}), "enabled": scaled})
                         for name in ("generator", "online")}
         speed_up_networks(self.nets, channels_last=tr.channels_last, compile=tr.compile)
+        self.grids = self._grids() if world.is_main else None
         if spec.online.sample_source == "generator-step":
             batch_warnings.append(GENERATOR_STEP_COST)
         warnings = [*warnings, *batch_warnings, *augment_warnings]
@@ -180,6 +147,13 @@ class Distillation:
             sum(p.numel() for p in self.nets.generator.parameters()), warnings, self.progress.elapsed_s,
             world.size, micro_batch, tr.precision,
         )
+
+    def _grids(self) -> Grids:
+        """Rank 0's grids at every snapshot: latents decoded on the run's first prompts, or image samples."""
+        n, sigma_init = self.spec.logging.grid_samples, self.spec.generator.sigma_init
+        if self.prompts is not None:
+            return self.prompts.grids(self.run_dir, n, sigma_init, self.device, self.on_event)
+        return ImageGrids(self.run_dir, self.nets.teacher, n, sigma_init, self.device, self.on_event)
 
     def close(self) -> None:
         """Release the run directory's lock (idempotent)."""
@@ -191,18 +165,6 @@ class Distillation:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _apply_optimizer_settings(self) -> list[str]:
-        """On resume: the spec's optimiser settings replace the restored ones; a change is logged as a 'spec_change'
-        record in metrics.jsonl and returned as a warning."""
-        changes = apply_optimizer_settings(self.spec, self.opts)
-        if not changes:
-            return []
-        if self.world.is_main:
-            append_record(self.run_dir, {"kind": "spec_change", "step": self.progress.step, "images_seen": self.images_seen,
-                                         "kimg": self.images_seen / 1000, "changes": changes})
-        shown = ", ".join(f"{k} {v['old']:g} -> {v['new']:g}" for k, v in changes.items())
-        return [f"resuming with changed optimiser settings: {shown}"]
 
     @staticmethod
     def _adam(net: nn.Module, opt) -> torch.optim.Adam:
@@ -280,7 +242,7 @@ class Distillation:
         else:
             where = "before its first iteration" + (f" (resuming at iteration {p.step})" if p.step else "")
         if saved is not None:
-            gen = f"generator-{kimg_tag(self.images_seen)}.safetensors"
+            gen = generator_path(self.run_dir, self.images_seen).name
             what = f"saved {saved.name} (iteration {p.step}) and {gen} in {self.run_dir}"
         else:
             what, how = kept_after_stop(self.run_dir, self.spec.training.batch_size, bool(p.nonfinite_consecutive))
@@ -399,24 +361,17 @@ class Distillation:
         self.progress.elapsed_s = self.clock.elapsed()
         self.progress.loss_scalers = {k: dataclasses.asdict(s) for k, s in self.scalers.items()}
         if not self.world.is_main:
-            return self.run_dir / f"state-{kimg_tag(self.images_seen)}.pt"
-        gen_path, state_path = write_snapshot(self.run_dir, self.spec, self.images_seen, self._generator_meta(),
+            return state_path(self.run_dir, self.images_seen)
+        gen_file, state_file = write_snapshot(self.run_dir, self.spec, self.images_seen, self._generator_meta(),
                                               state_dict(self.spec, self.nets, self.opts, self.progress), self.nets.ema)
         self.write_grids()  # after the state: a grid that fails (a VAE out of memory) loses no checkpoint
-        self.on_event(SnapshotSaved(gen_path, state_path, self.images_seen))
-        return state_path
+        self.on_event(SnapshotSaved(gen_file, state_file, self.images_seen))
+        return state_file
 
     def write_grids(self) -> None:
-        """Image teachers: a grid of the EMA generator and, once per run, of the teacher's sampler (rank 0)."""
-        if not self.world.is_main:
-            return
-        if self.text_grid is not None:  # latents: decoded by the pipeline's VAE, on the run's first prompts
-            path = self.text_grid.write(self.run_dir / f"grid-{kimg_tag(self.images_seen)}.png", self.nets.ema,
-                                        self.spec.generator.sigma_init)
-            self.on_event(GridSaved(path, f"the EMA generator at {self.images_seen / 1000:g} kimg on the first "
-                                          f"{self.text_grid.n} prompts, 1 NFE"))
-            return
-        write_grids(self.run_dir, self.spec, self.nets.teacher, self.nets.ema, self.images_seen, self.device, self.on_event)
+        """Rank 0's grids of the EMA generator (and, once per run, of the teacher's sampler)."""
+        if self.grids is not None:
+            self.grids.write(self.nets.ema, self.images_seen)
 
     def summary(self) -> dict[str, Any]:
         return {**run_summary(self.run_dir, self.spec), "steps": self.progress.step, "images_seen": self.images_seen,

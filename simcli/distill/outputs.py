@@ -4,29 +4,29 @@ best generator, and the run's summary."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from simcli.config.spec import RunSpec
 from simcli.distill.events import EventHandler, GridSaved
-from simcli.rundir.snapshots import (
-    kimg_tag,
+from simcli.nets.denoiser import Denoiser
+from simcli.rundir.layout import (
+    BEST_GENERATOR_FILE,
+    TEACHER_GRID_FILE,
+    generator_path,
+    grid_path,
     list_generators,
-    prune_generators,
-    prune_states,
-    save_generator,
-    save_state,
+    list_grids,
 )
+from simcli.rundir.snapshots import prune_generators, prune_states, save_generator, save_state
 from simcli.sampling.grids import grid_images
 from simcli.sampling.heun import heun_num_evals
 from simcli.sampling.images import save_grid
 
-TEACHER_GRID = "teacher-grid.png"
 TEACHER_GRID_STEPS = 18
 GRID_SEED = 0
-BEST_GENERATOR = "generator-best.safetensors"
 
 
 def generator_meta(spec: RunSpec, architecture: dict[str, Any], step: int, images_seen: int) -> dict[str, Any]:
@@ -35,24 +35,34 @@ def generator_meta(spec: RunSpec, architecture: dict[str, Any], step: int, image
             "step": step, "images_seen": images_seen}
 
 
-def write_grids(
-    run_dir: Path, spec: RunSpec, teacher: nn.Module, ema: nn.Module, images_seen: int, device: torch.device,
-    on_event: EventHandler,
-) -> None:
-    """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler.
-    (Text-to-image runs decode their latents instead: simcli.distill.text_setup.TextGrid.)"""
-    n = spec.logging.grid_samples
-    if n == 0 or len(teacher.sample_shape) != 3:
-        return
-    teacher_path = run_dir / TEACHER_GRID
-    if not teacher_path.exists():
-        images, columns = grid_images(teacher, n, GRID_SEED, device, heun_steps=TEACHER_GRID_STEPS)
-        save_grid(images, teacher_path, columns)
-        on_event(GridSaved(teacher_path, f"the teacher, {TEACHER_GRID_STEPS} Heun steps ({heun_num_evals(TEACHER_GRID_STEPS)} NFE)"))
-    path = run_dir / f"grid-{kimg_tag(images_seen)}.png"
-    images, columns = grid_images(ema, n, GRID_SEED, device, sigma_init=spec.generator.sigma_init)
-    save_grid(images, path, columns)
-    on_event(GridSaved(path, f"the EMA generator at {images_seen / 1000:g} kimg, 1 NFE"))
+class Grids(Protocol):
+    """What rank 0 draws at every snapshot: write(EMA generator, images seen)."""
+
+    def write(self, ema: nn.Module, images_seen: int) -> None: ...
+
+
+class ImageGrids:
+    """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler;
+    nothing for vector teachers or n = 0. (Text-to-image runs decode latents: simcli.distill.text_setup.TextGrid.)"""
+
+    def __init__(self, run_dir: Path, teacher: Denoiser, n: int, sigma_init: float, device: torch.device,
+                 on_event: EventHandler):
+        self.run_dir, self.teacher, self.sigma_init, self.device, self.on_event = run_dir, teacher, sigma_init, device, on_event
+        self.n = n if len(teacher.sample_shape) == 3 else 0
+
+    def write(self, ema: nn.Module, images_seen: int) -> None:
+        if self.n == 0:
+            return
+        teacher_path = self.run_dir / TEACHER_GRID_FILE
+        if not teacher_path.exists():
+            images, columns = grid_images(self.teacher, self.n, GRID_SEED, self.device, heun_steps=TEACHER_GRID_STEPS)
+            save_grid(images, teacher_path, columns)
+            self.on_event(GridSaved(teacher_path, f"the teacher, {TEACHER_GRID_STEPS} Heun steps "
+                                                  f"({heun_num_evals(TEACHER_GRID_STEPS)} NFE)"))
+        path = grid_path(self.run_dir, images_seen)
+        images, columns = grid_images(ema, self.n, GRID_SEED, self.device, sigma_init=self.sigma_init)
+        save_grid(images, path, columns)
+        self.on_event(GridSaved(path, f"the EMA generator at {images_seen / 1000:g} kimg, 1 NFE"))
 
 
 def write_snapshot(
@@ -60,7 +70,7 @@ def write_snapshot(
 ) -> tuple[Path, Path]:
     """The EMA generator (generator-<kimg>.safetensors) and the resumable state (state-<kimg>.pt), then the oldest
     states and generators beyond logging.keep_* removed; returns both paths."""
-    gen_path = run_dir / f"generator-{kimg_tag(images_seen)}.safetensors"
+    gen_path = generator_path(run_dir, images_seen)
     save_generator(gen_path, ema.state_dict(), meta)
     state_path = save_state(run_dir, images_seen, state)
     prune_states(run_dir, spec.logging.keep_states)
@@ -70,7 +80,7 @@ def write_snapshot(
 
 def save_best_generator(run_dir: Path, ema: nn.Module, meta: dict[str, Any]) -> Path:
     """generator-best.safetensors: the EMA generator with the best evaluation so far (its score in the metadata)."""
-    path = run_dir / BEST_GENERATOR
+    path = run_dir / BEST_GENERATOR_FILE
     save_generator(path, ema.state_dict(), meta)
     return path
 
@@ -78,7 +88,7 @@ def save_best_generator(run_dir: Path, ema: nn.Module, meta: dict[str, Any]) -> 
 def run_summary(run_dir: Path, spec: RunSpec) -> dict[str, Any]:
     """The parts of a run's summary that the run directory and spec give: where, what, the newest files."""
     generators = list_generators(run_dir)
-    grids = sorted(run_dir.glob("grid-*.png"))
+    grids = list_grids(run_dir)
     return {
         "run_dir": str(run_dir),
         "teacher": spec.teacher,

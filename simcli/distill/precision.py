@@ -19,7 +19,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+
+from simcli.nets.denoiser import Denoiser
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -112,12 +113,12 @@ class Precision:
         finally:
             set_tf32(*before)
 
-    def adapt(self, nets: list[nn.Module]) -> bool:
+    def adapt(self, nets: list[Denoiser]) -> bool:
         """Prepare networks for this precision; returns whether a trained network runs an fp16 trunk that needs
         loss scaling. Under autocast an EDM network's own fp16 trunk is switched off (autocast decides the dtype)."""
         fp16_trunk = False
         for net in nets:
-            if not getattr(net, "use_fp16", False):
+            if not net.use_fp16:
                 continue
             if self.autocast_dtype is not None:
                 net.use_fp16 = False

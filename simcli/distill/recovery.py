@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from simcli.distill.teacher_fit import TEACHER_FIT_FILE
 from simcli.errors import UsageError
-from simcli.rundir.snapshots import STATE_RE, kimg_tag, list_states, load_generator_file, save_generator
-
-
-def state_step(path: Path, batch_size: int) -> int:
-    """The iteration a state file was written at, from its name (images seen / batch size)."""
-    return round(float(STATE_RE.match(path.name).group(1)) * 1000 / batch_size)
+from simcli.rundir.layout import (
+    TEACHER_FIT_FILE,
+    generator_of_state,
+    generator_path,
+    list_states,
+    newest_state,
+    state_step,
+)
+from simcli.rundir.snapshots import load_generator_file, save_generator
 
 
 def roll_back_streak(run_dir: Path, good_step: int, batch_size: int) -> str:
@@ -20,11 +22,10 @@ def roll_back_streak(run_dir: Path, good_step: int, batch_size: int) -> str:
     streak began (by an earlier process, before it was stopped), so a rerun starts before the streak; says what is kept."""
     removed = [s for s in list_states(run_dir) if state_step(s, batch_size) > good_step]
     for state in removed:
-        tag = STATE_RE.match(state.name).group(1)
-        (run_dir / f"generator-{tag}.safetensors").unlink(missing_ok=True)
+        generator_of_state(state).unlink(missing_ok=True)
         state.unlink()
-    left = list_states(run_dir)
-    kept = (f"the last state before the streak, {left[-1].name} (iteration {state_step(left[-1], batch_size)}), is kept"
+    left = newest_state(run_dir, batch_size)
+    kept = (f"the last state before the streak, {left[0].name} (iteration {left[1]}), is kept"
             if left else f"no state from before the streak is left in {run_dir}")
     if removed:
         kept += f"; removed {', '.join(s.name for s in removed)}, written during the streak"
@@ -33,18 +34,17 @@ def roll_back_streak(run_dir: Path, good_step: int, batch_size: int) -> str:
 
 def kept_after_stop(run_dir: Path, batch_size: int, in_streak: bool) -> tuple[str, str]:
     """(what the run directory keeps, how to go on) when a run stops without writing a new state."""
-    states = list_states(run_dir)
-    if states:
+    newest = newest_state(run_dir, batch_size)
+    if newest:
         why = " (no snapshot during a non-finite streak)" if in_streak else ""
-        return (f"kept {states[-1].name} (iteration {state_step(states[-1], batch_size)}) in {run_dir}{why}",
-                "run the same command again to resume")
+        return (f"kept {newest[0].name} (iteration {newest[1]}) in {run_dir}{why}", "run the same command again to resume")
     fit = " (the teacher fit is saved in " + TEACHER_FIT_FILE + ")" if (run_dir / TEACHER_FIT_FILE).is_file() else ""
     return f"no state was written yet{fit}", "run the same command again to start"
 
 
 def repair_generator(run_dir: Path, images_seen: int, ema_state: dict[str, Any], meta: dict[str, Any], source: Path) -> str | None:
     """Rewrite the generator snapshot of the state resumed from (source) when it is missing or unreadable; says so."""
-    path = run_dir / f"generator-{kimg_tag(images_seen)}.safetensors"
+    path = generator_path(run_dir, images_seen)
     if path.is_file():
         try:
             load_generator_file(path)

@@ -1,4 +1,5 @@
-"""Set up a run: the run directory, the device, the teacher and the three networks copied from it."""
+"""Set up a run: check (or create) the run directory and choose the state it resumes from, and build the three
+networks copied from the teacher."""
 
 from __future__ import annotations
 
@@ -9,18 +10,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from simcli.config.resolve import spec_differences
 from simcli.config.spec import RESUMABLE_CHANGES, RunSpec
 from simcli.distill.events import EventHandler
-from simcli.distill.teacher_fit import TEACHER_FIT_FILE, fitted_teacher_network
+from simcli.distill.teacher_fit import fitted_teacher_network
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
-from simcli.rundir.atomic import write_json_atomic
-from simcli.rundir.metrics import METRICS_FILE
-from simcli.rundir.snapshots import list_generators, list_states, load_latest_state, move_aside
+from simcli.rundir.atomic import remove_stale_temp_files, write_json_atomic
+from simcli.rundir.layout import (
+    BEST_GENERATOR_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    is_foreign,
+    list_generators,
+    list_grids,
+    list_states,
+)
+from simcli.rundir.snapshots import load_latest_state, load_state_file, move_aside
 from simcli.teachers.registry import Teacher
+from simcli.world import World
 
 LoadedState = tuple[dict[str, Any], Path, list[str]]
 """(state, its path, warnings about unreadable newer states), as simcli.rundir.snapshots.load_latest_state gives it."""
@@ -31,9 +40,9 @@ class Networks:
     """The frozen teacher, and the generator, online model and generator EMA initialised from it."""
 
     teacher: Denoiser
-    generator: nn.Module
-    online: nn.Module
-    ema: nn.Module
+    generator: Denoiser
+    online: Denoiser
+    ema: Denoiser
     architecture: dict[str, Any]
 
 
@@ -47,15 +56,6 @@ def _summarise_keys(keys: list[str], limit: int = 6) -> str:
     return ", ".join(shown[:limit]) + (" ..." if len(shown) > limit else "")
 
 
-@dataclass
-class PreparedRunDir:
-    """What prepare_run_dir found: whether a run was there, its newest readable state, and warnings for the user."""
-
-    existing: bool
-    loaded: LoadedState | None
-    warnings: list[str]
-
-
 def _spec_of_state(state: dict[str, Any]) -> dict[str, Any] | None:
     try:
         spec = json.loads(state["spec"])
@@ -67,14 +67,15 @@ def _spec_of_state(state: dict[str, Any]) -> dict[str, Any] | None:
 def _old_run_outputs(run_dir: Path) -> list[Path]:
     """What a restart moves aside: states, generator snapshots (generator-best too), metrics.jsonl, EMA grids."""
     outputs = [*list_states(run_dir), *list_generators(run_dir)]
-    outputs += [p for p in (run_dir / "generator-best.safetensors", run_dir / METRICS_FILE) if p.is_file()]
-    return outputs + sorted(run_dir.glob("grid-*.png"))
+    outputs += [p for p in (run_dir / BEST_GENERATOR_FILE, run_dir / METRICS_FILE) if p.is_file()]
+    return outputs + list_grids(run_dir)
 
 
 def prepare_run_dir(
     run_dir: Path, spec: RunSpec, restart: bool = False, map_location: str | torch.device = "cpu"
-) -> PreparedRunDir:
-    """Create or check the run directory, load its newest readable state, and write config.json.
+) -> tuple[LoadedState | None, list[str]]:
+    """Create or check the run directory, load its newest readable state, and write config.json; returns the state
+    (None for a new run) and warnings for the user.
 
     A new run needs an empty directory, or one holding only a teacher-fit cache copied from another run. A run
     that is there resumes when the spec differs at most in the resumable settings; a missing config.json is
@@ -89,7 +90,7 @@ def prepare_run_dir(
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write to run directory {run_dir}: {exc.strerror or exc}", hint="choose another --out") from None
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_FILE
     new = spec.model_dump(mode="json")
     states = list_states(run_dir)
     loaded = load_latest_state(run_dir, map_location=map_location) if states else None
@@ -114,9 +115,7 @@ def prepare_run_dir(
                 f"{run_dir} holds a run with a different spec ({shown}); refusing to resume it",
                 hint="use a new --out, or repeat the original settings to resume",
             )
-    elif not states and any(
-        not p.name.startswith((".", "discarded-")) and p.name != TEACHER_FIT_FILE for p in run_dir.iterdir()
-    ):
+    elif not states and any(is_foreign(p.name) for p in run_dir.iterdir()):
         raise UsageError(f"{run_dir} is not empty and holds no simcli run", hint="choose a new or empty --out")
     if states and loaded is None:
         names = ", ".join(p.name for p in states)
@@ -133,7 +132,24 @@ def prepare_run_dir(
         raise UsageError(f"--restart given, but {loaded[1].name} in {run_dir} is readable",
                          hint="drop --restart to resume from it, or choose a new --out")
     write_json_atomic(config_path, new)
-    return PreparedRunDir(old is not None, loaded, warnings)
+    return loaded, warnings
+
+
+def choose_state(run_dir: Path, spec: RunSpec, restart: bool, world: World, device: torch.device) -> tuple[LoadedState | None, list[str]]:
+    """The state the run goes on from (None for a new run) and warnings: rank 0 checks the run directory, clears
+    stale temporary files and writes config.json (prepare_run_dir); the other processes then read the state it chose."""
+    found: dict[str, LoadedState | None] = {}
+
+    def prepare() -> tuple[Path | None, list[str]]:
+        loaded, warnings = prepare_run_dir(run_dir, spec, restart=restart, map_location=device)
+        remove_stale_temp_files(run_dir)
+        found["loaded"] = loaded
+        return (loaded[1] if loaded else None), warnings
+
+    path, warnings = world.on_main(prepare)
+    if world.is_main or path is None:
+        return found.get("loaded"), warnings
+    return (load_state_file(path, device), path, []), warnings
 
 
 def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.device, on_event: EventHandler) -> Networks:
@@ -152,14 +168,14 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
     generator = copy.deepcopy(base).requires_grad_(True)
     online = copy.deepcopy(base).requires_grad_(False)
     ema = copy.deepcopy(base).requires_grad_(False)
-    if hasattr(teacher, "guidance_scale"):  # text-to-image: the teacher guided, the copies on the prompt alone
-        teacher.guidance_scale = spec.text.guidance_scale
+    if teacher.conditioning.guidance != "none":  # the teacher guided, the copies on the condition alone
+        teacher.set_guidance_scale(spec.text.guidance_scale)
         for net in (generator, online, ema):
-            net.guidance_scale = 1.0
+            net.set_guidance_scale(1.0)
     if spec.training.activation_checkpointing:
+        if not teacher.supports_activation_checkpointing:
+            raise UsageError("training.activation_checkpointing needs an EDM network", hint="unset it for mixture teachers")
         for net in (teacher, generator, online):
-            if not hasattr(net, "set_activation_checkpointing"):
-                raise UsageError("training.activation_checkpointing needs an EDM network", hint="unset it for mixture teachers")
             net.set_activation_checkpointing(True)
     return Networks(teacher, generator, online, ema, architecture)
 
@@ -169,24 +185,8 @@ def speed_up_networks(nets: Networks, channels_last: bool, compile: bool) -> Non
     torch.compile the teacher, generator and online model in place (state dict keys unchanged)."""
     if channels_last:
         for net in (nets.teacher, nets.generator, nets.online, nets.ema):
-            if len(getattr(net, "sample_shape", ())) == 3:
+            if len(net.sample_shape) == 3:
                 net.to(memory_format=torch.channels_last)
     if compile:
         for net in (nets.teacher, nets.generator, nets.online):
             net.compile()
-
-
-def apply_optimizer_settings(spec: RunSpec, opts: dict[str, torch.optim.Optimizer]) -> dict[str, dict[str, float]]:
-    """Give restored optimisers the spec's lr, betas and eps (Adam's moments are kept); returns what changed, as
-    {"generator.optimizer.lr": {"old": ..., "new": ...}, ...}."""
-    changes: dict[str, dict[str, float]] = {}
-    for name in ("generator", "online"):
-        opt = getattr(spec, name).optimizer
-        wanted = {"lr": opt.lr, "beta1": opt.beta1, "beta2": opt.beta2, "eps": opt.eps}
-        for group in opts[name].param_groups:
-            had = {"lr": group["lr"], "beta1": group["betas"][0], "beta2": group["betas"][1], "eps": group["eps"]}
-            for key, value in wanted.items():
-                if float(had[key]) != float(value):
-                    changes.setdefault(f"{name}.optimizer.{key}", {"old": float(had[key]), "new": float(value)})
-            group.update(lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
-    return changes

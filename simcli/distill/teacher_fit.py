@@ -24,10 +24,9 @@ from simcli.distill.events import EventHandler, TeacherFitProgress
 from simcli.distill.losses import edm_weight
 from simcli.nets.mlp import MLPDenoiser
 from simcli.nets.registry import build_network
+from simcli.rundir.layout import TEACHER_FIT_FILE
 from simcli.rundir.snapshots import load_generator_file, save_generator
 from simcli.teachers.gmm import GaussianMixture
-
-TEACHER_FIT_FILE = "teacher-fit.safetensors"
 
 
 def fit_mlp_denoiser(

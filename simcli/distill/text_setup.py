@@ -1,22 +1,30 @@
 """Set up a text-to-image run: its prompts, their embeddings (a store built once, or a text encoder kept loaded),
-and the teacher's empty-prompt embedding for classifier-free guidance."""
+the teacher's empty-prompt embedding for classifier-free guidance, and rank 0's grids: one `RunPrompts` object."""
 
 from __future__ import annotations
 
 import gc
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from simcli.config.spec import RunSpec
 from simcli.data.prompts import prompts_digest, read_prompts
 from simcli.data.text_embeddings import EmbeddingStore, build_embedding_store, embedding_store_key
-from simcli.distill.conditions import Conditions, LivePrompts, StoredPrompts
-from simcli.distill.events import EmbeddingProgress, EventHandler
+from simcli.distill.conditions import LivePrompts, StoredPrompts
+from simcli.distill.events import EmbeddingProgress, EventHandler, GridSaved
+from simcli.distill.state import Progress
 from simcli.errors import UsageError
+from simcli.nets.denoiser import Denoiser, generate
 from simcli.nets.text_condition import TextCondition
-from simcli.teachers.cache import cache_dir
+from simcli.rundir.layout import grid_path
+from simcli.sampling.images import save_grid
+from simcli.sampling.seeds import per_seed_randn
+from simcli.store.cache import cache_dir
+from simcli.teachers.diffusers_teacher import DiffusersPipelineSource
 from simcli.teachers.registry import Teacher
 from simcli.world import World
 
@@ -24,15 +32,10 @@ STORE_DTYPE = torch.bfloat16
 """Embeddings are stored in bfloat16 (half the disk of float32; T5's hidden states are trained in bf16)."""
 
 
-def is_text_teacher(teacher: Teacher) -> bool:
-    """Whether the teacher is conditioned on prompts."""
-    return getattr(teacher.denoiser, "text_dim", 0) > 0
-
-
 def check_prompts(spec: RunSpec, teacher: Teacher) -> list[str]:
     """The run's prompts; a text-to-image teacher without a readable prompt file is refused (before the run
     directory is touched), and prompts given to another teacher too."""
-    if not is_text_teacher(teacher):
+    if not teacher.denoiser.conditioning.takes_text:
         if spec.text.prompts is not None:
             raise UsageError(f"--prompts given, but teacher '{teacher.display_name}' is not a text-to-image teacher",
                              hint="drop --prompts")
@@ -49,25 +52,11 @@ def store_directory(prompts_sha256: str, encoder_id: str, max_tokens: int) -> Pa
     return cache_dir() / "text-embeddings" / embedding_store_key(prompts_sha256, encoder_id, max_tokens, "bfloat16")
 
 
-def prepare_prompts(
-    spec: RunSpec, teacher: Teacher, world: World, device: torch.device, on_event: EventHandler
-) -> tuple[Conditions, TextCondition, dict[str, object]]:
-    """(where prompts are drawn from, the empty prompt's embedding, what the run records of its prompts: their
-    count and the sha256 of the prompt file).
-
-    With text.embedding_cache, rank 0 builds the store (or finds it in the cache) before the others open it, and
-    the text encoder is freed before training starts; without it, every process keeps its text encoder."""
-    prompts = check_prompts(spec, teacher)
-    facts = {"prompts": len(prompts), "prompts_sha256": prompts_digest(Path(spec.text.prompts))}
-    source = teacher.pipeline
-    # The encoder on the run's device; in bfloat16 on GPUs (the store keeps bfloat16 anyway).
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    if not spec.text.embedding_cache:
-        encode = source.encoder(device, dtype, spec.text.encode_batch_size)
-        null = encode([""])
-        return LivePrompts(prompts, encode), TextCondition(null.embeds.float(), null.mask), facts
-
-    directory = store_directory(facts["prompts_sha256"], source.encoder_id(), source.max_tokens)
+def _stored_prompts(spec: RunSpec, prompts: list[str], sha256: str, source: DiffusersPipelineSource, world: World,
+                    device: torch.device, dtype: torch.dtype | None, on_event: EventHandler) -> StoredPrompts:
+    """The embedding store of the prompt file: rank 0 finds it in the cache, or builds (or finishes) it, before the
+    other processes open it; the text encoder is freed once the store is built."""
+    directory = store_directory(sha256, source.encoder_id(), source.max_tokens)
 
     def build() -> EmbeddingStore:
         try:
@@ -88,27 +77,74 @@ def prepare_prompts(
     if len(store) != len(prompts):
         raise UsageError(f"the embedding store {directory} holds {len(store)} prompts, the prompt file {len(prompts)}",
                          hint="delete the store to rebuild it")
-    embeds, mask = store.null()
-    return StoredPrompts(store), TextCondition(embeds.float(), mask), facts
+    return StoredPrompts(store)
+
+
+@dataclass
+class RunPrompts:
+    """A text-to-image run's prompts: where each micro-batch's conditions are drawn from, the empty prompt's embedding
+    that the teacher's guidance contrasts with, the prompt file's sha256, and the pipeline that decodes grids."""
+
+    conditions: StoredPrompts | LivePrompts
+    null: TextCondition
+    sha256: str
+    pipeline: DiffusersPipelineSource
+
+    @staticmethod
+    def prepare(spec: RunSpec, teacher: Teacher, world: World, device: torch.device,
+                on_event: EventHandler) -> RunPrompts | None:
+        """The run's prompts, embedded (before the run directory is touched); None for a teacher that takes no prompts.
+
+        With text.embedding_cache the prompts' embeddings come from a store in simcli's cache (built once); without
+        it, every process keeps its text encoder and embeds prompts as they are drawn. A text-to-image teacher without
+        a readable prompt file, and prompts given to another teacher, are refused."""
+        prompts = check_prompts(spec, teacher)
+        if not teacher.denoiser.conditioning.takes_text:
+            return None
+        sha256, source = prompts_digest(Path(spec.text.prompts)), teacher.pipeline
+        dtype = torch.bfloat16 if device.type == "cuda" else None  # the store keeps bfloat16 anyway
+        if spec.text.embedding_cache:
+            conditions = _stored_prompts(spec, prompts, sha256, source, world, device, dtype, on_event)
+            embeds, mask = conditions.store.null()
+            return RunPrompts(conditions, TextCondition(embeds.float(), mask), sha256, source)
+        encode = source.encoder(device, dtype, spec.text.encode_batch_size)
+        null = encode([""])
+        return RunPrompts(LivePrompts(prompts, encode), TextCondition(null.embeds.float(), null.mask), sha256, source)
+
+    def attach(self, teacher: Denoiser, progress: Progress, spec: RunSpec, device: torch.device) -> list[str]:
+        """Give the teacher its empty-prompt condition and the run's progress the prompt file's sha256; returns a
+        warning when the prompt file changed since the state the run resumes from."""
+        teacher.set_null_condition(self.null.to(device))
+        before, progress.prompts_sha256 = progress.prompts_sha256, self.sha256
+        if before is None or before == self.sha256:
+            return []
+        return [f"the prompt file {spec.text.prompts} changed since the run's last state "
+                f"(sha256 {before[:12]} -> {self.sha256[:12]}): the run goes on with the new prompts"]
+
+    def grids(self, run_dir: Path, n: int, sigma_init: float, device: torch.device, on_event: EventHandler) -> TextGrid:
+        return TextGrid(run_dir, self.conditions, self.pipeline, n, sigma_init, device, on_event)
 
 
 class TextGrid:
     """Rank 0's grid of the EMA generator on the run's first prompts (cycled), the same seeds every time, decoded
-    by the pipeline's VAE (loaded at the first grid)."""
+    by the pipeline's VAE (loaded at the first grid); nothing when n is 0."""
 
-    def __init__(self, conditions: StoredPrompts | LivePrompts, source, n: int, device: torch.device):
-        self.conditions, self.source, self.n, self.device = conditions, source, n, device
+    def __init__(self, run_dir: Path, conditions: StoredPrompts | LivePrompts, pipeline: DiffusersPipelineSource, n: int,
+                 sigma_init: float, device: torch.device, on_event: EventHandler):
+        self.run_dir, self.conditions, self.pipeline, self.n = run_dir, conditions, pipeline, n
+        self.sigma_init, self.device, self.on_event = sigma_init, device, on_event
         self.decode = None
 
-    def write(self, path: Path, ema: torch.nn.Module, sigma_init: float) -> Path:
-        from simcli.nets.denoiser import generate
-        from simcli.sampling.images import save_grid
-        from simcli.sampling.seeds import per_seed_randn
-
+    def write(self, ema: nn.Module, images_seen: int) -> None:
+        if self.n == 0:
+            return
         if self.decode is None:
-            self.decode = self.source.decoder(self.device)
+            self.decode = self.pipeline.decoder(self.device)
         condition = self.conditions.rows([i % len(self.conditions) for i in range(self.n)], self.device)
         z = per_seed_randn(list(range(self.n)), tuple(ema.sample_shape), self.device)
         with torch.no_grad():
-            images = self.decode(generate(ema, z, sigma_init, condition)).cpu().numpy()
-        return save_grid(images.transpose(0, 2, 3, 1), path, columns=math.ceil(math.sqrt(self.n)))
+            images = self.decode(generate(ema, z, self.sigma_init, condition)).cpu().numpy()
+        path = save_grid(images.transpose(0, 2, 3, 1), grid_path(self.run_dir, images_seen),
+                         columns=math.ceil(math.sqrt(self.n)))
+        self.on_event(GridSaved(path, f"the EMA generator at {images_seen / 1000:g} kimg on the first {self.n} prompts, "
+                                      "1 NFE"))

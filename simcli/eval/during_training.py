@@ -68,7 +68,7 @@ def make_evaluator(spec: RunSpec, teacher: Teacher, device: torch.device, world:
 
         return exact
 
-    if getattr(teacher.denoiser, "text_dim", 0):
+    if teacher.denoiser.conditioning.takes_text:
         raise UsageError("in-training evaluation of text-to-image runs is not supported",
                          hint="drop --eval-every; score samples of a snapshot with simcli sample --prompts and simcli eval")
     extractor = get_extractor(ev.backend, feature_weights=ev.feature_weights, device=device)

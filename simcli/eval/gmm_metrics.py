@@ -46,10 +46,14 @@ def mode_weights(samples: Tensor, mixture: GaussianMixture, chunk_size: int = CH
     return counts / idx.numel()
 
 
+def weights_l1(w_hat: Tensor, mixture: GaussianMixture) -> float:
+    """sum_k |w_hat_k - pi_k| of mode weights w_hat [K] (as mode_weights gives them) against the mixture's pi."""
+    return float((w_hat - mixture.weights.to(w_hat.device)).abs().sum())
+
+
 def mode_weight_l1(samples: Tensor, mixture: GaussianMixture, chunk_size: int = CHUNK_SIZE) -> float:
     """sum_k |w_hat_k - pi_k|: 0 for perfect mode weights, 2 (1 - pi_k) when everything sits in mode k."""
-    w_hat = mode_weights(samples, mixture, chunk_size)
-    return float((w_hat - mixture.weights.to(w_hat.device)).abs().sum())
+    return weights_l1(mode_weights(samples, mixture, chunk_size), mixture)
 
 
 def precision(samples: Tensor, mixture: GaussianMixture, num_std: float = 3.0, chunk_size: int = CHUNK_SIZE) -> float:
@@ -169,7 +173,7 @@ def gmm_report(
         "num_reference": m,
         "reference_seed": seed,
         "mode_weights": [float(w) for w in w_hat.tolist()],
-        "mode_weight_l1": float((w_hat - mixture.weights.to(w_hat.device)).abs().sum()),
+        "mode_weight_l1": weights_l1(w_hat, mixture),
         "precision": precision(x, mixture, num_std),
         "precision_num_std": float(num_std),
         "mmd": mmd_rbf(x, ref, bandwidth),

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from simcli.errors import UsageError
-from simcli.rundir.snapshots import list_generators
+from simcli.rundir.layout import list_generators
 from simcli.runtime import resolve_device
 from simcli.sampling.generator import load_generator
 from simcli.sampling.images import to_uint8

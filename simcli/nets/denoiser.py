@@ -3,34 +3,97 @@
 A denoiser maps a noisy sample x = x0 + sigma * eps to an estimate of E[x0 | x] (EDM, Karras et al. 2022,
 eq. 2). Scores follow as s(x; sigma) = (D(x; sigma) - x) / sigma^2. The one-step generator of SIM is a
 denoiser evaluated once, at sigma_init (`generate`).
+
+What a denoiser takes besides x and sigma is declared once, by its `conditioning` (a `Conditioning`); callers
+ask that declaration and the typed switches below (guidance, the null condition, activation checkpointing),
+never `hasattr` or `getattr`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import torch
 from torch import nn
 
+Guidance = Literal["none", "cfg"]
+"""How a denoiser is guided: not at all, or classifier-free guidance against its null condition (one batched pass
+over [null; condition], eps_u + w (eps_c - eps_u))."""
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """The conditioning a denoiser takes: what its third argument and its keyword inputs may hold.
+
+    label_dim     one-hot class labels [B, label_dim] as the third argument (0: the model takes none)
+    text_dim      width of the text encoder's hidden states: the third argument is a TextCondition
+                  (simcli.nets.text_condition) of [B, L, text_dim] embeddings and their mask (0: no text)
+    added         the added conditions the model is trained with, which the wrapper derives itself from the
+                  latents (PixArt's 1024 px models: "resolution", "aspect_ratio"); () when none
+    augment_dim   EDM's augmentation labels [B, augment_dim] as the keyword `augment_labels` (0: not taken)
+    guidance      "cfg": the model is guided against a null condition (`set_null_condition`) with its
+                  `guidance_scale`; "none": it is not guided
+    """
+
+    label_dim: int = 0
+    text_dim: int = 0
+    added: tuple[str, ...] = ()
+    augment_dim: int = 0
+    guidance: Guidance = "none"
+
+    @property
+    def takes_text(self) -> bool:
+        """Whether the model is conditioned on prompts (a text-to-image model): the one test simcli asks."""
+        return self.text_dim > 0
+
 
 class Denoiser(nn.Module):
-    """Base class: D(x, sigma, class_labels=None) -> denoised x, plus the metadata samplers need.
+    """Base class: D(x, sigma, condition=None) -> denoised x, plus the metadata samplers need.
 
     Attributes:
-        sample_shape: shape of one sample (D,) for vectors or (C, H, W) for images.
+        sample_shape: shape of one sample (D,) for vectors, (C, H, W) for images or latents.
         label_dim: number of classes (0 when unconditional).
         sigma_min, sigma_max: noise range the denoiser supports (0 and inf for EDM-preconditioned ones).
+        use_fp16: the network runs its own float16 trunk on CUDA (EDM's use_fp16); simcli's precision settings
+            switch it off under autocast.
+        guidance_scale: the classifier-free guidance weight (1: unguided); set with `set_guidance_scale`.
+        supports_activation_checkpointing: whether `set_activation_checkpointing` is available.
     """
 
     sample_shape: tuple[int, ...] = ()
     label_dim: int = 0
     sigma_min: float = 0.0
     sigma_max: float = float("inf")
+    use_fp16: bool = False
+    guidance_scale: float = 1.0
+    supports_activation_checkpointing: bool = False
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Any = None) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """What the denoiser takes besides x and sigma (class labels only, unless a subclass says more)."""
+        return Conditioning(label_dim=self.label_dim)
 
     def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
         """Noise levels the denoiser can represent exactly (identity unless overridden)."""
         return torch.as_tensor(sigma)
+
+    def set_guidance_scale(self, scale: float) -> None:
+        """The classifier-free guidance weight; only 1 (unguided) for models whose conditioning has no guidance."""
+        if self.conditioning.guidance == "none" and float(scale) != 1.0:
+            raise ValueError(f"{type(self).__name__} takes no guidance (guidance scale {scale:g} asked)")
+        self.guidance_scale = float(scale)
+
+    def set_null_condition(self, condition: Any) -> None:
+        """The condition guidance contrasts with (the empty prompt); only for guided models."""
+        raise ValueError(f"{type(self).__name__} takes no null condition (its conditioning has no guidance)")
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute activations in the backward pass instead of keeping them (see supports_activation_checkpointing)."""
+        raise ValueError(f"{type(self).__name__} has no activation checkpointing")
 
 
 def sigma_column(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

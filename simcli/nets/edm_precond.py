@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from simcli.errors import UsageError
-from simcli.nets.denoiser import Denoiser
+from simcli.nets.denoiser import Conditioning, Denoiser
 from simcli.nets.dhariwal_unet import DhariwalUNet
 from simcli.nets.precond import edm_coefficients
 from simcli.nets.song_unet import SongUNet
@@ -61,6 +61,14 @@ class ImagePrecond(Denoiser):
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
         """(c_skip, c_out, c_in, c_noise) for float32 sigma [N, 1, 1, 1]; c_noise is [N, 1, 1, 1]."""
         raise NotImplementedError
+
+    supports_activation_checkpointing = True
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """Class labels (label_dim) and, for networks trained with EDM's augmentation, its labels (augment_dim)."""
+        mapping = self.model.map_augment
+        return Conditioning(label_dim=self.label_dim, augment_dim=mapping.in_features if mapping is not None else 0)
 
     def set_activation_checkpointing(self, enabled: bool = True) -> None:
         """Checkpoint every UNetBlock of the wrapped UNet (see CheckpointableUNet)."""

@@ -19,26 +19,25 @@ INIT_MODES = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_nor
 
 
 def weight_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> torch.Tensor:
-    """A fresh tensor of `shape` drawn with one of the upstream init modes (unscaled by init_weight)."""
-    if mode == "xavier_uniform":
-        return math.sqrt(6 / (fan_in + fan_out)) * (torch.rand(*shape) * 2 - 1)
-    if mode == "xavier_normal":
-        return math.sqrt(2 / (fan_in + fan_out)) * torch.randn(*shape)
-    if mode == "kaiming_uniform":
-        return math.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
-    if mode == "kaiming_normal":
-        return math.sqrt(1 / fan_in) * torch.randn(*shape)
-    raise ValueError(f"invalid init mode {mode!r}; expected one of {', '.join(INIT_MODES)}")
+    """A fresh tensor of `shape` drawn with one of the upstream init modes (unscaled by init_weight):
+    init_bound times U(-1, 1) for the uniform modes, times N(0, 1) for the normal ones."""
+    scale = init_bound(mode, fan_in, fan_out)
+    if mode.endswith("_uniform"):
+        return scale * (torch.rand(*shape) * 2 - 1)
+    return scale * torch.randn(*shape)
 
 
 def init_bound(mode: str, fan_in: int, fan_out: int) -> float:
     """The scale of an init mode: the bound of U(-a, a) for uniform modes, the std for normal ones."""
-    return {
-        "xavier_uniform": math.sqrt(6 / (fan_in + fan_out)),
-        "xavier_normal": math.sqrt(2 / (fan_in + fan_out)),
-        "kaiming_uniform": math.sqrt(3 / fan_in),
-        "kaiming_normal": math.sqrt(1 / fan_in),
-    }[mode]
+    if mode == "xavier_uniform":
+        return math.sqrt(6 / (fan_in + fan_out))
+    if mode == "xavier_normal":
+        return math.sqrt(2 / (fan_in + fan_out))
+    if mode == "kaiming_uniform":
+        return math.sqrt(3 / fan_in)
+    if mode == "kaiming_normal":
+        return math.sqrt(1 / fan_in)
+    raise ValueError(f"invalid init mode {mode!r}; expected one of {', '.join(INIT_MODES)}")
 
 
 class Linear(nn.Module):

@@ -16,7 +16,7 @@ its output is dropped. Classifier-free guidance eps_u + w (eps_c - eps_u) is one
 [empty prompt; prompt], as the pipeline does it.
 
 diffusers is imported only inside the functions that build a transformer: this module needs torch alone, and
-a missing package is a one-line UsageError naming the `t2i` extra.
+a missing package is a one-line UsageError naming the `t2i` extra (simcli.nets.t2i_extra).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from simcli.errors import UsageError
-from simcli.nets.denoiser import Denoiser
+from simcli.nets.denoiser import Conditioning, Denoiser
+from simcli.nets.t2i_extra import require_diffusers
 from simcli.nets.text_condition import TextCondition
 
-T2I_INSTALL = "pip install 'simcli[t2i]'"
 BETA_SCHEDULES = ("linear", "scaled_linear")
 DEFAULT_SCHEDULE: dict[str, Any] = {  # PixArt-alpha's (and diffusers' DDPM/DPM-Solver) training schedule
     "num_train_timesteps": 1000,
@@ -41,17 +41,6 @@ DEFAULT_SCHEDULE: dict[str, Any] = {  # PixArt-alpha's (and diffusers' DDPM/DPM-
     "beta_schedule": "linear",
 }
 DEFAULT_VAE_SCALE_FACTOR = 8  # SD VAE: 4 down-sampling blocks, 512 px images <-> 64x64 latents
-
-
-def require_diffusers() -> Any:
-    """The diffusers module; a one-line UsageError naming the t2i extra when it (or a package it needs) is missing."""
-    try:
-        import diffusers
-    except ImportError as exc:
-        missing = getattr(exc, "name", None) or "diffusers"
-        raise UsageError(f"text-to-image teachers need the diffusers package ({missing} is missing): {T2I_INSTALL}",
-                         hint="the t2i extra installs diffusers, transformers and sentencepiece") from None
-    return diffusers
 
 
 # ---------------------------------------------------------------------------------------------- the bins
@@ -88,12 +77,6 @@ def sigma_to_timestep(sigma: torch.Tensor | float, bins: torch.Tensor) -> torch.
     return (sigma.to(dtype).reshape(-1, 1) - table.reshape(1, -1)).abs().argmin(dim=1).reshape(sigma.shape)
 
 
-def timestep_to_sigma(timestep: torch.Tensor | int, bins: torch.Tensor) -> torch.Tensor:
-    """The bin's sigma of each timestep index (in the table's dtype, on the timestep's device)."""
-    timestep = torch.as_tensor(timestep)
-    return bins.to(device=timestep.device, dtype=_table_dtype(timestep.device))[timestep.long()]
-
-
 def schedule_from_scheduler_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """The training schedule a diffusers scheduler config records (its defaults where a key is absent); checked."""
     config = dict(config or {})
@@ -124,8 +107,8 @@ class PixArtDenoiser(Denoiser):
     `set_null_condition` is guided against (one pass over the doubled batch); condition None means the empty prompt.
     """
 
-    use_fp16 = False
     label_dim = 0
+    supports_activation_checkpointing = True
 
     def __init__(
         self,
@@ -142,8 +125,6 @@ class PixArtDenoiser(Denoiser):
         self.vae_scale_factor = int(vae_scale_factor)
         self.latent_channels = int(config.in_channels)
         self.sample_shape = (self.latent_channels, int(config.sample_size), int(config.sample_size))
-        self.text_dim = int(config.caption_channels or 0)
-        self.num_timesteps = self.schedule["num_train_timesteps"]
         self.sigma_bins = vp_sigma_bins(**self.schedule)  # float64 CPU, kept out of .to(dtype) and the state_dict
         self._bins_by_device: dict[torch.device, torch.Tensor] = {}
         self.sigma_min = float(self.sigma_bins[0])
@@ -165,7 +146,18 @@ class PixArtDenoiser(Denoiser):
         index = sigma_to_timestep(sigma, bins)
         return index if return_index else bins[index].to(sigma.dtype if sigma.is_floating_point() else torch.float32)
 
-    # ------------------------------------------------------------------ guidance and switches
+    # ------------------------------------------------------------------ conditioning, guidance and switches
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """T5 hidden states and their mask (caption_channels wide), guided against the empty prompt; the 1024 px
+        models' resolution and aspect-ratio micro-conditions, derived from the latents (`_micro_conditions`)."""
+        added = ("resolution", "aspect_ratio") if self._uses_micro_conditions else ()
+        return Conditioning(text_dim=int(self.transformer.config.caption_channels or 0), added=added, guidance="cfg")
+
+    @property
+    def _uses_micro_conditions(self) -> bool:
+        return bool(getattr(self.transformer, "use_additional_conditions", False))  # diffusers sets it from the config
 
     def set_null_condition(self, condition: TextCondition | None) -> None:
         """The empty prompt's condition (one row) that guidance contrasts with; not part of the state_dict."""
@@ -239,7 +231,7 @@ class PixArtDenoiser(Denoiser):
 
     def _micro_conditions(self, latents: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor | None]:
         """Resolution and aspect ratio in pixels for models trained with them (PixArt 1024), else None, as the pipeline."""
-        if not getattr(self.transformer, "use_additional_conditions", False):
+        if not self._uses_micro_conditions:
             return {"resolution": None, "aspect_ratio": None}
         batch = latents.shape[0]
         height, width = (int(s) * self.vae_scale_factor for s in latents.shape[-2:])

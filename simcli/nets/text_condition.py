@@ -25,10 +25,6 @@ class TextCondition(NamedTuple):
     def batch_size(self) -> int:
         return self.embeds.shape[0]
 
-    def select(self, index: torch.Tensor | slice) -> TextCondition:
-        """The rows index of the batch."""
-        return TextCondition(self.embeds[index], self.mask[index])
-
     @staticmethod
     def cat(parts: list[TextCondition]) -> TextCondition:
         """Batches stacked along the batch dimension (all padded to the same length L)."""

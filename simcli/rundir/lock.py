@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from simcli.errors import UsageError, WriteFailed
-
-LOCK_FILE = ".simcli.lock"
+from simcli.rundir.layout import LOCK_FILE
 
 try:
     import fcntl

@@ -9,8 +9,7 @@ from typing import Any
 
 from simcli.errors import WriteFailed
 from simcli.rundir.atomic import write_bytes_atomic
-
-METRICS_FILE = "metrics.jsonl"
+from simcli.rundir.layout import METRICS_FILE
 
 
 def append_record(run_dir: Path, record: dict[str, Any]) -> None:

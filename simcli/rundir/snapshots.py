@@ -4,12 +4,12 @@
   Python data only, so it loads with torch.load(weights_only=True).
 - `generator-<kimg>.safetensors`: the EMA generator's weights with the run spec and architecture in the
   metadata; all that `sample` and `eval` need.
-Both are written atomically (simcli.rundir.atomic), so an interrupted write never replaces a good file.
+Both are written atomically (simcli.rundir.atomic), so an interrupted write never replaces a good file. Their names
+are simcli.rundir.layout's.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,20 +18,13 @@ import torch
 
 from simcli.errors import RunFailed, UsageError, WriteFailed
 from simcli.rundir.atomic import atomic_write
+from simcli.rundir.layout import DISCARDED_PREFIX, list_generators, list_states, state_path
 from simcli.rundir.network_file import GENERATOR_FORMAT, load_network_file, save_network_file
-
-STATE_RE = re.compile(r"^state-(\d+\.\d{3})\.pt$")
-GENERATOR_RE = re.compile(r"^generator-(\d+\.\d{3})\.safetensors$")
-
-
-def kimg_tag(images_seen: int) -> str:
-    """File-name tag for a number of images seen: thousands with three decimals, zero-padded to sort."""
-    return f"{images_seen / 1000:011.3f}"
 
 
 def save_state(run_dir: Path, images_seen: int, state: dict[str, Any]) -> Path:
     """Atomically write a resumable state file."""
-    path = run_dir / f"state-{kimg_tag(images_seen)}.pt"
+    path = state_path(run_dir, images_seen)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # through a Python file, so a full disk raises OSError (WriteFailed)
@@ -39,12 +32,6 @@ def save_state(run_dir: Path, images_seen: int, state: dict[str, Any]) -> Path:
 
     atomic_write(path, write)
     return path
-
-
-def list_states(run_dir: Path) -> list[Path]:
-    """State files, oldest first."""
-    found = [p for p in run_dir.iterdir() if STATE_RE.match(p.name)] if run_dir.is_dir() else []
-    return sorted(found, key=lambda p: float(STATE_RE.match(p.name).group(1)))
 
 
 def load_state_file(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -70,10 +57,10 @@ def load_latest_state(run_dir: Path, map_location: str | torch.device = "cpu") -
 def move_aside(run_dir: Path, paths: list[Path]) -> Path:
     """Move files into a new `discarded-<YYYYmmdd-HHMMSS>/` folder inside run_dir (nothing is deleted); returns it."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder, n = run_dir / f"discarded-{stamp}", 1
+    folder, n = run_dir / f"{DISCARDED_PREFIX}{stamp}", 1
     while folder.exists():
         n += 1
-        folder = run_dir / f"discarded-{stamp}-{n}"
+        folder = run_dir / f"{DISCARDED_PREFIX}{stamp}-{n}"
     try:
         folder.mkdir()
         for path in paths:
@@ -92,12 +79,6 @@ def prune_states(run_dir: Path, keep: int) -> None:
 def save_generator(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Atomically write generator weights with JSON-encoded metadata."""
     save_network_file(path, state_dict, metadata, GENERATOR_FORMAT)
-
-
-def list_generators(run_dir: Path) -> list[Path]:
-    """Generator snapshots, oldest first."""
-    found = [p for p in run_dir.iterdir() if GENERATOR_RE.match(p.name)] if run_dir.is_dir() else []
-    return sorted(found, key=lambda p: float(GENERATOR_RE.match(p.name).group(1)))
 
 
 def prune_generators(run_dir: Path, keep: int | None) -> list[Path]:

@@ -126,7 +126,7 @@ def teacher_samples(
     sampler with heun_steps steps. Per seed: latent, class label, churn noise (generate.py's draw order).
     """
     settings = sampler if sampler is not None else HeunSettings(num_steps=heun_steps)
-    if isinstance(teacher, str) and teacher_kind(teacher).name == "diffusers":
+    if isinstance(teacher, str) and teacher_kind(teacher).pipeline is not None:
         raise UsageError(f"'{teacher}' is a text-to-image teacher: its samples need prompts",
                          hint="pass --prompt TEXT or --prompts FILE (its pipeline samples with DPM-Solver)")
     dev = resolve_device(device)
@@ -146,7 +146,7 @@ def teacher_samples(
 
 def _refuse_text_to_image(net: Denoiser) -> None:
     """Text-to-image networks sample from prompts (simcli.sampling.text_to_image), not from here."""
-    if getattr(net, "text_dim", 0):
+    if net.conditioning.takes_text:
         raise UsageError("this is a text-to-image model: its samples need prompts",
                          hint="pass --prompt TEXT (repeatable) or --prompts FILE")
 

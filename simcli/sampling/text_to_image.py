@@ -24,7 +24,8 @@ from simcli.sampling.generator import load_generator
 from simcli.sampling.images import save_grid, save_pngs
 from simcli.sampling.run import check_sample_out, write_npz
 from simcli.sampling.seeds import per_seed_randn, seed_generators
-from simcli.teachers.diffusers_teacher import is_diffusers_name, pipeline_source, require_t2i_packages
+from simcli.teachers.diffusers_teacher import require_t2i_packages
+from simcli.teachers.registry import teacher_pipeline
 
 DEFAULT_TEACHER_STEPS = 14
 """DPM-Solver steps of the teacher's pipeline: the paper's comparison (PixArt-alpha, 14 steps)."""
@@ -50,9 +51,9 @@ def generator_text_images(
     """uint8 images [n, 3, H, W] from a text-to-image generator snapshot (one network evaluation each)."""
     net, meta, file = load_generator(generator, device)
     teacher = meta.get("spec", {}).get("teacher")
-    if not getattr(net, "text_dim", 0) or teacher is None or not is_diffusers_name(teacher):
+    source = teacher_pipeline(teacher) if net.conditioning.takes_text and isinstance(teacher, str) else None
+    if source is None:
         raise UsageError(f"{file} is not a text-to-image generator", hint="drop --prompt/--prompts for this generator")
-    source = pipeline_source(teacher)
     # the encoder as the run's embedding store used it: bfloat16 on GPUs (simcli.distill.text_setup)
     encode = source.encoder(device, torch.bfloat16 if device.type == "cuda" else None)
     decode = source.decoder(device)
@@ -74,13 +75,14 @@ def teacher_text_images(
     steps: int = DEFAULT_TEACHER_STEPS, guidance_scale: float = 4.5,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """uint8 images [n, 3, H, W] from the teacher's own pipeline with DPM-Solver (multistep) and guidance."""
-    if not is_diffusers_name(teacher):
+    source = teacher_pipeline(teacher)
+    if source is None:
         raise UsageError(f"--prompt needs a text-to-image teacher, not '{teacher}'",
                          hint="pixart-alpha-512 or diffusers:PATH")
     require_t2i_packages()
     from diffusers import DPMSolverMultistepScheduler
 
-    pipe = pipeline_source(teacher).pipeline(device)
+    pipe = source.pipeline(device)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.transformer.config.sample_size * pipe.vae_scale_factor  # the resolution the teacher was trained at

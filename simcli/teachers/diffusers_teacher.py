@@ -6,7 +6,7 @@ HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE) and `diffusers:PATH`, a local pipeline fo
 denoiser (simcli.nets.pixart); the text encoder, tokenizer and VAE stay on disk until `DiffusersPipelineSource`
 is asked for them.
 
-Hub files come through simcli.teachers.hub: first looked up in the cache only; a download is tried only when
+Hub files come through simcli.store.hub: first looked up in the cache only; a download is tried only when
 not offline (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, SIMCLI_OFFLINE) and the Hub's host answers a TCP connect within
 HF_HUB_ETAG_TIMEOUT seconds (default 10), so a machine without network fails fast with one line naming the repo,
 the cache and the command that pre-downloads it.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simcli.errors import UsageError
-from simcli.teachers.hub import hf_library_version, hub_snapshot
+from simcli.store.hub import hf_library_version, hub_snapshot
 
 if TYPE_CHECKING:
     import torch
@@ -48,7 +48,6 @@ DIFFUSERS_TEACHERS: dict[str, HubPipeline] = {
 }
 DIFFUSERS_PREFIX = "diffusers:"
 DEFAULT_MAX_TOKENS = 120  # PixArt-alpha's max_sequence_length (T5, section 3.1 of its paper)
-INSTALL_HINT = "pip install 'simcli[t2i]'"
 LOCAL_HINT = "pass a folder written by PixArtAlphaPipeline.save_pretrained (model_index.json, transformer/, ...)"
 
 # What each use needs from a pipeline folder (Hub allow_patterns; hub.IGNORED_FILES are never fetched).
@@ -111,13 +110,11 @@ def check_pipeline_folder(folder: Path) -> None:
 
 
 def require_t2i_packages() -> None:
-    """One-line UsageError naming the t2i extra when diffusers or transformers cannot be found (nothing imported)."""
-    import importlib.util
+    """One-line UsageError naming the t2i extra when one of its packages cannot be found (simcli.nets.t2i_extra);
+    then diffusers' and transformers' own output quietened."""
+    from simcli.nets import t2i_extra
 
-    for package in ("diffusers", "transformers", "huggingface_hub"):
-        if importlib.util.find_spec(package) is None:
-            raise UsageError(f"text-to-image teachers need the {package} package: {INSTALL_HINT}",
-                             hint="the t2i extra installs diffusers, transformers and sentencepiece")
+    t2i_extra.require_t2i_packages()
     quiet_libraries()
 
 
@@ -224,7 +221,7 @@ class DiffusersPipelineSource:
         """The PixArtTransformer2DModel (float32 unless dtype), in eval mode."""
         import torch
 
-        from simcli.nets.pixart import require_diffusers
+        from simcli.nets.t2i_extra import require_diffusers
 
         diffusers = require_diffusers()
         return self._load("transformer", TRANSFORMER_FILES, lambda folder: diffusers.PixArtTransformer2DModel
@@ -248,6 +245,8 @@ class DiffusersPipelineSource:
         """encode(prompts) -> TextCondition: the T5 tokenizer and encoder as PixArtAlphaPipeline.encode_prompt uses them."""
         import torch
 
+        from simcli.nets.t2i_extra import T2I_INSTALL
+
         require_t2i_packages()
         from transformers import AutoTokenizer, T5EncoderModel
 
@@ -260,7 +259,7 @@ class DiffusersPipelineSource:
             missing = _missing_tokenizer_packages(folder / "tokenizer")
             if missing:
                 raise UsageError(f"reading the T5 tokenizer {folder / 'tokenizer' / 'spiece.model'} needs the "
-                                 f"{' and '.join(missing)} package(s): {INSTALL_HINT}",
+                                 f"{' and '.join(missing)} package(s): {T2I_INSTALL}",
                                  hint="the t2i extra installs sentencepiece and protobuf") from None
             raise _fail_loading("text encoder", folder, exc) from None
         model = model.to(device).eval().requires_grad_(False)
@@ -279,7 +278,7 @@ class DiffusersPipelineSource:
         """decode(latents) -> uint8 images [B, 3, H, W] through the pipeline's VAE."""
         import torch
 
-        from simcli.nets.pixart import require_diffusers
+        from simcli.nets.t2i_extra import require_diffusers
 
         diffusers = require_diffusers()
         vae = self._load("VAE", DECODER_FILES, lambda folder: diffusers.AutoencoderKL
@@ -290,7 +289,7 @@ class DiffusersPipelineSource:
         """The whole diffusers PixArtAlphaPipeline on device (for the teacher's own multi-step sampling)."""
         import torch
 
-        from simcli.nets.pixart import require_diffusers
+        from simcli.nets.t2i_extra import require_diffusers
 
         diffusers = require_diffusers()
         pipe = self._load("pipeline", PIPELINE_FILES, lambda folder: diffusers.PixArtAlphaPipeline

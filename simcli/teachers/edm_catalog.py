@@ -1,6 +1,7 @@
 """Catalog of the official EDM teachers (NVlabs/edm, Karras et al. 2022) and their FID reference statistics.
 
-Pure data: no network, no torch. `simcli.teachers.download` turns an entry into a cached file.
+Pure data: no network, no torch. `simcli.teachers.edm_files` turns a teacher entry into a cached file,
+`simcli.eval.references` an FID reference.
 
 simcli teacher names (`--teacher`), one per official `edm-*.pkl` (edm-spec section 2):
 

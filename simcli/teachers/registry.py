@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simcli.errors import UsageError
+from simcli.store.download import DownloadProgressFn
 from simcli.teachers.diffusers_teacher import (
     DIFFUSERS_PREFIX,
     DIFFUSERS_TEACHERS,
@@ -28,11 +29,11 @@ from simcli.teachers.diffusers_teacher import (
     check_diffusers_teacher,
     is_diffusers_name,
 )
-from simcli.teachers.download import DownloadProgressFn
 from simcli.teachers.edm_catalog import EDM_TEACHERS
 
 if TYPE_CHECKING:  # the loaders import torch when they run; naming teachers needs no torch
     from simcli.nets.denoiser import Denoiser
+    from simcli.teachers.diffusers_teacher import DiffusersPipelineSource
     from simcli.teachers.gmm import GaussianMixture
 
 
@@ -48,6 +49,8 @@ class Teacher:
     fid_reference  the FID reference of its dataset (`eval --ref` name), None when there is none
     pipeline       text-to-image teachers: where the rest of their pipeline is (a DiffusersPipelineSource that
                    loads the text encoder, the VAE decoder or the whole diffusers pipeline on demand); else None
+
+    What the teacher is conditioned on (class labels, prompts, guidance) is its denoiser's `conditioning`.
     """
 
     name: str
@@ -57,7 +60,7 @@ class Teacher:
     architecture: dict[str, Any] | None = None
     mixture: GaussianMixture | None = None
     fid_reference: str | None = None
-    pipeline: Any = None
+    pipeline: DiffusersPipelineSource | None = None
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,13 @@ class TeacherKind:
     check: Callable[[str], None]
     """Refuses an unusable name (missing or malformed file) without loading a network or downloading."""
     load: Callable[[str, DownloadProgressFn | None], Teacher]
-    preset: str
-    """The preset `auto` stands for with this kind of teacher."""
+    preset: str | Callable[[str], str]
+    """The preset `auto` stands for with this kind of teacher, or a function of the name where it depends on the
+    name (EDM teachers: the preset of their dataset)."""
     normalise: Callable[[str], str] = str
+    pipeline: Callable[[str], DiffusersPipelineSource] | None = None
+    """Text-to-image kinds: the pipeline behind a name (text encoder, VAE, the teacher's own sampler), found
+    without loading the teacher's network; None for every other kind."""
 
 
 # ---------------------------------------------------------------------------------------------- mixtures
@@ -130,8 +137,19 @@ def _absolute_pickle(name: str) -> str:
     return name if name in EDM_TEACHERS else str(Path(name).expanduser().resolve())
 
 
+# The preset `auto` stands for with an official EDM teacher, by its catalog dataset (simcli/config/presets.py).
+EDM_DATASET_PRESETS = {"cifar10": "cifar10", "ffhq": "ffhq64", "afhqv2": "afhq64", "imagenet": "imagenet64"}
+
+
+def edm_preset(name: str) -> str:
+    """The preset of an EDM teacher's dataset: a catalog name by its entry, a local pickle by an official file name
+    (a copy of edm-ffhq-64x64-uncond-vp.pkl counts as edm-ffhq64); cifar10 for any other pickle."""
+    entry = EDM_TEACHERS.get(name) or next((t for t in EDM_TEACHERS.values() if t.file_name == Path(name).name), None)
+    return EDM_DATASET_PRESETS.get(entry.dataset, "cifar10") if entry is not None else "cifar10"
+
+
 def _load_edm(name: str, on_download: DownloadProgressFn | None) -> Teacher:
-    from simcli.teachers.download import ensure_teacher_file
+    from simcli.teachers.edm_files import ensure_teacher_file
     from simcli.teachers.edm_pickle import load_edm_pickle
 
     entry = EDM_TEACHERS.get(name)
@@ -168,6 +186,12 @@ def _check_native_file(name: str) -> None:
 # ---------------------------------------------------------------------------------------------- diffusers pipelines
 
 
+def _diffusers_pipeline(name: str) -> DiffusersPipelineSource:
+    from simcli.teachers.diffusers_teacher import pipeline_source
+
+    return pipeline_source(name)
+
+
 def _load_diffusers(name: str, on_download: DownloadProgressFn | None) -> Teacher:
     from simcli.teachers.diffusers_teacher import display_name, load_diffusers_denoiser
 
@@ -179,7 +203,7 @@ TEACHER_KINDS: tuple[TeacherKind, ...] = (
     TeacherKind("digits", (DIGITS_TEACHER,), lambda n: n == DIGITS_TEACHER, lambda n: None, _load_native, preset="digits"),
     TeacherKind(  # before the kinds that match a file suffix: diffusers:PATH may end in anything
         "diffusers", (*DIFFUSERS_TEACHERS, f"{DIFFUSERS_PREFIX}PATH"), is_diffusers_name, check_diffusers_teacher,
-        _load_diffusers, preset="pixart", normalise=absolute_diffusers_name,
+        _load_diffusers, preset="pixart", normalise=absolute_diffusers_name, pipeline=_diffusers_pipeline,
     ),
     TeacherKind(
         "native", ("PATH.safetensors",), lambda n: n.endswith(".safetensors"), _check_native_file, _load_native,
@@ -189,7 +213,7 @@ TEACHER_KINDS: tuple[TeacherKind, ...] = (
         "mixture", (*NAMED_MIXTURES, "gmm:PATH.json"), lambda n: n in NAMED_MIXTURES or n.startswith(MIXTURE_FILE_PREFIX),
         _check_mixture, _load_mixture, preset="gmm", normalise=_absolute_mixture_file,
     ),
-    TeacherKind("edm", (*EDM_TEACHERS, "PATH.pkl"), _is_edm, _check_edm, _load_edm, preset="cifar10", normalise=_absolute_pickle),
+    TeacherKind("edm", (*EDM_TEACHERS, "PATH.pkl"), _is_edm, _check_edm, _load_edm, preset=edm_preset, normalise=_absolute_pickle),
 )
 
 
@@ -209,7 +233,14 @@ def teacher_kind(name: str) -> TeacherKind:
 def describe_teacher_name(name: str) -> tuple[str, str]:
     """(the name as stored in a spec, the preset `auto` stands for); what the config layer needs to know."""
     kind = teacher_kind(name)
-    return kind.normalise(name), kind.preset
+    return kind.normalise(name), kind.preset(name) if callable(kind.preset) else kind.preset
+
+
+def teacher_pipeline(name: str) -> DiffusersPipelineSource | None:
+    """The text-to-image pipeline behind a teacher name (its folder checked, nothing loaded); None for teachers that
+    are not text-to-image. Unknown names are a UsageError, as everywhere."""
+    kind = teacher_kind(name)
+    return kind.pipeline(name) if kind.pipeline is not None else None
 
 
 def check_teacher(name: str) -> None:

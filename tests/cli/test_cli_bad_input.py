@@ -78,6 +78,7 @@ def test_unparsable_and_missing_config_file(cli, assert_usage_error, tmp_path):
         (("--preset", "huge"), "unknown preset 'huge'"),
         (("--set", "loss.lp_alpha=3"), "lp_alpha must be even"),
         (("--set", "nokeyvalue"), "--set expects key=value"),
+        (("--set", "evaluation.backend=inception"), "spec key 'evaluation.backend': Input should be 'torch-fidelity'"),
         # Not mappings where the spec expects one: these used to crash with an internal error (exit 1).
         (("--set", "loss=3"), "spec key 'loss'"),
         (("--set", "loss=3", "--method", "sid"), "spec key 'loss'"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import simcli.rundir.metrics as metrics_module
-from simcli.rundir.lock import LOCK_FILE
+from simcli.rundir.layout import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ("--teacher", "gmm-ring8", "--preset", "tiny")
@@ -129,12 +129,12 @@ def test_a_full_disk_is_one_line_exit_1_and_keeps_every_good_file(cli, tree, tin
 
 
 def test_an_unmapped_os_error_is_one_line_not_an_internal_error(cli, tiny_run_copy, monkeypatch):
-    import simcli.distill.loop as loop
+    import simcli.distill.setup as setup
 
     def broken(run_dir):
         raise OSError(errno.EIO, "Input/output error", str(run_dir / "x"))
 
-    monkeypatch.setattr(loop, "remove_stale_temp_files", broken)
+    monkeypatch.setattr(setup, "remove_stale_temp_files", broken)
     line = one_error_line(distill(cli, tiny_run_copy, "--steps", 30), 1)
     assert line == f"simcli: error: {tiny_run_copy / 'x'}: Input/output error", line
 

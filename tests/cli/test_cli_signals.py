@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 import simcli.distill.loop as loop
 from simcli.config.resolve import resolve_spec
 from simcli.distill.loop import run_distillation
-from simcli.rundir.snapshots import list_generators, load_latest_state
+from simcli.rundir.layout import list_generators
+from simcli.rundir.snapshots import load_latest_state
 from simcli.teachers.registry import describe_teacher_name
 
 REPO = Path(__file__).resolve().parents[2]

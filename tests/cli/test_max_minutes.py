@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE
-from simcli.rundir.snapshots import list_generators, list_states, load_latest_state
+from simcli.rundir.layout import list_generators, list_states
+from simcli.rundir.snapshots import load_latest_state
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "slurm" / "distill.sbatch"

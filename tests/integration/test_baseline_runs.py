@@ -14,7 +14,8 @@ import simcli.distill.loop as loop
 from simcli.config.resolve import resolve_spec
 from simcli.distill.loop import Distillation, run_distillation
 from simcli.nets.registry import build_edm_network
-from simcli.rundir.snapshots import list_generators, load_latest_state
+from simcli.rundir.layout import list_generators
+from simcli.rundir.snapshots import load_latest_state
 from simcli.teachers.registry import describe_teacher_name
 from tests.helpers.edm_pickle_writer import write_edm_pickle
 from tests.helpers.tiny_edm import TINY_DDPMPP, write_tiny_edm

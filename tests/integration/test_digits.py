@@ -183,8 +183,11 @@ def test_shipped_references_match_recomputed_statistics(extractor, split):
         assert ref.n == len(part.images) and ref.dim == 64 and ref.note is None
         assert ref.extractor == extractor.name == "digits/classifier-64"
         assert ref.weights_sha256 == extractor.weights_sha256
-        np.testing.assert_allclose(ref.mu, mine.mu, rtol=0, atol=1e-10)
-        np.testing.assert_allclose(ref.sigma, mine.sigma, rtol=0, atol=1e-10)
+        # The features are float32 network outputs: CPUs with other vector kernels round them differently (1e-7
+        # relative), so the statistics agree to float32 accuracy, not bit for bit, across machines.
+        np.testing.assert_allclose(ref.mu, mine.mu, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ref.sigma, mine.sigma, rtol=1e-5, atol=1e-6)
+        assert frechet_distance(ref.mu, ref.sigma, mine.mu, mine.sigma) < 1e-8
         shipped[name] = ref
     fid = frechet_distance(shipped["test"].mu, shipped["test"].sigma, shipped["train"].mu, shipped["train"].sigma)
     assert HELD_OUT_VS_TRAIN_FID[0] < fid < HELD_OUT_VS_TRAIN_FID[1], fid

@@ -15,7 +15,8 @@ from simcli.config.resolve import resolve_spec
 from simcli.distill.events import NonFiniteStep
 from simcli.distill.loop import run_distillation
 from simcli.errors import RunFailed
-from simcli.rundir.snapshots import list_generators, list_states, load_latest_state
+from simcli.rundir.layout import list_generators, list_states
+from simcli.rundir.snapshots import load_latest_state
 from simcli.teachers.registry import describe_teacher_name
 
 

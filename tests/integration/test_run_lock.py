@@ -15,7 +15,8 @@ from simcli.config.resolve import resolve_spec
 from simcli.distill.events import RunStarted
 from simcli.distill.loop import Distillation, run_distillation
 from simcli.errors import UsageError
-from simcli.rundir.lock import LOCK_FILE, RunDirLock, read_holder
+from simcli.rundir.layout import LOCK_FILE
+from simcli.rundir.lock import RunDirLock, read_holder
 from simcli.teachers.registry import describe_teacher_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def test_a_second_process_is_refused_with_the_holders_pid_and_host(tmp_path, hol
     proc = holder(run_dir)
     recorded = read_holder(run_dir)
     assert recorded["pid"] == proc.pid and recorded["host"] == socket.gethostname()
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError, match=f"PID {proc.pid} on host ") as info:
         RunDirLock(run_dir)
     message = info.value.message
     assert f"PID {proc.pid}" in message and f"host {socket.gethostname()}" in message and str(run_dir) in message
@@ -103,7 +104,7 @@ def test_a_distillation_holds_the_lock_for_its_whole_run(tmp_path):
 
     def on_event(event):
         if isinstance(event, RunStarted):
-            with pytest.raises(UsageError) as info:
+            with pytest.raises(UsageError, match=f"PID {os.getpid()} on host ") as info:
                 RunDirLock(run_dir)
             refused.append(info.value.message)
 

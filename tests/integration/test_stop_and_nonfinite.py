@@ -17,7 +17,8 @@ from simcli.distill.events import TeacherFitProgress
 from simcli.distill.loop import run_distillation
 from simcli.distill.stop import StopRequest
 from simcli.errors import RunFailed, Stopped
-from simcli.rundir.snapshots import list_generators, list_states, load_latest_state
+from simcli.rundir.layout import list_generators, list_states
+from simcli.rundir.snapshots import load_latest_state
 from simcli.teachers.registry import describe_teacher_name
 
 

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from simcli.distill.augment import AUGMENT_DIM, LABEL_NAMES, SYM6, AugmentParams, AugmentPipe, network_augment_dim
+from simcli.distill.augment import AUGMENT_DIM, LABEL_NAMES, SYM6, AugmentParams, AugmentPipe
 
 COL = {name: i for i, name in enumerate(LABEL_NAMES)}
 
@@ -202,17 +202,6 @@ def test_full_pipeline_keeps_shape_dtype_and_changes_some_images():
     untouched = (labels == 0).all(1)
     assert untouched.any() and not untouched.all()
     torch.testing.assert_close(y[untouched], x[untouched], atol=1e-4, rtol=0)
-
-
-def test_network_augment_dim():
-    from simcli.nets.edm_precond import EDMPrecond
-    from simcli.nets.mlp import MLPDenoiser
-
-    kw = dict(img_resolution=8, img_channels=3, model_type="SongUNet", model_channels=16, channel_mult=[1, 2],
-              num_blocks=1, attn_resolutions=[4])
-    assert network_augment_dim(EDMPrecond(**kw, augment_dim=9)) == 9
-    assert network_augment_dim(EDMPrecond(**kw)) == 0
-    assert network_augment_dim(MLPDenoiser(dim=2)) == 0
 
 
 @pytest.mark.gpu

@@ -142,7 +142,7 @@ def _simcli_fid(extractor, dir1: Path, dir2: Path, batch_size: int = 64) -> floa
 
 
 def test_torch_fidelity_without_weights_names_file_url_and_destination(torch_home, offline_cache, no_downloads):
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError, match=rf"{TF_FILE} are not available \(offline\)") as info:
         feat.get_extractor("torch-fidelity")
     err = info.value
     destination = offline_cache / "weights" / TF_FILE
@@ -159,7 +159,7 @@ def test_torch_fidelity_without_weights_names_file_url_and_destination(torch_hom
 def test_clean_fid_without_weights_names_file_url_and_destination(
     mode, file_name, url, cleanfid_dir, torch_home, offline_cache, no_downloads
 ):
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError, match=rf"\({mode}\) weights {file_name} are not available \(offline\)") as info:
         feat.get_extractor("clean-fid", mode=mode)
     err = info.value
     destination = offline_cache / "weights" / file_name
@@ -173,9 +173,8 @@ def test_clean_fid_checks_its_fixed_tmp_path_before_any_download(offline_cache, 
     fixed = Path("/tmp") / CF_FILE
     if fixed.exists():
         pytest.skip(f"{fixed} exists on this machine, so the missing-file path cannot be exercised")
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError, match=rf"{CF_FILE} are not available \(offline\)"):
         feat.get_extractor("clean-fid")
-    assert CF_FILE in info.value.message
     assert not fixed.exists()  # simcli never writes into clean-fid's fixed location
 
 
@@ -199,13 +198,14 @@ def test_online_weights_are_downloaded_into_simcli_cache_only(tmp_path, torch_ho
 
 def test_offline_env_never_downloads(monkeypatch, cleanfid_dir, no_downloads):
     monkeypatch.setenv("SIMCLI_OFFLINE", "1")
-    for backend, mode in [
-        ("torch-fidelity", "legacy_tensorflow"),
-        ("clean-fid", "legacy_tensorflow"),
-        ("clean-fid", "clean"),
-        ("clean-fid", "legacy_pytorch"),
+    for backend, mode, file_name in [
+        ("torch-fidelity", "legacy_tensorflow", TF_FILE),
+        ("clean-fid", "legacy_tensorflow", CF_FILE),
+        ("clean-fid", "clean", CF_FILE),
+        ("clean-fid", "legacy_pytorch", CF_PT_FILE),
     ]:
-        with pytest.raises(UsageError):  # an AssertionError here would mean a download was attempted
+        # an AssertionError here would mean a download was attempted
+        with pytest.raises(UsageError, match=rf"{file_name} are not available \(offline\)"):
             feat.get_extractor(backend, mode=mode)
 
 
@@ -272,6 +272,16 @@ def test_registry_resolves_names_and_guards_collisions():
     with pytest.raises(UsageError, match="unknown feature backend") as info:
         feat.get_extractor("simcli-test-fake")
     assert "torch-fidelity" in info.value.hint
+
+
+def test_the_run_spec_backends_are_the_built_in_extractors():
+    """evaluation.backend is a checked choice (FeatureBackendName): every name it allows is registered here."""
+    from typing import get_args
+
+    from simcli.config.spec import FeatureBackendName
+
+    assert set(get_args(FeatureBackendName)) == {"torch-fidelity", "clean-fid", "digits"}
+    assert set(get_args(FeatureBackendName)) <= set(feat.registered_extractors())
 
 
 # ---------------------------------------------------------------------------------------------- tiny extractor

@@ -130,7 +130,7 @@ def test_gmm_report_is_json_ready_and_sensible(ring8):
     json.dumps(report)  # plain Python numbers only
     assert report["n"] == 1000 and report["num_reference"] == 1000
     assert len(report["mode_weights"]) == 8
-    assert report["mode_weight_l1"] < 0.1
+    assert report["mode_weight_l1"] < 0.1 and report["mode_weight_l1"] == mode_weight_l1(x, ring8)
     assert report["precision"] > 0.97
     assert abs(report["mmd"]) < 3e-3
     assert report["mmd_bandwidth"] == pytest.approx(default_mmd_bandwidth(ring8))

@@ -50,7 +50,7 @@ def test_karras_sigmas_round_and_edge_cases():
     rounded = karras_sigmas(5, round_sigma=lambda s: torch.round(s * 100) / 100)
     assert rounded.tolist() == [80.0, 17.53, 2.52, 0.17, 0.0, 0.0]  # 0.002 rounds to 0
     assert karras_sigmas(1).tolist() == [80.0, 0.0]
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="needs at least 1 step, got 0"):
         karras_sigmas(0)
 
 

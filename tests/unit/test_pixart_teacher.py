@@ -25,16 +25,15 @@ from simcli.nets.pixart import (  # noqa: E402
     pixart_architecture,
     schedule_from_scheduler_config,
     sigma_to_timestep,
-    timestep_to_sigma,
     vp_sigma_bins,
 )
 from simcli.nets.registry import build_network, check_size, meta_network, network_with_weights  # noqa: E402
 from simcli.nets.text_condition import TextCondition  # noqa: E402
 from simcli.rundir.snapshots import save_generator  # noqa: E402
 from simcli.sampling.generator import load_generator  # noqa: E402
+from simcli.store.hub import download_command  # noqa: E402
 from simcli.teachers import diffusers_teacher  # noqa: E402
 from simcli.teachers.diffusers_teacher import DiffusersPipelineSource  # noqa: E402
-from simcli.teachers.hub import download_command  # noqa: E402
 from simcli.teachers.registry import check_teacher, describe_teacher_name, load_teacher  # noqa: E402
 from tests.helpers.tiny_pixart import TINY_CAPTION_CHANNELS, TINY_MAX_TOKENS, write_tiny_pixart  # noqa: E402
 
@@ -117,7 +116,6 @@ def test_rounding_to_the_nearest_bin(teacher):
     assert torch.equal(sigma_to_timestep(sigmas, bins), expected)
     assert torch.equal(net.round_sigma(sigmas, return_index=True), expected)
     torch.testing.assert_close(net.round_sigma(sigmas), bins[expected])
-    torch.testing.assert_close(timestep_to_sigma(expected, bins), bins[expected])
     assert net.round_sigma(torch.tensor([[2.5]])).shape == (1, 1)
     assert net.round_sigma(torch.tensor(2.5, dtype=torch.float32)).dtype == torch.float32
 
@@ -136,8 +134,10 @@ def test_only_the_timestep_is_rounded(teacher, cond):
 
 def test_schedule_checks():
     assert schedule_from_scheduler_config(None)["num_train_timesteps"] == 1000
-    for bad in ({"beta_schedule": "squaredcos_cap_v2"}, {"prediction_type": "v_prediction"}, {"trained_betas": [0.1]}):
-        with pytest.raises(UsageError):
+    for bad, fragment in (({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule 'squaredcos_cap_v2' is not supported"),
+                          ({"prediction_type": "v_prediction"}, "prediction_type 'v_prediction' is not supported"),
+                          ({"trained_betas": [0.1]}, "has trained_betas")):
+        with pytest.raises(UsageError, match=fragment):
             schedule_from_scheduler_config(bad)
 
 
@@ -249,7 +249,7 @@ def test_architecture_record_rebuilds_the_network(teacher, cond, tmp_path):
     skeleton = meta_network(record, "test")
     assert check_size(skeleton, "test") == sum(t.numel() for t in state.values())
     rebuilt = build_network(record)
-    assert isinstance(rebuilt, PixArtDenoiser) and rebuilt.sample_shape == (4, 8, 8) and rebuilt.text_dim == 32
+    assert isinstance(rebuilt, PixArtDenoiser) and rebuilt.sample_shape == (4, 8, 8) and rebuilt.conditioning.text_dim == 32
     x, sigma = latents(), torch.tensor([0.3, 12.0])
     with torch.no_grad():
         before = rebuilt(x, sigma, cond)
@@ -283,7 +283,7 @@ def test_hostile_pixart_records_are_refused(teacher, change):
     record["config"].update(change)
     with pytest.raises(UsageError, match="at most"):
         meta_network(record, "hostile")
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="config or schedule is not a mapping"):
         meta_network({"kind": "pixart", "config": "nope"}, "hostile")
 
 
@@ -349,16 +349,16 @@ def empty_hub(tmp_path, monkeypatch):
     return tmp_path / "hf-home" / "hub"
 
 
-def _refusal(name: str) -> tuple[UsageError, float]:
+def _refusal(name: str, match: str) -> tuple[UsageError, float]:
     start = time.monotonic()
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError, match=match) as info:
         load_teacher(name)
     return info.value, time.monotonic() - start
 
 
 def test_offline_official_name_says_how_to_download(empty_hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    error, seconds = _refusal("pixart-alpha-512")
+    error, seconds = _refusal("pixart-alpha-512", "HF_HUB_OFFLINE=1")
     assert seconds < 10
     assert "PixArt-alpha/PixArt-XL-2-512x512" in error.message and str(empty_hub) in error.message
     assert download_command("PixArt-alpha/PixArt-XL-2-512x512") in error.message
@@ -369,7 +369,7 @@ def test_offline_official_name_says_how_to_download(empty_hub, monkeypatch):
 def test_unreachable_hub_fails_fast(empty_hub, monkeypatch):
     """Not offline, but the Hub does not answer (here: a closed local port): one line, no long wait."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    error, seconds = _refusal("pixart-alpha-512")
+    error, seconds = _refusal("pixart-alpha-512", "unreachable")
     assert seconds < 10
     assert "PixArt-alpha/PixArt-XL-2-512x512" in error.message and "unreachable" in error.message
     assert download_command("PixArt-alpha/PixArt-XL-2-512x512") in error.message and "\n" not in error.message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_jsonl_keeps_an_explicit_empty_prompt(tmp_path):
 )
 def test_faults_are_one_line_usage_errors_naming_file_and_line(tmp_path, name, content, where, words):
     path = write(tmp_path, name, content)
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError, match=re.escape(words)) as info:
         read_prompts(path)
     err = info.value
     assert err.exit_code == 2 and err.hint

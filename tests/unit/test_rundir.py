@@ -16,13 +16,11 @@ from safetensors.torch import save_file
 
 from simcli.errors import RunFailed, UsageError, WriteFailed
 from simcli.rundir.atomic import atomic_write, remove_stale_temp_files, write_bytes_atomic, write_json_atomic
-from simcli.rundir.metrics import METRICS_FILE, Truncation, append_record, read_records, truncate_after
+from simcli.rundir.layout import METRICS_FILE, kimg_tag, list_generators, list_states
+from simcli.rundir.metrics import Truncation, append_record, read_records, truncate_after
 from simcli.rundir.network_file import TEACHER_FORMAT, network_file_bytes, save_network_file
 from simcli.rundir.snapshots import (
     GENERATOR_FORMAT,
-    kimg_tag,
-    list_generators,
-    list_states,
     load_generator_file,
     load_latest_state,
     move_aside,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -23,6 +24,8 @@ from simcli.teachers.registry import (
 from tests.helpers.tiny_edm import TINY_DDPMPP, write_tiny_edm
 
 PRESET_OF_KIND = {"mixture": "gmm", "edm": "cifar10", "digits": "digits", "native": "cifar10", "diffusers": "pixart"}
+# The official EDM teachers: the preset of their dataset (any other pickle: cifar10, as above).
+PRESET_OF_EDM_DATASET = {"cifar10": "cifar10", "ffhq": "ffhq64", "afhqv2": "afhq64", "imagenet": "imagenet64"}
 
 
 def plain_names() -> list[str]:
@@ -44,7 +47,8 @@ def test_every_plain_name_maps_to_a_kind(name):
     expected = ("edm" if name in EDM_TEACHERS else "digits" if name == "digits"
                 else "diffusers" if name == "pixart-alpha-512" else "mixture")
     assert kind.name == expected
-    assert describe_teacher_name(name) == (name, PRESET_OF_KIND[kind.name])  # stored as given
+    preset = PRESET_OF_EDM_DATASET[EDM_TEACHERS[name].dataset] if name in EDM_TEACHERS else PRESET_OF_KIND[kind.name]
+    assert describe_teacher_name(name) == (name, preset)  # stored as given
 
 
 @pytest.mark.parametrize("name", ["gmm-ring9", "edm-cifar100", "teacher.pt", "", "GMM-RING8"])
@@ -139,17 +143,16 @@ def test_check_teacher_refuses_a_malformed_gmm_file(tmp_path, text, fragment):
     path = tmp_path / "mix.json"
     if text is not None:
         path.write_text(text)
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError, match=re.escape(fragment)):
         check_teacher(f"gmm:{path}")
-    assert fragment in info.value.message, info.value.message
 
 
 def test_check_teacher_accepts_named_teachers_without_downloading(monkeypatch):
-    import simcli.teachers.download as download
+    import simcli.teachers.edm_files as edm_files
 
     def no_download(*args, **kwargs):
         raise AssertionError("check_teacher must not download")
 
-    monkeypatch.setattr(download, "ensure_teacher_file", no_download)
+    monkeypatch.setattr(edm_files, "ensure_teacher_file", no_download)
     for name in plain_names():
         assert check_teacher(name) is None
