@@ -185,7 +185,7 @@ def test_no_module_import_cycles():
 
 CAPABILITIES = ("text_dim", "label_dim", "augment_dim", "map_augment", "guidance_scale", "set_guidance_scale",
                 "set_null_condition", "set_activation_checkpointing", "supports_activation_checkpointing", "use_fp16",
-                "sample_shape", "conditioning")
+                "set_dropout", "supports_dropout", "sample_shape", "conditioning")
 """What a denoiser declares on its interface (simcli.nets.denoiser); asked directly, never probed."""
 
 

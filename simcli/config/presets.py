@@ -34,8 +34,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (--fp16 1, :117, which builds the networks with EDM's fp16 trunk, sid_train.py:196; simcli's fp16 is autocast
     # with dynamic loss scaling, the nearest it has); EMA half-life 500 kimg (--ema default 0.5 Mimg, sid_train.py:70
     # and :200) with ramp-up 0.05 (sid_training_loop.py:131); 500 Mimg (--duration 500, :124); a status line every
-    # 10 kimg and a snapshot every 50 ticks, 500 kimg (--tick 10, --snap 50, :112-113). Dropout 0.05 (--dropout 0.05,
-    # :120) and channel_mult 1,2,2,2 (--cres, :122) are what the teacher's pickle records, and simcli's copies keep it.
+    # 10 kimg and a snapshot every 50 ticks, 500 kimg (--tick 10, --snap 50, :112-113). Dropout 0.05 for the generator
+    # and the online model (--dropout 0.05, :120; training.dropout, which the pickle records too); channel_mult 1,2,2,2
+    # (--cres, :122) is the pickle's.
     # SiD (by_method.sid): lr 1e-5 for both networks (--lr, --glr, :115-116), the generator's Adam beta1 0.9
     # (--g_beta1 0.9, :123), Adam eps 1e-6 (sid_train.py:152-153 with --fp16), augmentation 0.15 (--augment 0.15,
     # :121), alpha 1.2 (--alpha 1.2, :102).
@@ -47,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # di_train.py:76).
     "ffhq64": {
         "ema": {"halflife_kimg": 500.0, "rampup_ratio": 0.05},
-        "training": {"batch_size": 512, "batch_gpu": 32, "duration_kimg": 500_000.0, "precision": "fp16"},
+        "training": {"batch_size": 512, "batch_gpu": 32, "duration_kimg": 500_000.0, "precision": "fp16", "dropout": 0.05},
         "logging": {"status_every_kimg": 10.0, "snapshot_every_kimg": 500.0},
         "by_method": {
             "sid": {
@@ -66,13 +67,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # default, sid_train.py:103), eps 1e-6 (sid_train.py:152-153), augmentation 0.15 (:148), alpha 1.0 (--alpha 1.0,
     # :129; FFHQ and ImageNet run 1.2).
     # SIM and Diff-Instruct: SiD's lr 5e-6, their own betas, eps, noise and augmentation (see ffhq64).
-    # NOT APPLIED: dropout. SiD builds every network with --dropout 0.05 (:147; sid_train.py:196, then
-    # sid_training_loop.py:177-184 before the weights are copied in), but the EDM AFHQv2 pickle records 0.25, and
-    # simcli's generator, online model and teacher keep the pickle's dropout: the spec has no key for the dropout
-    # of an EDM network (network.dropout is the analytic teachers' MLP's). These runs train at dropout 0.25.
+    # Dropout 0.05 for the generator and the online model (--dropout 0.05, :147; sid_train.py:196 builds the networks
+    # with it before sid_training_loop.py:177-184 copies the weights in), where the EDM AFHQv2 pickle records 0.25.
     "afhq64": {
         "ema": {"halflife_kimg": 500.0, "rampup_ratio": 0.05},
-        "training": {"batch_size": 512, "batch_gpu": 32, "duration_kimg": 500_000.0, "precision": "fp16"},
+        "training": {"batch_size": 512, "batch_gpu": 32, "duration_kimg": 500_000.0, "precision": "fp16", "dropout": 0.05},
         "logging": {"status_every_kimg": 10.0, "snapshot_every_kimg": 500.0},
         "by_method": {
             "sid": {
@@ -90,7 +89,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (--ema 2 Mimg, :96; sid_train.py:200) with ramp-up 0.05 (sid_training_loop.py:131); 1000 Mimg (--duration 1000,
     # :97); a status line every 20 kimg and a snapshot every 50 ticks, 1000 kimg (--tick 20, --snap 50, :86-87); no
     # augmentation for any method (--augment 0, :95: the ADM network has no augment_dim, so none could apply).
-    # Dropout 0.1 (--dropout 0.1, :94) is what the pickle records, and simcli's copies keep it.
+    # Dropout 0.1 for the generator and the online model (--dropout 0.1, :94; the pickle records it too).
     # SiD (by_method.sid): lr 4e-6 for both networks (--lr, --glr, :89-90), eps 1e-6 (sid_train.py:152-153), alpha
     # 1.2 (:75). SIM and Diff-Instruct: SiD's lr 4e-6, their own betas, eps and noise (see ffhq64).
     # SiD's class labels come from the ImageNet training set (sid_training_loop.py:298 and :324); simcli draws them
@@ -98,7 +97,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenet64": {
         "online": {"augment_p": 0.0},
         "ema": {"halflife_kimg": 2000.0, "rampup_ratio": 0.05},
-        "training": {"batch_size": 8192, "batch_gpu": 16, "duration_kimg": 1_000_000.0, "precision": "fp16"},
+        "training": {"batch_size": 8192, "batch_gpu": 16, "duration_kimg": 1_000_000.0, "precision": "fp16",
+                     "dropout": 0.1},
         "logging": {"status_every_kimg": 20.0, "snapshot_every_kimg": 1000.0},
         "by_method": {
             "sid": {

@@ -211,6 +211,10 @@ class TrainingSpec(Strict):
     """torch.compile the generator, the online model and the teacher (the first iterations pay the compilation)."""
     max_nonfinite_steps: int = Field(10, gt=0)
     """Stop the run (exit code 1) after this many consecutive iterations with non-finite losses or gradients."""
+    dropout: float | None = Field(None, ge=0, lt=1)
+    """Dropout of the generator and the online model, copies of an EDM teacher's network (as SiD's --dropout builds
+    them); recorded in their architecture. none: the teacher's own (what its file records). Mixture teachers' MLPs
+    take network.dropout."""
 
     @model_validator(mode="after")
     def _duration_and_rounds(self) -> TrainingSpec:

@@ -37,7 +37,7 @@ from simcli.distill.precision import LossScaler, Precision
 from simcli.distill.recovery import kept_after_stop, roll_back_streak
 from simcli.distill.reports import Clock, Durations, due_reports, status_record
 from simcli.distill.resume import resume
-from simcli.distill.setup import build_networks, choose_state, speed_up_networks
+from simcli.distill.setup import build_networks, check_network_settings, choose_state, speed_up_networks
 from simcli.distill.state import state_dict
 from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, StopRequest
@@ -91,6 +91,7 @@ class Distillation:
         # encoder loaded), also before the run directory is touched: a missing or malformed prompt file or a text
         # encoder that cannot be loaded leaves it as it was. Prompts for another teacher are refused.
         self.prompts = RunPrompts.prepare(spec, teacher, self.world, self.device, self.on_event)
+        check_network_settings(spec, teacher)
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device, self.world) if make_evaluator is not None else None
         if self._stop_agreed():  # e.g. during a download (any process's signal): nothing in the run directory was touched

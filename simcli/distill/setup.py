@@ -17,6 +17,7 @@ from simcli.distill.events import EventHandler
 from simcli.distill.teacher_fit import fitted_teacher_network
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
+from simcli.nets.registry import with_dropout
 from simcli.rundir.atomic import remove_stale_temp_files, write_json_atomic
 from simcli.rundir.layout import (
     BEST_GENERATOR_FILE,
@@ -152,18 +153,29 @@ def choose_state(run_dir: Path, spec: RunSpec, restart: bool, world: World, devi
     return (load_state_file(path, device), path, []), warnings
 
 
+def check_network_settings(spec: RunSpec, teacher: Teacher) -> None:
+    """Refuse settings the teacher's network cannot take, before the run directory is touched."""
+    if spec.training.dropout is not None and (teacher.architecture is None or not teacher.denoiser.supports_dropout):
+        what = "an analytic teacher's fitted MLP" if teacher.architecture is None else f"teacher '{teacher.display_name}'"
+        raise UsageError(f"training.dropout applies to copies of an EDM network, not {what}",
+                         hint="unset it" + (" (the MLP's is network.dropout)" if teacher.architecture is None else ""))
+
+
 def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.device, on_event: EventHandler) -> Networks:
     """Teacher plus generator, online model and EMA, all three initialised from the teacher's network.
 
-    A teacher's network is copied as it is (dropout as recorded: active while the generator or the online
-    model is being updated, as in SiD); a teacher without a network (an analytic mixture) gets an MLP fitted
-    to it first.
+    A teacher's network is copied as it is (dropout as recorded, or training.dropout when set: active while the
+    generator or the online model is being updated, as in SiD); a teacher without a network (an analytic mixture)
+    gets an MLP fitted to it first.
     """
     teacher = loaded.denoiser.to(device)
     if loaded.architecture is None:
         base, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event)
     else:
         base, architecture = copy.deepcopy(teacher), loaded.architecture
+        if spec.training.dropout is not None:  # the copies only: the frozen teacher runs in eval mode
+            base.set_dropout(spec.training.dropout)
+            architecture = with_dropout(architecture, spec.training.dropout)
     teacher.eval().requires_grad_(False)
     generator = copy.deepcopy(base).requires_grad_(True)
     online = copy.deepcopy(base).requires_grad_(False)

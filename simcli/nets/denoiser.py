@@ -59,6 +59,7 @@ class Denoiser(nn.Module):
             switch it off under autocast.
         guidance_scale: the classifier-free guidance weight (1: unguided); set with `set_guidance_scale`.
         supports_activation_checkpointing: whether `set_activation_checkpointing` is available.
+        supports_dropout: whether `set_dropout` is available.
     """
 
     sample_shape: tuple[int, ...] = ()
@@ -68,6 +69,7 @@ class Denoiser(nn.Module):
     use_fp16: bool = False
     guidance_scale: float = 1.0
     supports_activation_checkpointing: bool = False
+    supports_dropout: bool = False
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Any = None) -> torch.Tensor:
         raise NotImplementedError
@@ -94,6 +96,10 @@ class Denoiser(nn.Module):
     def set_activation_checkpointing(self, enabled: bool = True) -> None:
         """Recompute activations in the backward pass instead of keeping them (see supports_activation_checkpointing)."""
         raise ValueError(f"{type(self).__name__} has no activation checkpointing")
+
+    def set_dropout(self, p: float) -> None:
+        """The dropout probability of every block that has one, active in train mode (see supports_dropout)."""
+        raise ValueError(f"{type(self).__name__} has no dropout setting")
 
 
 def sigma_column(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from simcli.nets.denoiser import Conditioning, Denoiser
 from simcli.nets.dhariwal_unet import DhariwalUNet
 from simcli.nets.precond import edm_coefficients
 from simcli.nets.song_unet import SongUNet
+from simcli.nets.unet_block import UNetBlock
 
 MODEL_TYPES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
@@ -63,12 +64,21 @@ class ImagePrecond(Denoiser):
         raise NotImplementedError
 
     supports_activation_checkpointing = True
+    supports_dropout = True
 
     @property
     def conditioning(self) -> Conditioning:
         """Class labels (label_dim) and, for networks trained with EDM's augmentation, its labels (augment_dim)."""
         mapping = self.model.map_augment
         return Conditioning(label_dim=self.label_dim, augment_dim=mapping.in_features if mapping is not None else 0)
+
+    def set_dropout(self, p: float) -> None:
+        """The dropout of every UNetBlock (the UNet's `dropout` argument; its label dropout is left as it is)."""
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        for block in self.modules():
+            if isinstance(block, UNetBlock):
+                block.dropout = float(p)
 
     def set_activation_checkpointing(self, enabled: bool = True) -> None:
         """Checkpoint every UNetBlock of the wrapped UNet (see CheckpointableUNet)."""

@@ -124,6 +124,13 @@ def shape_mismatches(expected: Mapping[str, Any], found: Mapping[str, Any], dtyp
     return problems
 
 
+def with_dropout(architecture: dict[str, Any], p: float) -> dict[str, Any]:
+    """The record of an EDM network (kind 'edm') with the UNet's dropout set to p; ValueError for other kinds."""
+    if architecture.get("kind") != "edm":
+        raise ValueError(f"a {architecture.get('kind')!r} network records no EDM dropout")
+    return {**architecture, "init_kwargs": {**architecture.get("init_kwargs", {}), "dropout": float(p)}}
+
+
 def build_network(architecture: dict[str, Any]) -> Denoiser:
     """A freshly initialised network of the recorded architecture."""
     arch = dict(architecture)

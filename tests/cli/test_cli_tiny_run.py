@@ -179,3 +179,23 @@ def test_a_presets_micro_batch_adapts_to_a_smaller_batch_and_says_so(cli, json_d
     refused = cli(*args, "--batch-gpu", 4, "--out", tmp_path / "other")
     assert refused.exit_code == 2 and "batch_gpu (4) must divide batch_size (6)" in refused.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_training_dropout_sets_the_copies_and_is_refused_for_mixtures(cli, tmp_path):
+    """training.dropout: the generator snapshot records it (the teacher's file says 0.13); an analytic teacher is
+    refused with exit 2 before the run directory exists."""
+    from simcli.rundir.layout import list_generators
+    from simcli.rundir.snapshots import load_generator_file
+    from tests.helpers.tiny_edm import write_tiny_edm
+
+    teacher = write_tiny_edm(tmp_path / "tiny.pkl")
+    result = cli("distill", "--teacher", teacher, "--preset", "tiny", "--steps", 1, "--batch-size", 4,
+                 "--set", "training.dropout=0.05", "--set", "logging.grid_samples=0", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    _, meta = load_generator_file(list_generators(tmp_path / "run")[-1])
+    assert meta["architecture"]["init_kwargs"]["dropout"] == 0.05
+    refused = cli("distill", "--teacher", "gmm-ring8", "--preset", "tiny", "--set", "training.dropout=0.1",
+                  "--out", tmp_path / "gmm")
+    assert refused.exit_code == 2
+    assert "training.dropout applies to copies of an EDM network, not an analytic teacher's fitted MLP" in refused.stderr
+    assert not (tmp_path / "gmm").exists()

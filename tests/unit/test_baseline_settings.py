@@ -271,27 +271,29 @@ def dataset_values(teacher: str, method: str) -> dict:
         "ema": (s.ema.halflife_kimg, s.ema.rampup_ratio), "lr": (g.lr, o.lr), "betas": (g.beta1, g.beta2, o.beta1, o.beta2),
         "eps": (g.eps, o.eps), "augment": s.online.augment_p, "sid_alpha": s.loss.sid_alpha,
         "status_kimg": s.logging.status_every_kimg, "snapshot_kimg": s.logging.snapshot_every_kimg,
+        "dropout": t.dropout,
     }
 
 
 # SiD's own runs, mingyuanzhou/SiD@01fbb13: run_sid.sh "ffhq64" (lines 100-125), "afhq64-v2" (127-151) and
 # "imagenet64-cond" (73-98); sid_train.py:70 (--ema default 0.5 Mimg), :103 (--g_beta1 default 0), :152-153 (Adam
-# betas (0 or g_beta1, 0.999), eps 1e-6 with --fp16 1); sid_training_loop.py:131 (EMA ramp-up 0.05).
+# betas (0 or g_beta1, 0.999), eps 1e-6 with --fp16 1); sid_training_loop.py:131 (EMA ramp-up 0.05); --dropout
+# 0.05 (FFHQ, AFHQv2) and 0.1 (ImageNet) for the generator and the fake score.
 SID_RUNS = {
     "edm-ffhq64": {
         "batch": 512, "batch_gpu": 32, "precision": "fp16", "kimg": 500_000.0, "ema": (500.0, 0.05),
         "lr": (1e-5, 1e-5), "betas": (0.9, 0.999, 0.0, 0.999), "eps": (1e-6, 1e-6), "augment": 0.15, "sid_alpha": 1.2,
-        "status_kimg": 10.0, "snapshot_kimg": 500.0,
+        "status_kimg": 10.0, "snapshot_kimg": 500.0, "dropout": 0.05,
     },
     "edm-afhqv2-64": {
         "batch": 512, "batch_gpu": 32, "precision": "fp16", "kimg": 500_000.0, "ema": (500.0, 0.05),
         "lr": (5e-6, 5e-6), "betas": (0.0, 0.999, 0.0, 0.999), "eps": (1e-6, 1e-6), "augment": 0.15, "sid_alpha": 1.0,
-        "status_kimg": 10.0, "snapshot_kimg": 500.0,
+        "status_kimg": 10.0, "snapshot_kimg": 500.0, "dropout": 0.05,
     },
     "edm-imagenet64": {
         "batch": 8192, "batch_gpu": 16, "precision": "fp16", "kimg": 1_000_000.0, "ema": (2000.0, 0.05),
         "lr": (4e-6, 4e-6), "betas": (0.0, 0.999, 0.0, 0.999), "eps": (1e-6, 1e-6), "augment": 0.0, "sid_alpha": 1.2,
-        "status_kimg": 20.0, "snapshot_kimg": 1000.0,
+        "status_kimg": 20.0, "snapshot_kimg": 1000.0, "dropout": 0.1,
     },
 }
 SID_RUNS["edm-ffhq64-ve"] = SID_RUNS["edm-ffhq64"]

@@ -68,3 +68,30 @@ def test_pixart_declares_text_guidance_and_its_micro_conditions(tmp_path):
     assert net.guidance_scale == 4.5
     assert teacher_pipeline(name) is not None
     assert teacher_pipeline("gmm-ring8") is None and teacher_pipeline("edm-cifar10") is None
+
+
+def test_set_dropout_reaches_every_unet_block_and_the_record():
+    from simcli.nets.registry import build_network, with_dropout
+    from simcli.nets.unet_block import UNetBlock
+
+    architecture = {"kind": "edm", "class_name": "EDMPrecond", "init_kwargs": {**TINY_UNET, "dropout": 0.25}}
+    net = build_network(architecture)
+    blocks = [m for m in net.modules() if isinstance(m, UNetBlock)]
+    assert blocks and {b.dropout for b in blocks} == {0.25}
+    net.set_dropout(0.05)
+    assert {b.dropout for b in blocks} == {0.05}
+    rebuilt = build_network(with_dropout(architecture, 0.05))
+    assert {m.dropout for m in rebuilt.modules() if isinstance(m, UNetBlock)} == {0.05}
+    assert architecture["init_kwargs"]["dropout"] == 0.25  # the record given is not changed
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.5"):
+        net.set_dropout(1.5)
+    with pytest.raises(ValueError, match="MLPDenoiser has no dropout setting"):
+        MLPDenoiser(dim=2).set_dropout(0.1)
+    with pytest.raises(ValueError, match="'mlp' network records no EDM dropout"):
+        with_dropout({"kind": "mlp", "dim": 2}, 0.1)
+    # dropout on: two train-mode passes differ; off: they agree
+    x, sigma = torch.randn(2, 3, 8, 8), torch.full((2,), 1.0)
+    net.train().set_dropout(0.0)
+    assert torch.equal(net(x, sigma), net(x, sigma))
+    net.set_dropout(0.5)
+    assert not torch.equal(net(x, sigma), net(x, sigma))
