@@ -69,7 +69,7 @@ def distill(
                              hint="give the job's time budget, e.g. --max-minutes 230")
         # First thing: the budget counts from here, so the teacher's download and loading count too.
         stop = StopRequest(max_seconds=None if max_minutes is None else max_minutes * 60)
-        from simcli.config.resolve import ADAPTED, resolve_spec
+        from simcli.config.resolve import resolve_spec
         from simcli.runtime import set_cpu_threads
 
         if kimg is not None and steps is not None:
@@ -92,7 +92,7 @@ def distill(
 
         processes = (environment_world() or (0, 1, 0))[1]
         spec, provenance = resolve_spec(teacher, describe_teacher_name, preset=preset, config_file=config, flags=flags,
-                                        sets=set_, processes=processes)
+                                        sets=set_, processes=processes, recorded=_recorded_spec(out))
         set_cpu_threads(threads)  # after the spec checks: it imports torch, which takes seconds
         if dry_run:
             check_teacher(spec.teacher)
@@ -107,10 +107,7 @@ def distill(
         # Under torchrun: join the other processes (rank 0 reports and writes; the others stay quiet).
         world = join_world(spec.device)
         reporter = DistillReporter()
-        if world.is_main and provenance.get("training.batch_gpu", "").endswith(ADAPTED):
-            preset = provenance["training.batch_gpu"].split(",")[0].split(":")[1]
-            reporter.line(f"note: micro-batches of {spec.training.batch_gpu} images, as the {preset} preset's do not divide "
-                          f"the batch of {spec.training.batch_size // world.size} images per process (--batch-gpu sets them)")
+        reporter.notes = _resolution_notes(spec, provenance, world.size)
         try:
             with stop_on_signals(stop):
                 summary = run_distillation(spec, out, reporter, make_evaluator, restart=restart, stop=stop, world=world)
@@ -129,6 +126,38 @@ def distill(
                 f"done: {summary['steps']} iterations, {summary['images_seen'] / 1000:g} kimg, "
                 f"{summary['wall_time_s']:.1f} s; generator: {summary['generator']}"
             )
+
+
+def _recorded_spec(run_dir: Path | None) -> dict | None:
+    """The spec a run directory records (its config.json), or None: no directory, no file, or not a mapping (the
+    run directory's own checks report a damaged file)."""
+    import json
+
+    from simcli.rundir.layout import CONFIG_FILE
+
+    try:
+        recorded = json.loads((run_dir / CONFIG_FILE).read_text()) if run_dir is not None else None
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _resolution_notes(spec, provenance: dict[str, str], processes: int) -> list[str]:
+    """What the spec's resolution chose for the user: values kept from the run directory's record, an adapted
+    preset micro-batch."""
+    from simcli.config.resolve import ADAPTED, RECORDED
+
+    notes = []
+    kept = sorted(key for key, source in provenance.items() if source == RECORDED)
+    if kept:
+        notes.append(f"the run goes on with the values its config.json records for {', '.join(kept)} (a preset or "
+                     "default gives others now; flags, --set and --config still change what may change)")
+    source = provenance.get("training.batch_gpu", "")
+    if source.endswith(ADAPTED):
+        preset = source.split(",")[0].removeprefix("preset:").split(":")[0]
+        notes.append(f"micro-batches of {spec.training.batch_gpu} images, as the {preset} preset's do not divide the "
+                     f"batch of {spec.training.batch_size // processes} images per process (--batch-gpu sets them)")
+    return notes
 
 
 def _kept_snapshot(run_dir: Path, batch_size: int) -> str:

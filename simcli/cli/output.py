@@ -127,6 +127,7 @@ class DistillReporter:
         self.batch_size: int | None = None
         self.start_step, self.start_elapsed = 0, 0.0  # where this process started (or resumed) the run
         self.current: dict[str, Any] | None = None  # the newest progress (status or heartbeat), for the bar
+        self.notes: list[str] = []  # what the CLI chose for the user, shown once the run has started
 
     def line(self, text: str) -> None:
         """Print one line (with its timestamp in plain output)."""
@@ -204,6 +205,8 @@ class DistillReporter:
                 f"{origin} at iteration {event.start_step} of {event.total_steps} (batch {event.batch_size}{micro}, "
                 f"device {event.device}, {event.precision}, generator {event.generator_parameters:,} parameters) in {event.run_dir}"
             )
+            for note in self.notes:
+                self.line(f"note: {note}")
             for w in event.warnings:
                 self.line(f"warning: {w}")
         elif isinstance(event, Status):

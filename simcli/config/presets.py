@@ -8,8 +8,8 @@ local pickle under an official file name; `cifar10` for any other network.
 
 A preset's `by_method` entry holds settings that apply only to one method (layered right above the preset). The
 dataset presets follow the authors' own runs of that dataset, each value cited to its file and line: settings of
-the data, the network and the compute (batch, precision, EMA, duration) apply to every method; optimiser settings
-and augmentation are the method's, under `by_method`. Measured results are not written here (they drift): they
+the data, the network and the compute (batch, precision, EMA, duration, dropout; augmentation where the network
+cannot take any) apply to every method; optimiser settings and augmentation are the method's, under `by_method`. Measured results are not written here (they drift): they
 live in examples/digits/RESULTS.md, examples/digits/SPEED-OPTIONS.md and benchmarks/results/.
 """
 

@@ -176,10 +176,12 @@ def resolve_spec(
     flags: dict[str, Any] | None = None,
     sets: list[str] | None = None,
     processes: int = 1,
+    recorded: dict[str, Any] | None = None,
 ) -> tuple[RunSpec, dict[str, str]]:
     """Build the RunSpec from its layers; returns the spec and the provenance of each leaf key.
 
-    `processes`: how many processes will share the run (torchrun's WORLD_SIZE), for `adapt_micro_batch`."""
+    `processes`: how many processes will share the run (torchrun's WORLD_SIZE), for `adapt_micro_batch`.
+    `recorded`: the spec a run directory holds (its config.json), for `keep_recorded`."""
     file_layer = load_config_file(config_file) if config_file else {}
     flag_layer: dict[str, Any] = {}
     for path, value in _leaves(flags or {}):
@@ -195,6 +197,7 @@ def resolve_spec(
         raise UsageError("no teacher given", hint="pass --teacher NAME (for example --teacher gmm-ring8)")
     teacher_name, auto_preset = describe_teacher(teacher_name)
 
+    preset_given = preset is not None or file_layer.get("preset") is not None
     preset_name = preset or file_layer.get("preset") or "auto"
     file_layer.pop("preset", None)
     if preset_name == "auto":
@@ -208,12 +211,12 @@ def resolve_spec(
     if method not in METHOD_DEFAULTS:
         raise UsageError(f"unknown method '{method}'", hint=f"known methods: {', '.join(METHOD_DEFAULTS)}")
     preset_method_layer = PRESETS[preset_name].get("by_method", {}).get(method, {})
-    layers = [
+    lower = [
         (f"method:{method}", METHOD_DEFAULTS[method]),
         (f"preset:{preset_name}", preset_layer),
         (f"preset:{preset_name}:{method}", preset_method_layer),
-    ] + upper
-    merged, provenance = merge_layers(layers)
+    ]
+    merged, provenance = merge_layers(lower + upper)
     merged["teacher"] = teacher_name
     adapt_micro_batch(merged, provenance, processes)
     if method != "sim" and "loss.distance" in provenance:
@@ -225,7 +228,42 @@ def resolve_spec(
         spec = RunSpec.model_validate(merged)
     except ValidationError as exc:
         raise _format_validation_error(exc) from None
+    if recorded is not None and not preset_given:
+        return keep_recorded(spec, provenance, recorded, lower, upper, teacher_name)
     return spec, provenance
+
+
+RECORDED = "run"
+"""The provenance of a value kept from the run directory's config.json (keep_recorded)."""
+
+
+def keep_recorded(
+    spec: RunSpec, provenance: dict[str, str], recorded: dict[str, Any], lower: list[tuple[str, dict[str, Any]]],
+    upper: list[tuple[str, dict[str, Any]]], teacher_name: str,
+) -> tuple[RunSpec, dict[str, str]]:
+    """Resuming with the same command: the values a run directory recorded win over what method defaults and an
+    `auto` preset give now (they may have changed since the run started), so a run resumes as it began; what the
+    command gives (config file, flags, --set) wins over the record, and the run directory then refuses what may not
+    change. Values kept from the record that differ from what the command alone gives have provenance RECORDED; a
+    record that does not make a valid spec with the command's values is ignored (the run directory's own check
+    reports the difference)."""
+    given = {path for _, layer in upper for path, _ in _leaves(layer)}
+    given |= {_EXCLUSIVE[p] for p in given if p in _EXCLUSIVE}
+    layer = copy.deepcopy(recorded)
+    for path in given | {("teacher",)}:
+        _drop_path(layer, path)
+    merged, merged_provenance = merge_layers([*lower, (RECORDED, layer), *upper])
+    merged["teacher"] = teacher_name
+    try:
+        kept = RunSpec.model_validate(merged)
+    except ValidationError:
+        return spec, provenance
+    now = dict(_leaves(spec.model_dump(mode="json")))
+    out = dict(provenance)
+    for path, value in _leaves(kept.model_dump(mode="json")):
+        if merged_provenance.get(".".join(path)) == RECORDED and now.get(path) != value:
+            out[".".join(path)] = RECORDED
+    return kept, out
 
 
 ADAPTED = "adapted to training.batch_size"
@@ -233,12 +271,11 @@ ADAPTED = "adapted to training.batch_size"
 
 
 def adapt_micro_batch(merged: dict[str, Any], provenance: dict[str, str], processes: int = 1) -> None:
-    """A micro-batch from a preset or method default (training.batch_gpu) that does not divide the batch each process
-    computes gives way to the largest divisor of that batch not above it, marked in its provenance; a micro-batch the
+    """A micro-batch from a preset (training.batch_gpu) that does not divide the batch each process computes gives way to the largest divisor of that batch not above it, marked in its provenance; a micro-batch the
     user gave (file, flag, --set) is left for validation to refuse."""
     training = merged.get("training")
     source = provenance.get("training.batch_gpu", "")
-    if not isinstance(training, dict) or not source.startswith(("preset:", "method:")):
+    if not isinstance(training, dict) or not source.startswith("preset:"):
         return
     batch, micro = training.get("batch_size"), training.get("batch_gpu")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (batch, micro)) or processes < 1:

@@ -87,11 +87,11 @@ class Distillation:
         # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
         # Rank 0 loads (and downloads) it before the others, which then find it in the cache.
         teacher = self._teacher()
+        check_network_settings(spec, teacher)  # settings the teacher's network cannot take (dropout, checkpointing)
         # Text-to-image: the prompt file, and the prompts' embeddings (a store built once in the cache, or a text
         # encoder loaded), also before the run directory is touched: a missing or malformed prompt file or a text
         # encoder that cannot be loaded leaves it as it was. Prompts for another teacher are refused.
         self.prompts = RunPrompts.prepare(spec, teacher, self.world, self.device, self.on_event)
-        check_network_settings(spec, teacher)
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device, self.world) if make_evaluator is not None else None
         if self._stop_agreed():  # e.g. during a download (any process's signal): nothing in the run directory was touched

@@ -23,6 +23,7 @@ from simcli.rundir.layout import (
     BEST_GENERATOR_FILE,
     CONFIG_FILE,
     METRICS_FILE,
+    WRITE_PROBE_FILE,
     is_foreign,
     list_generators,
     list_grids,
@@ -86,7 +87,7 @@ def prepare_run_dir(
     """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".simcli-write-probe"
+        probe = run_dir / WRITE_PROBE_FILE
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -155,10 +156,14 @@ def choose_state(run_dir: Path, spec: RunSpec, restart: bool, world: World, devi
 
 def check_network_settings(spec: RunSpec, teacher: Teacher) -> None:
     """Refuse settings the teacher's network cannot take, before the run directory is touched."""
-    if spec.training.dropout is not None and (teacher.architecture is None or not teacher.denoiser.supports_dropout):
-        what = "an analytic teacher's fitted MLP" if teacher.architecture is None else f"teacher '{teacher.display_name}'"
+    fitted = teacher.architecture is None  # an analytic teacher: its copies are a fitted MLP
+    what = "an analytic teacher's fitted MLP" if fitted else f"teacher '{teacher.display_name}'"
+    if spec.training.dropout is not None and (fitted or not teacher.denoiser.supports_dropout):
         raise UsageError(f"training.dropout applies to copies of an EDM network, not {what}",
-                         hint="unset it" + (" (the MLP's is network.dropout)" if teacher.architecture is None else ""))
+                         hint="unset it" + (" (the MLP's is network.dropout)" if fitted else ""))
+    if spec.training.activation_checkpointing and (fitted or not teacher.denoiser.supports_activation_checkpointing):
+        raise UsageError(f"training.activation_checkpointing needs an EDM or PixArt network, not {what}",
+                         hint="unset it")
 
 
 def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.device, on_event: EventHandler) -> Networks:
@@ -173,8 +178,9 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
         base, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event)
     else:
         base, architecture = copy.deepcopy(teacher), loaded.architecture
-        if spec.training.dropout is not None:  # the copies only: the frozen teacher runs in eval mode
-            base.set_dropout(spec.training.dropout)
+        if spec.training.dropout is not None:  # the teacher too, for shared-mask score dropout (it runs in train mode)
+            for net in (teacher, base):
+                net.set_dropout(spec.training.dropout)
             architecture = with_dropout(architecture, spec.training.dropout)
     teacher.eval().requires_grad_(False)
     generator = copy.deepcopy(base).requires_grad_(True)
@@ -184,9 +190,7 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
         teacher.set_guidance_scale(spec.text.guidance_scale)
         for net in (generator, online, ema):
             net.set_guidance_scale(1.0)
-    if spec.training.activation_checkpointing:
-        if not teacher.supports_activation_checkpointing:
-            raise UsageError("training.activation_checkpointing needs an EDM network", hint="unset it for mixture teachers")
+    if spec.training.activation_checkpointing:  # check_network_settings refused networks without it
         for net in (teacher, generator, online):
             net.set_activation_checkpointing(True)
     return Networks(teacher, generator, online, ema, architecture)

@@ -9,6 +9,8 @@
     teacher-grid.png                the teacher sampler's grid (once per run)
     teacher-fit.safetensors         the network fitted to an analytic teacher (reused by a resume)
     .simcli.lock                    the lock of the process that runs in the directory
+    .simcli-write-probe             made and removed at once, to check the directory is writable
+    .NAME.tmp-PID                   a file being written, renamed to NAME when complete (simcli.rundir.atomic)
     discarded-<time>/               what --restart moved aside
 
 <kimg> is thousands of images seen with three decimals, zero-padded so that names sort by images seen.
@@ -25,6 +27,7 @@ BEST_GENERATOR_FILE = "generator-best.safetensors"
 TEACHER_GRID_FILE = "teacher-grid.png"
 TEACHER_FIT_FILE = "teacher-fit.safetensors"
 LOCK_FILE = ".simcli.lock"
+WRITE_PROBE_FILE = ".simcli-write-probe"
 DISCARDED_PREFIX = "discarded-"
 
 _TAG = r"(\d+\.\d{3})"

@@ -163,25 +163,7 @@ def test_resume_after_a_torn_metrics_line(tiny_run_copy, cli, json_doc):
     assert steps == [5, 10, 15, 20, 25]
 
 
-def test_a_presets_micro_batch_adapts_to_a_smaller_batch_and_says_so(cli, json_doc, tmp_path):
-    """An EDM teacher under the ffhq64 preset (micro-batches of 32) run at --batch-size 6: micro-batches of 6, a note
-    on stderr, and the adapted value in config.json; an explicit --batch-gpu that does not divide stays an error."""
-    from tests.helpers.tiny_edm import write_tiny_edm
-
-    teacher = write_tiny_edm(tmp_path / "edm-ffhq-64x64-uncond-vp.pkl")  # an official file name: the ffhq64 preset
-    args = ["distill", "--teacher", teacher, "--batch-size", 6, "--steps", 1, "--precision", "fp32",
-            "--set", "logging.grid_samples=0", "--json"]
-    result = cli(*args, "--out", tmp_path / "run")
-    assert result.exit_code == 0, result.output
-    assert json_doc(result.stdout)["micro_batch"] == 6
-    assert "note: micro-batches of 6 images, as the ffhq64 preset's do not divide the batch of 6 images" in result.stderr
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["batch_gpu"] == 6
-    refused = cli(*args, "--batch-gpu", 4, "--out", tmp_path / "other")
-    assert refused.exit_code == 2 and "batch_gpu (4) must divide batch_size (6)" in refused.stderr
-    assert not (tmp_path / "other").exists()
-
-
-def test_training_dropout_sets_the_copies_and_is_refused_for_mixtures(cli, tmp_path):
+def test_training_dropout_sets_the_copies_and_network_settings_are_refused_for_mixtures(cli, tmp_path):
     """training.dropout: the generator snapshot records it (the teacher's file says 0.13); an analytic teacher is
     refused with exit 2 before the run directory exists."""
     from simcli.rundir.layout import list_generators
@@ -199,3 +181,9 @@ def test_training_dropout_sets_the_copies_and_is_refused_for_mixtures(cli, tmp_p
     assert refused.exit_code == 2
     assert "training.dropout applies to copies of an EDM network, not an analytic teacher's fitted MLP" in refused.stderr
     assert not (tmp_path / "gmm").exists()
+    refused = cli("distill", "--teacher", "gmm-ring8", "--preset", "tiny", "--set", "training.activation_checkpointing=true",
+                  "--out", tmp_path / "gmm")
+    assert refused.exit_code == 2
+    assert ("training.activation_checkpointing needs an EDM or PixArt network, not an analytic teacher's fitted MLP"
+            in refused.stderr)
+    assert not (tmp_path / "gmm").exists()  # refused before the fit and config.json

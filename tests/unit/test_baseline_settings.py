@@ -9,6 +9,7 @@ training/di_training_loop.py), NVlabs/edm at 008a4e5 (train.py, training/trainin
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,6 +188,32 @@ def test_shared_mask_on_an_edm_network():
     on, te = score_outputs(online, teacher, x, sigma, None, shared_mask=True)
     assert torch.equal(on, te)
     assert not torch.equal(on, teacher.eval()(x, sigma))
+
+
+def test_training_dropout_reaches_the_teacher_so_shared_masks_stay_shared():
+    """Diff-Instruct's shared-mask step runs the teacher in train mode: with training.dropout (0.05 under the afhq64
+    preset, whose pickle says 0.25) the teacher must drop at the online model's rate, or the masks differ."""
+    from simcli.distill.events import ignore_event
+    from simcli.distill.setup import build_networks
+    from simcli.distill.steps import score_outputs
+    from simcli.nets.unet_block import UNetBlock
+    from simcli.teachers.registry import Teacher
+
+    net = tiny_edm(dropout=0.25)
+    architecture = {"kind": "edm", "class_name": "EDMPrecond", "init_kwargs": {
+        "img_resolution": 8, "img_channels": 3, "model_type": "SongUNet", "model_channels": 16, "channel_mult": [1, 2],
+        "num_blocks": 1, "attn_resolutions": [4], "augment_dim": 9, "dropout": 0.25}}
+    spec, _ = resolve_spec("edm-afhqv2-64", describe_teacher_name, flags={"loss": {"method": "di"}})
+    assert spec.training.dropout == 0.05 and spec.generator.score_dropout == "shared-mask"
+    nets = build_networks(spec, Teacher("t", "edm", "t", net, architecture), Path("unused"), torch.device("cpu"),
+                          ignore_event)
+    for each in (nets.teacher, nets.generator, nets.online, nets.ema):
+        assert {b.dropout for b in each.modules() if isinstance(b, UNetBlock)} == {0.05}
+    assert nets.architecture["init_kwargs"]["dropout"] == 0.05
+    online = copy.deepcopy(nets.teacher)  # equal weights: a shared mask gives equal outputs
+    x, sigma = torch.randn(4, 3, 8, 8), torch.full((4,), 0.7)
+    on, te = score_outputs(online.train(), nets.teacher.train(), x, sigma, None, shared_mask=True)
+    assert torch.equal(on, te)
 
 
 @pytest.mark.gpu

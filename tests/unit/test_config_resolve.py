@@ -380,31 +380,3 @@ def test_spec_differences_on_resolved_specs():
     old = resolve(preset="tiny")[0].model_dump(mode="json")
     new = resolve(preset="tiny", flags={"training": {"duration_kimg": 3.2}, "device": "cpu", "seed": 1})[0].model_dump(mode="json")
     assert spec_differences(old, new, RESUMABLE_CHANGES) == ["seed"]
-
-
-# ---------------------------------------------------------------------------------------------- preset micro-batches
-
-
-@pytest.mark.parametrize(
-    ("batch", "processes", "expected"),
-    [(8, 1, 8), (4, 1, 4), (48, 1, 24), (8, 2, 4), (96, 2, 24), (512, 1, 32), (512, 4, 32), (36, 1, 18)],
-)
-def test_a_presets_micro_batch_gives_way_to_a_batch_it_does_not_divide(batch, processes, expected):
-    """The ffhq64 preset's 32-image micro-batch: kept where it divides each process's batch, else the largest divisor
-    of that batch not above 32, marked in the provenance."""
-    spec, provenance = resolve("edm-ffhq64", flags={"training": {"batch_size": batch}}, processes=processes)
-    assert spec.training.batch_gpu == expected
-    per_process = batch // processes
-    assert per_process % expected == 0 and expected <= 32
-    adapted = provenance["training.batch_gpu"].endswith("adapted to training.batch_size")
-    assert adapted == (per_process % 32 != 0)
-    assert provenance["training.batch_gpu"].startswith("preset:ffhq64")
-
-
-def test_a_micro_batch_the_user_gives_is_never_changed():
-    with pytest.raises(UsageError, match=r"batch_gpu \(32\) must divide batch_size \(8\)"):
-        resolve("edm-ffhq64", flags={"training": {"batch_size": 8, "batch_gpu": 32}})
-    with pytest.raises(UsageError, match=r"batch_gpu \(3\) must divide batch_size \(8\)"):
-        resolve("edm-ffhq64", flags={"training": {"batch_size": 8}}, sets=["training.batch_gpu=3"])
-    spec, provenance = resolve("edm-ffhq64", flags={"training": {"batch_size": 8, "batch_gpu": 2}})
-    assert spec.training.batch_gpu == 2 and provenance["training.batch_gpu"] == "flag"
