@@ -7,15 +7,15 @@ so `--dry-run` can say where each value came from. Errors are UsageError with th
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import yaml
 from pydantic import ValidationError
 
+from simcli.config.files import MAX_DEPTH, TooComplex, check_shape, load_config_file, load_yaml, shown
+from simcli.config.key_errors import SpecKeyError, source_hint
 from simcli.config.methods import METHOD_DEFAULTS
 from simcli.config.presets import PRESETS
 from simcli.config.spec import KarrasUniformNoise, LognormalNoise, RunSpec
@@ -30,10 +30,15 @@ def parse_set_option(item: str) -> dict[str, Any]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise UsageError(f"--set expects key=value, got {item!r}", hint="for example --set online.optimizer.lr=1e-4")
+        raise UsageError(f"--set expects key=value, got {shown(item)}", hint="for example --set online.optimizer.lr=1e-4")
+    if key.count(".") >= MAX_DEPTH:
+        raise UsageError(f"--set key {shown(key)} nests deeper than {MAX_DEPTH} levels", hint="spec keys nest 4 deep at most")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
+        value = load_yaml(raw) if raw.strip() else raw
+        check_shape(value)
+    except TooComplex as exc:
+        raise UsageError(f"--set {shown(key)}: the value {exc}", hint="give a plain value, such as a number or a name") from None
+    except (yaml.YAMLError, ValueError):  # not YAML (or a key that is no name inside it): the text as it is
         value = raw
     out: dict[str, Any] = {}
     node = out
@@ -42,33 +47,6 @@ def parse_set_option(item: str) -> dict[str, Any]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return out
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML, TOML or JSON config file into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file not found: {path}")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"config file {path} could not be read: {exc}") from None
-    try:
-        if path.suffix in {".yaml", ".yml"}:
-            data = yaml.safe_load(text)
-        elif path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise UsageError(f"config file {path} must end in .yaml, .yml, .toml or .json")
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"config file {path} could not be parsed: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"config file {path} must hold a mapping of spec keys")
-    return data
 
 
 def _leaves(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -132,23 +110,26 @@ def merge_layers(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, An
 NOISE_KINDS = {"lognormal": LognormalNoise, "karras-uniform": KarrasUniformNoise}
 
 
-def _format_validation_error(exc: ValidationError) -> UsageError:
-    err = exc.errors()[0]
+def _format_validation_error(exc: ValidationError, provenance: dict[str, str]) -> UsageError:
+    """The first error, in one line naming the key (a SpecKeyError, so the CLI can name a flag), with a bounded
+    rendering of the value (a hostile one can be huge)."""
+    err = exc.errors(include_url=False, include_context=False)[0]
     key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) and p not in NOISE_KINDS)
     if err["type"] == "extra_forbidden":
         parent = key.rpartition(".")[0]
         kind = next((p for p in err["loc"] if p in NOISE_KINDS), None)
         if kind is not None:
             fields = ", ".join(NOISE_KINDS[kind].model_fields)
-            return UsageError(f"unknown spec key '{key}' for noise kind '{kind}'", hint=f"known keys: {fields}")
-        return UsageError(f"unknown spec key '{key}'", hint=_known_keys_hint(parent))
+            return UsageError(f"unknown spec key {shown(key)} for noise kind '{kind}'", hint=f"known keys: {fields}")
+        return UsageError(f"unknown spec key {shown(key)}", hint=_known_keys_hint(parent))
     if err["type"] == "missing":
         return UsageError(f"spec key '{key}' is required")
     msg = err["msg"].removeprefix("Value error, ")
-    where = f"spec key '{key}'" if key else "spec"
     value = err.get("input")
-    got = "" if isinstance(value, dict) or not key else f" (got {value!r})"
-    return UsageError(f"{where}: {msg}{got}")
+    if not key:
+        return UsageError(f"spec: {msg}", hint=source_hint(None))
+    got = "" if isinstance(value, dict) else f" (got {shown(value)})"
+    return SpecKeyError(key, f": {msg}{got}", source=provenance.get(key))
 
 
 def _known_keys_hint(parent: str) -> str:
@@ -203,13 +184,13 @@ def resolve_spec(
     if preset_name == "auto":
         preset_name = auto_preset
     if not isinstance(preset_name, str) or preset_name not in PRESETS:
-        raise UsageError(f"unknown preset '{preset_name}'", hint=f"known presets: auto, {', '.join(PRESETS)}")
+        raise UsageError(f"unknown preset {shown(preset_name)}", hint=f"known presets: auto, {', '.join(PRESETS)}")
     preset_layer = {k: v for k, v in PRESETS[preset_name].items() if k != "by_method"}
 
     loss_upper = merged_upper.get("loss")  # may be a non-mapping (--set loss=3); validation reports it below
     method = (loss_upper.get("method") if isinstance(loss_upper, dict) else None) or preset_layer.get("loss", {}).get("method") or "sim"
-    if method not in METHOD_DEFAULTS:
-        raise UsageError(f"unknown method '{method}'", hint=f"known methods: {', '.join(METHOD_DEFAULTS)}")
+    if not isinstance(method, str) or method not in METHOD_DEFAULTS:
+        raise UsageError(f"unknown method {shown(method)}", hint=f"known methods: {', '.join(METHOD_DEFAULTS)}")
     preset_method_layer = PRESETS[preset_name].get("by_method", {}).get(method, {})
     lower = [
         (f"method:{method}", METHOD_DEFAULTS[method]),
@@ -227,7 +208,7 @@ def resolve_spec(
     try:
         spec = RunSpec.model_validate(merged)
     except ValidationError as exc:
-        raise _format_validation_error(exc) from None
+        raise _format_validation_error(exc, provenance) from None
     if recorded is not None and not preset_given:
         return keep_recorded(spec, provenance, recorded, lower, upper, teacher_name)
     return spec, provenance

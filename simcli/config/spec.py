@@ -7,9 +7,9 @@ defaults of the baselines and `presets.py` the named presets.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 DistanceName = Literal["pseudo-huber", "l2", "l1", "huber", "lp", "exp-lp"]
 MethodName = Literal["sim", "sid", "di"]
@@ -17,23 +17,42 @@ PrecisionName = Literal["fp32", "tf32", "bf16", "fp16"]
 FeatureBackendName = Literal["torch-fidelity", "clean-fid", "digits"]  # simcli.eval.features registers each
 
 
-class Strict(BaseModel):
-    """Base: unknown keys are errors, instances are immutable, field docstrings are the help text."""
+SEED_MAX = 2**64 - 1
+"""Largest seed: torch.Generator.manual_seed takes 64 bits (the analytic teacher's fit seeds torch with the run seed;
+the iteration streams hash it with numpy's SeedSequence, which takes any size)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+"""An int field: pydantic's lax int (YAML, JSON, TOML and --set integers; 256.0) without bools (`true` would be 1)."""
+Float = Annotated[float, BeforeValidator(_not_bool)]
+"""A float field: pydantic's lax float ('1e-4', which YAML reads as text) without bools; finite (Strict)."""
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, instances are immutable, field docstrings are the help text. Numbers are finite
+    (no inf or nan); Int and Float fields take no bools."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True,
+                              allow_inf_nan=False)
 
 
 class LognormalNoise(Strict):
     """ln sigma ~ N(p_mean, p_std^2), optionally clipped (EDM; SIM eq. B.6 and B.10)."""
 
     kind: Literal["lognormal"] = "lognormal"
-    p_mean: float = -1.2
+    p_mean: Float = -1.2
     """Mean of ln sigma."""
-    p_std: float = Field(1.2, gt=0)
+    p_std: Float = Field(1.2, gt=0)
     """Standard deviation of ln sigma."""
-    sigma_min: float | None = Field(None, gt=0)
+    sigma_min: Float | None = Field(None, gt=0)
     """Clip sigma below at this value (none by default)."""
-    sigma_max: float | None = Field(None, gt=0)
+    sigma_max: Float | None = Field(None, gt=0)
     """Clip sigma above at this value (none by default)."""
 
 
@@ -41,13 +60,13 @@ class KarrasUniformNoise(Strict):
     """SiD's generator noise: u ~ U(0, t_max/1000) on the Karras schedule (SiD eq. B.8)."""
 
     kind: Literal["karras-uniform"] = "karras-uniform"
-    t_max: float = Field(800.0, gt=0, le=1000)
+    t_max: Float = Field(800.0, gt=0, le=1000)
     """Upper end of u in thousandths of the schedule (800 means u ~ U(0, 0.8))."""
-    sigma_min: float = Field(0.002, gt=0)
+    sigma_min: Float = Field(0.002, gt=0)
     """Smallest sigma of the schedule."""
-    sigma_max: float = Field(80.0, gt=0)
+    sigma_max: Float = Field(80.0, gt=0)
     """Largest sigma of the schedule."""
-    rho: float = Field(7.0, gt=0)
+    rho: Float = Field(7.0, gt=0)
     """Schedule curvature."""
 
 
@@ -57,41 +76,46 @@ NoiseSpec = Annotated[LognormalNoise | KarrasUniformNoise, Field(discriminator="
 class OptimizerSpec(Strict):
     """Adam settings."""
 
-    lr: float = Field(1e-5, gt=0)
+    lr: Float = Field(1e-5, gt=0)
     """Learning rate."""
-    beta1: float = Field(0.0, ge=0, lt=1)
+    beta1: Float = Field(0.0, ge=0, lt=1)
     """Adam beta1 (0 in SIM and SiD)."""
-    beta2: float = Field(0.999, ge=0, lt=1)
+    beta2: Float = Field(0.999, ge=0, lt=1)
     """Adam beta2."""
-    eps: float = Field(1e-8, gt=0)
+    eps: Float = Field(1e-8, gt=0)
     """Adam epsilon."""
+
+
+MLP_MAX_LAYERS = 64
+"""The most hidden layers: simcli.nets.registry.MAX_BLOCKS, the bound its network files (generator snapshots) are read
+with, so a run never writes a generator that `sample` and `eval` refuse (a test keeps the two equal)."""
 
 
 class NetworkSpec(Strict):
     """MLP denoiser for vector data (analytic teachers); network teachers (EDM, digits, PixArt) bring their own."""
 
-    hidden_dim: int = Field(256, gt=0)
+    hidden_dim: Int = Field(256, gt=0)
     """Width of each hidden layer."""
-    num_layers: int = Field(4, gt=0)
-    """Number of hidden layers."""
-    embedding_dim: int = Field(32, gt=1)
+    num_layers: Int = Field(4, gt=0, le=MLP_MAX_LAYERS)
+    """Number of hidden layers (at most 64: simcli reads network files with at most that many)."""
+    embedding_dim: Int = Field(32, gt=1)
     """Size of the noise-level embedding (even)."""
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: Float = Field(0.0, ge=0, lt=1)
     """Dropout probability, active while the generator or online model is being updated."""
 
 
 class TeacherFitSpec(Strict):
     """Regression of the MLP onto an analytic teacher's exact denoiser (data-free, cached in the run directory)."""
 
-    steps: int = Field(1500, gt=0)
+    steps: Int = Field(1500, gt=0)
     """Adam steps of the fit."""
-    batch_size: int = Field(512, gt=0)
+    batch_size: Int = Field(512, gt=0)
     """Noisy samples per step."""
-    lr: float = Field(1e-3, gt=0)
+    lr: Float = Field(1e-3, gt=0)
     """Peak learning rate (cosine decay to zero)."""
-    sigma_min: float = Field(0.002, gt=0)
+    sigma_min: Float = Field(0.002, gt=0)
     """Smallest noise level fitted (log-uniform between sigma_min and sigma_max)."""
-    sigma_max: float = Field(80.0, gt=0)
+    sigma_max: Float = Field(80.0, gt=0)
     """Largest noise level fitted."""
 
 
@@ -102,17 +126,17 @@ class LossSpec(Strict):
     """sim (Score Implicit Matching), sid (Score identity Distillation) or di (Diff-Instruct)."""
     distance: DistanceName = "pseudo-huber"
     """SIM distance d (Table 4)."""
-    pseudo_huber_c: float | None = Field(None, gt=0)
+    pseudo_huber_c: Float | None = Field(None, gt=0)
     """Pseudo-Huber c in x0 units; none means 0.00054 * sqrt(D) (our documented choice)."""
-    huber_delta: float = Field(1.0, gt=0)
+    huber_delta: Float = Field(1.0, gt=0)
     """Huber threshold delta."""
-    lp_alpha: int = Field(4, ge=2)
+    lp_alpha: Int = Field(4, ge=2)
     """Exponent of the lp distance (even)."""
-    exp_lp_alpha: int = Field(2, ge=2)
+    exp_lp_alpha: Int = Field(2, ge=2)
     """Exponent inside the exp-lp distance (even)."""
-    exp_lp_beta: float = Field(1.0, gt=0)
+    exp_lp_beta: Float = Field(1.0, gt=0)
     """Scale beta inside the exp-lp distance."""
-    sid_alpha: float = 1.2
+    sid_alpha: Float = 1.2
     """SiD's alpha (1.2 in SiD's CIFAR-10 runs; 1.0 matches SIM-l2)."""
 
     @model_validator(mode="after")
@@ -126,7 +150,7 @@ class LossSpec(Strict):
 class GeneratorSpec(Strict):
     """The one-step generator G(z) = D_theta(sigma_init z; sigma_init) (SIM eq. B.4)."""
 
-    sigma_init: float = Field(2.5, gt=0)
+    sigma_init: Float = Field(2.5, gt=0)
     """Noise level at which the generator denoises pure noise (2.5 in SIM and SiD; 1.0 for di, as Diff-Instruct's
     README recipe --init_sigma 1.0)."""
     noise: NoiseSpec = LognormalNoise(p_mean=-3.5, p_std=2.5)
@@ -151,7 +175,7 @@ class OnlineSpec(Strict):
     weighting: Literal["edm", "none"] = "edm"
     """Per-noise weight of the DSM loss: edm, lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (eq. B.7);
     none, 1 (the paper's text-to-image runs: 'both loss weights 1', Appendix B.3)."""
-    updates_per_generator_update: int = Field(1, gt=0)
+    updates_per_generator_update: Int = Field(1, gt=0)
     """Online updates before each generator update (1 in Algorithm 2)."""
     sample_source: Literal["fresh", "generator-step"] = "fresh"
     """Samples the online model is trained on. fresh: new generator samples (G in eval mode), as Algorithm 2.
@@ -159,7 +183,7 @@ class OnlineSpec(Strict):
     fewer per iteration; the iteration then runs the generator update first and the online update on its samples
     (needs updates_per_generator_update 1). What it saves and what it costs in FID on the digits teacher:
     examples/digits/SPEED-OPTIONS.md; the run warns when it is chosen."""
-    augment_p: float = Field(0.0, ge=0, lt=1)
+    augment_p: Float = Field(0.0, ge=0, lt=1)
     """Probability p of EDM's augmentation pipeline on the online step's generated images: the augmented image is
     the denoising target and its 9 augment labels go to the online model. Only for networks with augment_dim 9
     (EDM's CIFAR-10, FFHQ and AFHQ teachers); other networks are not augmented and the run warns. 0.12 for sid and
@@ -177,25 +201,25 @@ class OnlineSpec(Strict):
 class EMASpec(Strict):
     """EMA of the generator weights, the weights that sample and eval use."""
 
-    halflife_kimg: float = Field(500.0, ge=0)
+    halflife_kimg: Float = Field(500.0, ge=0)
     """Half-life in thousands of images; 0 disables averaging (EMA = current weights)."""
-    rampup_ratio: float | None = Field(0.05, gt=0)
+    rampup_ratio: Float | None = Field(0.05, gt=0)
     """Half-life is at most this fraction of the images seen so far; none disables the ramp-up."""
 
 
 class TrainingSpec(Strict):
     """Batch and duration."""
 
-    batch_size: int = Field(256, gt=0)
+    batch_size: Int = Field(256, gt=0)
     """Generator images per iteration (also the online step's batch)."""
-    batch_gpu: int | None = Field(None, gt=0)
+    batch_gpu: Int | None = Field(None, gt=0)
     """Images per forward pass (--batch-gpu): the micro-batch. The batch_size / batch_gpu micro-batches are shared out
     over the processes (torchrun) and accumulated; each draws its random numbers from its own stream, so a run with
     the same batch_size and batch_gpu gives the same result for any number of processes. none: batch_size divided
     by the number of processes (on resume: the micro-batch the run used, when the processes can share it)."""
-    duration_kimg: float | None = Field(None, gt=0)
+    duration_kimg: Float | None = Field(None, gt=0)
     """Stop after this many thousand generator images (exclusive with duration_steps)."""
-    duration_steps: int | None = Field(None, gt=0)
+    duration_steps: Int | None = Field(None, gt=0)
     """Stop after this many iterations (exclusive with duration_kimg)."""
     activation_checkpointing: bool = False
     """Recompute the blocks' activations in the backward pass of the generator, the online model and the teacher
@@ -209,9 +233,13 @@ class TrainingSpec(Strict):
     same computation up to rounding, except that dropout masks (drawn in memory order) differ."""
     compile: bool = False
     """torch.compile the generator, the online model and the teacher (the first iterations pay the compilation)."""
-    max_nonfinite_steps: int = Field(10, gt=0)
+    max_nonfinite_steps: Int = Field(10, gt=0)
     """Stop the run (exit code 1) after this many consecutive iterations with non-finite losses or gradients."""
-    dropout: float | None = Field(None, ge=0, lt=1)
+    collective_timeout_min: Float = Field(5.0, gt=0, le=1440)
+    """Under torchrun: how long a process may give no sign of life (killed, hung, stopped) while the others wait for
+    it in a collective; then rank 0 names it, saves the last finished iteration and stops (exit code 1). Processes
+    that are alive but busy (rank 0 writing a snapshot) are waited for. May change on resume."""
+    dropout: Float | None = Field(None, ge=0, lt=1)
     """Dropout of the generator and the online model, copies of an EDM teacher's network (as SiD's --dropout builds
     them); recorded in their architecture. none: the teacher's own (what its file records). Mixture teachers' MLPs
     take network.dropout."""
@@ -238,19 +266,19 @@ class TrainingSpec(Strict):
 class LoggingSpec(Strict):
     """How often the run reports and saves."""
 
-    status_every_kimg: float = Field(10.0, gt=0)
+    status_every_kimg: Float = Field(10.0, gt=0)
     """Status line and metrics.jsonl record every this many thousand images."""
-    heartbeat_every_s: float | None = Field(30.0, gt=0)
+    heartbeat_every_s: Float | None = Field(30.0, gt=0)
     """A progress line (display only, not in metrics.jsonl) when this many seconds passed without a status line; none: never."""
-    eval_every_kimg: float | None = Field(None, gt=0)
+    eval_every_kimg: Float | None = Field(None, gt=0)
     """Evaluate the EMA generator (FID, IS) every this many thousand images and at the end; none: never."""
-    snapshot_every_kimg: float = Field(500.0, gt=0)
+    snapshot_every_kimg: Float = Field(500.0, gt=0)
     """Generator snapshot and resumable state every this many thousand images (and at the end)."""
-    keep_states: int = Field(2, gt=0)
+    keep_states: Int = Field(2, gt=0)
     """Resumable state files kept (the newest ones)."""
-    keep_generators: int | None = Field(None, gt=0)
+    keep_generators: Int | None = Field(None, gt=0)
     """Generator snapshots (generator-<kimg>.safetensors) kept, the newest ones; none: all; generator-best is always kept."""
-    grid_samples: int = Field(100, ge=0)
+    grid_samples: Int = Field(100, ge=0)
     """Image teachers: samples in the grid PNGs of the EMA generator (at the start and with every snapshot) and of
     the teacher's 18-step Heun sampler (once); a conditional model gets one row per class; 0: no grids."""
 
@@ -259,12 +287,12 @@ class EvaluationSpec(Strict):
     """In-training evaluation of the EMA generator, every logging.eval_every_kimg.
 
     Image teachers get FID (and IS) against `reference`; analytic teachers get the exact metrics of
-    `simcli eval --teacher` instead (mode weights, precision, MMD, sliced W2); text-to-image runs refuse it.
+    `simcli eval --teacher` instead (mode weights, precision, MMD^2, sliced W2); text-to-image runs refuse it.
     """
 
     reference: str | None = None
     """FID reference: a name (cifar10-train, ...), a statistics .npz or a folder; none: the teacher's dataset."""
-    num_samples: int = Field(10000, gt=1)
+    num_samples: Int = Field(10000, gt=1)
     """Samples per evaluation (the published protocol uses 50000; fewer is faster but biased upwards)."""
     inception_score: bool = True
     """Also compute the Inception Score, where the backend gives class logits (torch-fidelity, digits; not clean-fid)."""
@@ -273,9 +301,9 @@ class EvaluationSpec(Strict):
     digits teacher's classifier, for 8x8 digits)."""
     feature_weights: str | None = None
     """Local Inception weights file for offline use."""
-    batch_size: int = Field(250, gt=0)
+    batch_size: Int = Field(250, gt=0)
     """Images per generator and extractor batch."""
-    seed: int = Field(0, ge=0)
+    seed: Int = Field(0, ge=0, le=SEED_MAX)
     """First seed of the evaluation samples (the same seeds at every evaluation)."""
 
 
@@ -284,13 +312,13 @@ class TextSpec(Strict):
 
     prompts: str | None = None
     """Prompt file (--prompts): one prompt per line (.txt) or JSON lines with a 'prompt' field (.jsonl)."""
-    guidance_scale: float = Field(4.5, ge=1.0)
+    guidance_scale: Float = Field(4.5, ge=1.0)
     """The teacher's classifier-free guidance scale w: eps_u + w (eps_c - eps_u); the generator and the online model
     see the conditional prompt only. 4.5: PixArt-alpha's pipeline default (the paper does not state its value)."""
     embedding_cache: bool = True
     """Embed every prompt once into an on-disk store (in simcli's cache), so the text encoder is not in memory while
     training; false: keep the text encoder loaded and embed each micro-batch's prompts as it is drawn."""
-    encode_batch_size: int = Field(64, gt=0)
+    encode_batch_size: Int = Field(64, gt=0)
     """Prompts per text-encoder batch when the store is built."""
 
 
@@ -321,8 +349,8 @@ class RunSpec(Strict):
     """What in-training evaluation computes."""
     text: TextSpec = TextSpec()
     """Prompts and guidance (text-to-image teachers only)."""
-    seed: int = Field(0, ge=0)
-    """Seed of every random draw; iteration k reseeds from (seed, k), so resumed runs repeat exactly."""
+    seed: Int = Field(0, ge=0, le=SEED_MAX)
+    """Seed of every random draw (0 to 2^64 - 1); iteration k reseeds from (seed, k), so resumed runs repeat exactly."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto (cuda when available)."""
 
@@ -332,6 +360,7 @@ RESUMABLE_CHANGES = (
     "training.duration_kimg",
     "training.duration_steps",
     "training.max_nonfinite_steps",
+    "training.collective_timeout_min",
     # The micro-batch: a run goes on with the new one (its random streams change from then on; the run warns).
     "training.batch_gpu",
     # How the same computation runs: precision (a float32 master copy is kept), memory layout, compilation.

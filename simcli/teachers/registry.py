@@ -15,6 +15,7 @@ check that needs no network or download, and the loader. A new kind of teacher i
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,11 +224,24 @@ def known_teachers() -> list[str]:
 
 
 def teacher_kind(name: str) -> TeacherKind:
-    """The kind a teacher name belongs to; UsageError listing the known names otherwise."""
+    """The kind a teacher name belongs to; UsageError otherwise, suggesting the nearest known names (difflib) and
+    listing them all."""
     for kind in TEACHER_KINDS:
         if kind.matches(name):
             return kind
-    raise UsageError(f"unknown teacher '{name}'", hint=f"known teachers: {', '.join(known_teachers())}")
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    close = similar_teachers(name)
+    guess = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise UsageError(f"unknown teacher {shown!r}{guess}", hint=f"known teachers: {', '.join(known_teachers())}")
+
+
+def similar_teachers(name: str, limit: int = 3) -> list[str]:
+    """Known teacher names (not patterns) that a mistyped name may have meant: those it begins, then difflib's closest."""
+    names = [n for n in known_teachers() if "PATH" not in n]
+    typed = name.strip().lower()[:200]
+    starts = [n for n in names if typed and n.startswith(typed)]
+    close = difflib.get_close_matches(typed, names, n=limit, cutoff=0.6)
+    return list(dict.fromkeys(starts + close))[:limit]
 
 
 def describe_teacher_name(name: str) -> tuple[str, str]:
