@@ -62,7 +62,7 @@ def eval_command(
     n: Annotated[int | None, typer.Option("--n", min=2, help="Images to use (default: all of --samples; 50000 from a generator).")] = None,
     seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 250,
-    mmd_bandwidth: Annotated[float | None, typer.Option("--mmd-bandwidth", help="Mixtures: RBF bandwidth of MMD.")] = None,
+    mmd_bandwidth: Annotated[float | None, typer.Option("--mmd-bandwidth", help="Mixtures: RBF bandwidth of MMD^2.")] = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -115,6 +115,7 @@ def eval_command(
         else:
             _print_image_report(report)
             _print_text_lines(report)
+            _print_generator_choice(report)
 
 
 def _text_metrics(clip_score: bool, aesthetic: bool, prompts, clip_model, aesthetic_weights, teacher) -> set[str]:
@@ -194,3 +195,15 @@ def _exact(teacher, samples, generator, n, seed, mmd_bandwidth, device, json_out
     table.add_row(f"sliced W2 ({report['sw2_num_projections']} directions)", f"{report['sw2']:.4f}")
     table.add_row("mode weights", " ".join(f"{w:.3f}" for w in report["mode_weights"]))
     stdout_console().print(table)
+    _print_generator_choice(report)
+
+
+def _print_generator_choice(report: dict) -> None:
+    """For a run directory: which snapshot was scored (its newest), and generator-best beside it when there is one."""
+    if report.get("generator_chosen") != "the newest snapshot":
+        return
+    line = f"scored {report['generator']}, the newest snapshot of its run"
+    if report.get("best_generator"):
+        line += (f"; {report['best_generator']} (the best in-training evaluation) is beside it: pass it as --generator "
+                 "to score that one")
+    stderr_console().print(line, soft_wrap=True, markup=False)

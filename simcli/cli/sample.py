@@ -124,8 +124,7 @@ def sample(
             print_json(summary)
         else:
             stderr_console().print(f"wrote {summary['n']} samples ({summary['source']}) to {summary['out']}")
-            if summary.get("plot"):
-                stderr_console().print(f"wrote {summary['plot']}", soft_wrap=True)
+            _print_files(summary)
 
 
 def _text_to_image(out, generator, teacher, prompt, prompts, n, seed, batch_size, device, steps, guidance, force, grid,
@@ -143,3 +142,14 @@ def _text_to_image(out, generator, teacher, prompt, prompts, n, seed, batch_size
         print_json(summary)
     else:
         stderr_console().print(f"wrote {summary['n']} samples ({summary['source']}, {summary['prompts']} prompts) to {summary['out']}")
+        _print_files(summary)
+
+
+def _print_files(summary: dict) -> None:
+    """The other files written (grid, plot), and which snapshot a run directory's samples came from (stderr)."""
+    for key in ("grid", "plot"):
+        if summary.get(key):
+            stderr_console().print(f"wrote {summary[key]}", soft_wrap=True, markup=False)
+    if summary.get("generator_chosen") == "the newest snapshot":
+        stderr_console().print(f"sampled {summary['generator']}, the newest snapshot of its run", soft_wrap=True,
+                               markup=False)

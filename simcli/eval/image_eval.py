@@ -14,7 +14,7 @@ import torch
 from simcli.errors import UsageError
 from simcli.eval.features import FeatureExtractor, get_extractor
 from simcli.eval.fid_math import frechet_distance, inception_score, kid, precision_recall
-from simcli.eval.image_inputs import open_images
+from simcli.eval.image_inputs import GeneratorImages, open_images
 from simcli.eval.stats import FeatureStats, ImageProgressFn, compute_features, resolve_reference
 
 METRICS = ("fid", "is", "kid", "prc")
@@ -105,6 +105,8 @@ def evaluate_images(
         "reference": None if ref is None else str(ref),
         **score_features(feats, logits, metrics, reference, reference_features),
     }
+    if isinstance(images, GeneratorImages):  # which file a run directory's newest snapshot was
+        result.update(images.choice)
     if reference is not None and reference.note:
         result["note"] = reference.note
     if save_stats is not None:

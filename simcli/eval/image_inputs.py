@@ -6,7 +6,8 @@
 - npz: the 'images' array uint8 [N, H, W, C] that `simcli sample --out x.npz` writes (C = 1 repeated, C = 4 cut).
 - Generator: a snapshot or run directory, sampled in memory with seeds seed..seed+n-1, one random stream per seed
   and the class drawn per seed for conditional models (simcli.sampling.run.generator_batches, EDM generate.py),
-  then converted as `simcli sample` does (simcli.sampling.images.to_uint8: x * 127.5 + 128, clip, truncate).
+  then converted as `simcli sample` does (simcli.sampling.images.to_uint8: x * 127.5 + 128, clip, truncate);
+  a sample holding NaN or Inf (which would become a black image) fails the evaluation, naming its seeds.
 
 Every source knows its count; `limit` keeps the first n and refuses when fewer exist.
 """
@@ -24,7 +25,8 @@ from PIL import Image, UnidentifiedImageError
 from simcli.errors import UsageError
 from simcli.rundir.layout import list_generators
 from simcli.runtime import resolve_device
-from simcli.sampling.generator import load_generator
+from simcli.sampling.finite import GENERATOR_HINT, check_finite
+from simcli.sampling.generator import generator_choice, load_generator
 from simcli.sampling.images import to_uint8
 from simcli.sampling.run import generator_batches
 
@@ -188,14 +190,18 @@ class GeneratorImages(ImageSource):
             raise UsageError(f"{self.file} generates {tuple(self.net.sample_shape)} samples, not images")
         self.n, self.seed, self.class_label = n, seed, class_label
         self.description = f"generator {self.file} (seeds {seed}..{seed + n - 1})"
+        self.choice = generator_choice(generator, self.file)  # which file a run directory's newest snapshot was
 
     def __len__(self) -> int:
         return self.n
 
     def batches(self, batch_size: int | None = None) -> Iterator[torch.Tensor]:
         step = batch_size or self.default_batch_size
+        first = self.seed
         for x, _ in generator_batches(self.net, self.meta["sigma_init"], self.n, self.seed, step, self.device,
                                       self.class_label):
+            check_finite(x, range(first, first + len(x)), f"generator {self.file}", "nothing was scored", GENERATOR_HINT)
+            first += len(x)
             yield to_rgb_nchw(to_uint8(x))
 
 

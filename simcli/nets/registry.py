@@ -1,16 +1,28 @@
-"""Rebuild a network from the architecture record stored beside its weights."""
+"""Rebuild a network from the architecture record stored beside its weights.
+
+The record and the weights are untrusted input. Before anything is allocated, `network_with_weights` builds the
+record on the meta device and refuses, each in one line naming the file: counts beyond sanity bounds, more
+parameters than MAX_PARAMETERS, weights that disagree with the record, weights holding NaN or Inf, and an
+architecture whose weights plus the activations of one forward at batch 1 (measured by running that forward on the
+meta device) exceed the memory the machine has.
+"""
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
 from simcli.nets.edm_precond import EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
 from simcli.nets.mlp import MLPDenoiser
+from simcli.rundir.network_file import short_repr
 
 # Preconditioner class names as recorded in the official EDM pickles (`class_name` of the `ema` object).
 EDM_CLASSES: dict[str, type[Denoiser]] = {
@@ -21,11 +33,12 @@ EDM_CLASSES: dict[str, type[Denoiser]] = {
 }
 
 
-def build_edm_network(class_name: str, init_kwargs: dict[str, Any]) -> Denoiser:
+def build_edm_network(class_name: Any, init_kwargs: dict[str, Any]) -> Denoiser:
     """A freshly initialised EDM preconditioner + UNet from its class name and recorded `_init_kwargs`."""
-    cls = EDM_CLASSES.get(class_name)
+    cls = EDM_CLASSES.get(class_name) if isinstance(class_name, str) else None
     if cls is None:
-        raise UsageError(f"unknown EDM network class {class_name!r}", hint=f"expected one of {', '.join(EDM_CLASSES)}")
+        raise UsageError(f"unknown EDM network class {short_repr(class_name)}",
+                         hint=f"expected one of {', '.join(EDM_CLASSES)}")
     try:
         return cls(**init_kwargs)
     except TypeError as exc:
@@ -98,6 +111,109 @@ def check_size(net: Denoiser, source: str, limit: int = MAX_PARAMETERS) -> int:
     return count
 
 
+def check_finite_weights(state_dict: Mapping[str, Any], source: str) -> None:
+    """A one-line UsageError when a floating-point tensor holds NaN or Inf (its largest magnitude is then NaN or Inf:
+    one reduction per tensor, no temporary as large as the tensor)."""
+    bad = [name for name, t in state_dict.items() if isinstance(t, torch.Tensor) and t.is_floating_point()
+           and t.numel() and not torch.isfinite(torch.linalg.vector_norm(t, float("inf")))]
+    if bad:
+        raise UsageError(f"{source}: the weights hold NaN or Inf values ({len(bad)} of {len(state_dict)} tensors: "
+                         f"{listing(bad, 3)})", hint="the file is damaged or was saved from a diverged run; "
+                         "use an earlier snapshot or another file")
+
+
+class _PeakMemory(TorchDispatchMode):
+    """Bytes of the tensors alive at once during what runs under it (meta tensors work: no memory, no compute)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+
+    def _freed(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and not t._is_view():  # a view shares its base's memory
+                nbytes = t.numel() * t.element_size()
+                self.live += nbytes
+                weakref.finalize(t, self._freed, nbytes)
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def forward_memory(skeleton: Denoiser) -> int | None:
+    """Peak bytes of the activations of one forward at batch 1 without gradients, from a forward of the meta network
+    (`meta_network`); None when it cannot be told (text-conditioned networks, a forward the meta device refuses)."""
+    if skeleton.conditioning.takes_text:
+        return None
+    net = skeleton.to("meta")  # buffers a constructor keeps on the CPU (iDDPM's table) too
+    labels = torch.zeros(1, net.label_dim, device="meta") if net.label_dim else None
+    peak = _PeakMemory()
+    try:
+        with torch.no_grad(), peak:
+            net(torch.zeros(1, *net.sample_shape, device="meta"), torch.ones(1, device="meta"), labels)
+    except Exception:  # the estimate is a safeguard: a network the meta device cannot run is not refused for it
+        return None
+    return peak.peak
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, or less where a cgroup (container, SLURM job) limits it;
+    None when the system does not say."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:  # cgroup v2
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(found)) if found else None
+
+
+def _device_memory() -> int:
+    """Free bytes of the current CUDA device (0 without one): sampling runs there when there is one."""
+    try:
+        return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+    except RuntimeError:
+        return 0
+
+
+def check_memory(skeleton: Denoiser, source: str) -> None:
+    """A one-line UsageError when building the recorded network and one forward of it at batch 1 need more memory
+    than the machine has (its RAM, or a CUDA device's free memory when there is one), before anything is allocated.
+
+    The parameter count bounds the weights alone: a small file can record an architecture whose activations for
+    one sample (a large img_resolution, attention over every pixel) take terabytes."""
+    weights = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
+    activations = forward_memory(skeleton) or 0
+    needed, available = weights + activations, available_memory()
+    if available is None or needed <= available or needed <= _device_memory():
+        return
+    raise UsageError(f"{source}: the recorded architecture needs about {_gib(needed)} for its weights and one forward "
+                     f"at batch 1 ({_gib(weights)} weights, {_gib(activations)} activations), more than the "
+                     f"{_gib(available)} of memory available", hint="the file is damaged or hostile, or needs a "
+                     "machine with more memory; nothing was allocated")
+
+
+def _gib(nbytes: int) -> str:
+    """Bytes in MiB, GiB or TiB, one decimal."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30)):
+        if nbytes >= size / 8:
+            return f"{nbytes / size:,.1f} {unit}"
+    return f"{nbytes / 2**20:,.1f} MiB"
+
+
 def listing(names: list[str], limit: int = 4) -> str:
     """The first `limit` names, comma-separated, and how many more there are."""
     return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
@@ -138,12 +254,15 @@ def build_network(architecture: dict[str, Any]) -> Denoiser:
     if kind == "mlp":
         return MLPDenoiser(**arch)
     if kind == "edm":
-        return build_edm_network(str(arch.get("class_name")), dict(arch.get("init_kwargs", {})))
+        kwargs = arch.get("init_kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise UsageError(f"the recorded init_kwargs are not a mapping, got {short_repr(kwargs)}")
+        return build_edm_network(arch.get("class_name"), dict(kwargs))
     if kind == "pixart":  # a diffusers PixArt transformer; diffusers is imported only here
         from simcli.nets.pixart import build_pixart_network
 
         return build_pixart_network(arch)
-    raise UsageError(f"unknown network kind {kind!r} in checkpoint", hint="was it written by a newer simcli?")
+    raise UsageError(f"unknown network kind {short_repr(kind)} in checkpoint", hint="was it written by a newer simcli?")
 
 
 def network_with_weights(architecture: dict[str, Any], state_dict: Mapping[str, Any], source: str, *,
@@ -166,6 +285,8 @@ def network_with_weights(architecture: dict[str, Any], state_dict: Mapping[str, 
         problems = check(skeleton)
     if problems:
         raise UsageError(f"{source}: weights do not match the recorded {what}: " + "; ".join(problems), hint=hint)
+    check_finite_weights(state_dict, source)
+    check_memory(skeleton, source)
     del skeleton
     net = _build(architecture, source)
     try:

@@ -107,3 +107,24 @@ def resolve_generator_path(path: str | Path) -> Path:
 def load_generator_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a generator snapshot: (state_dict, decoded metadata)."""
     return load_network_file(path, GENERATOR_FORMAT)
+
+
+READ_ATTEMPTS = 5
+
+
+def read_generator(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """(state_dict, metadata, file) of a generator file, or of the newest snapshot in a run directory.
+
+    A run with `logging.keep_generators` removes old snapshots while it writes new ones: a snapshot removed between
+    listing the directory and reading it is not an error, the directory is listed again (the newer one is there)."""
+    for _ in range(READ_ATTEMPTS):
+        file = resolve_generator_path(path)
+        try:
+            tensors, meta = load_generator_file(file)
+        except UsageError:
+            if file.exists() or not Path(path).is_dir():
+                raise
+            continue  # pruned under us: list again
+        return tensors, meta, file
+    raise RunFailed(f"the newest generator snapshot in {path} was removed while being read, {READ_ATTEMPTS} times in a row",
+                    hint="a run is replacing its snapshots faster than they can be read; run the command again")

@@ -11,6 +11,7 @@ touched) and written atomically.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ MAX_POINTS = 20_000  # points drawn per source; more only hide each other
 PANEL_INCHES = 3.4
 GENERATOR_COLOUR, TEACHER_COLOUR = "#1f77b4", "#ff7f0e"
 MODE_COLOUR = "#c0392b"
+TITLE_FONTSIZE, MIN_TITLE_FONTSIZE = 13.0, 7.0
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,43 @@ def render_vector_plot(sources: list[PlotSource], mixture: GaussianMixture | Non
         notes.append(f"first {MAX_DIMS} of {dim} dimensions")
     if mixture is not None:
         notes.append(f"{mixture.num_components} modes: x = mean, ellipse = 2 std")
-    if title or notes:
-        fig.suptitle("; ".join([t for t in (title, *notes) if t]), fontsize=13)
+    parts = [t for t in (title, *notes) if t]
+    if parts:
+        text, size = _fit_title(fig, parts, TITLE_FONTSIZE)
+        fig.suptitle(text, fontsize=size)
+        extra_lines = text.count("\n")
+        if extra_lines:  # room for the title's further lines, so that the panels keep their size and labels
+            fig.set_size_inches(fig.get_figwidth(), fig.get_figheight() + extra_lines * size * 1.3 / 72)
     return fig
+
+
+def _fit_title(fig, parts: list[str], fontsize: float) -> tuple[str, float]:
+    """(text, font size) of the figure title: the parts joined by '; ' on one line where they fit the figure's
+    width, else one line per part (a lone 2-D panel is narrow); a part still too wide gets a smaller font."""
+    from matplotlib.font_manager import FontProperties
+
+    renderer = fig.canvas.get_renderer()
+    room = fig.bbox.width * 0.96  # display units (pixels at the figure's dpi), a small margin either side
+
+    def width(text: str, size: float) -> float:
+        return renderer.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)[0]
+
+    lines = [parts[0]]
+    for part in parts[1:]:
+        joined = f"{lines[-1]}; {part}"
+        if width(joined, fontsize) <= room:
+            lines[-1] = joined
+        else:
+            lines.append(part)
+    widest = max(width(line, fontsize) for line in lines)
+    if widest <= room:
+        return "\n".join(lines), fontsize
+    size = max(MIN_TITLE_FONTSIZE, fontsize * room / widest)
+    wrapped = []
+    for line in lines:  # a line too wide even in the smallest font (a long file name) is broken where it must be
+        w = width(line, size)
+        wrapped += textwrap.wrap(line, max(10, int(len(line) * room / w))) if w > room else [line]
+    return "\n".join(wrapped), size
 
 
 def write_vector_plot(path: Path, sources: list[PlotSource], mixture: GaussianMixture | None = None,

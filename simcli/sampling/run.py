@@ -21,7 +21,8 @@ from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
 from simcli.rundir.atomic import check_png_path, write_bytes_atomic
 from simcli.runtime import resolve_device
-from simcli.sampling.generator import load_generator
+from simcli.sampling.finite import GENERATOR_HINT, TEACHER_HINT, check_finite
+from simcli.sampling.generator import generator_choice, load_generator
 from simcli.sampling.heun import HeunSettings, edm_heun_sample, one_step_generate
 from simcli.sampling.images import save_grid, save_pngs, to_uint8
 from simcli.sampling.plots import MAX_POINTS, TEACHER_COLOUR, PlotSource, write_vector_plot
@@ -73,7 +74,9 @@ def generator_batches(
 def generator_samples(
     generator: str | Path, n: int, seed: int = 0, batch_size: int = 4096, device: str = "auto", class_label: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-    """n one-step samples [n, ...] from seeds seed..seed+n-1, their class indices (or None), and their source."""
+    """n one-step samples [n, ...] from seeds seed..seed+n-1, their class indices (or None), and their source
+    (with which file a run directory's newest snapshot was: simcli.sampling.generator.generator_choice). Samples
+    holding NaN or Inf fail (RunFailed, naming their seeds)."""
     dev = resolve_device(device)
     net, meta, file = load_generator(generator, dev)
     _refuse_text_to_image(net)
@@ -81,10 +84,11 @@ def generator_samples(
     for x, classes in generator_batches(net, meta["sigma_init"], n, seed, batch_size, dev, class_label):
         xs.append(x)
         labels.append(classes)
-    spec = meta.get("spec", {})
-    info = {"source": "generator", "generator": str(file), "teacher": spec.get("teacher"),
+    x = torch.cat(xs)
+    check_finite(x, range(seed, seed + n), f"generator {file}", "nothing was written", GENERATOR_HINT)
+    info = {"source": "generator", **generator_choice(generator, file), "teacher": meta.get("spec", {}).get("teacher"),
             "images_seen": meta.get("images_seen"), "nfe": 1}
-    return torch.cat(xs), (torch.cat(labels) if labels[0] is not None else None), info
+    return x, (torch.cat(labels) if labels[0] is not None else None), info
 
 
 SAMPLER_FLAGS = ("--steps", "--churn", "--s-min", "--s-max", "--s-noise")
@@ -139,9 +143,12 @@ def teacher_samples(
         onehot = _labels(rng, net.label_dim, class_label, dev)
         xs.append(edm_heun_sample(net, latents, class_labels=onehot, rng=rng, **settings.sampler_kwargs()).cpu())
         labels.append(None if onehot is None else onehot.argmax(1).cpu())
-    info = {"source": "teacher", "teacher": teacher if isinstance(teacher, str) else type(teacher).__name__,
-            "heun_steps": settings.num_steps, "nfe": settings.nfe, "sampler": settings.summary()}
-    return torch.cat(xs), (torch.cat(labels) if labels[0] is not None else None), info
+    name = teacher if isinstance(teacher, str) else type(teacher).__name__
+    x = torch.cat(xs)
+    check_finite(x, range(seed, seed + n), f"teacher {name}", "nothing was written", TEACHER_HINT)
+    info = {"source": "teacher", "teacher": name, "heun_steps": settings.num_steps, "nfe": settings.nfe,
+            "sampler": settings.summary()}
+    return x, (torch.cat(labels) if labels[0] is not None else None), info
 
 
 def _refuse_text_to_image(net: Denoiser) -> None:

@@ -20,7 +20,8 @@ from simcli.errors import UsageError
 from simcli.nets.denoiser import generate
 from simcli.rundir.atomic import check_png_path, write_bytes_atomic
 from simcli.runtime import resolve_device
-from simcli.sampling.generator import load_generator
+from simcli.sampling.finite import GENERATOR_HINT, TEACHER_HINT, check_finite
+from simcli.sampling.generator import generator_choice, load_generator
 from simcli.sampling.images import save_grid, save_pngs
 from simcli.sampling.run import check_sample_out, write_npz
 from simcli.sampling.seeds import per_seed_randn, seed_generators
@@ -64,9 +65,10 @@ def generator_text_images(
         with torch.no_grad():
             condition = encode([prompts[i] for i in part]).to(device)
             latents = generate(net, z, meta["sigma_init"], condition)
+            check_finite(latents, seeds, f"generator {file}", "nothing was written", GENERATOR_HINT)  # before the VAE
             images.append(decode(latents).cpu())
-    info = {"source": "generator", "generator": str(file), "teacher": teacher, "images_seen": meta.get("images_seen"),
-            "nfe": 1}
+    info = {"source": "generator", **generator_choice(generator, file), "teacher": teacher,
+            "images_seen": meta.get("images_seen"), "nfe": 1}
     return torch.cat(images).numpy(), info
 
 
@@ -92,6 +94,7 @@ def teacher_text_images(
                    generator=seed_generators([seed + i for i in part], device), output_type="pt", height=size,
                    width=size, use_resolution_binning=False, clean_caption=False)  # as training embeds them
         pixels = out.images if hasattr(out, "images") else out[0]  # [b, 3, H, W] in [0, 1]
+        check_finite(pixels, [seed + i for i in part], f"teacher {teacher}", "nothing was written", TEACHER_HINT)
         images.append((pixels.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
     # classifier-free guidance evaluates the transformer twice per step (the first step once more for DPM-Solver's order)
     info = {"source": "teacher", "teacher": teacher, "sampler": "dpm-solver-multistep", "steps": steps,

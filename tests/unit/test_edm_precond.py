@@ -217,7 +217,7 @@ def test_edm_registry_builds_and_rejects():
         build_edm_network("NoSuchPrecond", kwargs)
     with pytest.raises(UsageError, match="EDMPrecond"):
         build_edm_network("EDMPrecond", {**kwargs, "not_a_kwarg": 1})
-    with pytest.raises(UsageError, match="unknown EDM network class 'None'"):
+    with pytest.raises(UsageError, match="unknown EDM network class None"):
         build_network({"kind": "edm", "init_kwargs": kwargs})
     mlp = build_network({"kind": "mlp", "dim": 2, "hidden_dim": 8, "num_layers": 1})
     assert isinstance(mlp, MLPDenoiser)
