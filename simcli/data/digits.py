@@ -65,7 +65,7 @@ def load_digits_split(num_test: int = NUM_TEST, seed: int = SPLIT_SEED) -> tuple
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        raise UsageError("the digits data set needs scikit-learn", hint="pip install scikit-learn") from exc
+        raise UsageError("the digits data set needs scikit-learn", hint="pip install 'simcli[digits]' (in a checkout: pip install -e '.[digits]')") from exc
     bunch = load_digits()
     pixels = np.asarray(bunch.data)  # [1797, 64] float, 0..16
     labels = np.asarray(bunch.target).astype(np.int64)  # [1797]

