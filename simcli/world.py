@@ -5,17 +5,24 @@ A single process is a world of size 1 whose collectives return their inputs, so 
 through exactly the same code as a many-process one. torch.distributed is used directly (NCCL on GPUs, gloo on
 the CPU): gradients are summed with one flattened all-reduce per network update, after the last micro-batch.
 
+Processes that stop answering are simcli.peers': every collective here is waited for through it (`wait_for`), so a
+killed or hung process is named and a stop request is served while a collective waits. A world that gave up a
+collective is not used again: it is not torn down (that would wait for the abandoned collective), the process just
+exits.
+
 torch is imported inside the functions (this module is a leaf the CLI imports early).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from simcli.errors import SimcliError, UsageError
+from simcli.errors import UsageError
+from simcli.peers import COLLECTIVE_TIMEOUT_MIN, STORE_TIMEOUT_S, WATCH, PeerFailed, Watch, wait_for
 
 if TYPE_CHECKING:
     import torch
@@ -24,15 +31,6 @@ T = TypeVar("T")
 BUCKET_BYTES = 256 * 2**20
 """Gradients are all-reduced in flattened buckets of at most this many bytes (one extra copy of a bucket in memory)."""
 
-
-class PeerFailed(SimcliError):
-    """Another process of the run (rank 0) failed at a step all of them take together; that process reports why.
-
-    Carries the failing process's exit code; the CLI exits with it without printing a second message."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ class World:
             size += t.numel() * t.element_size()
         for bucket in buckets:
             flat = torch.cat([t.reshape(-1) for t in bucket])
-            dist.all_reduce(flat)
+            wait_for(dist.all_reduce(flat, async_op=True))
             offset = 0
             for t in bucket:
                 t.copy_(flat[offset : offset + t.numel()].view_as(t))
@@ -100,7 +98,7 @@ class World:
         import torch.distributed as dist
 
         t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
+        wait_for(dist.all_reduce(t, async_op=True))
         return [float(v) for v in t.tolist()]
 
     def max_int(self, value: int, device: torch.device) -> int:
@@ -111,35 +109,51 @@ class World:
         import torch.distributed as dist
 
         t = torch.tensor([int(value)], dtype=torch.int64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        wait_for(dist.all_reduce(t, op=dist.ReduceOp.MAX, async_op=True))
         return int(t.item())
 
     def broadcast(self, obj: T, patient: bool = False) -> T:
-        """Rank 0's obj, on every process (picklable objects). patient: through the set-up group, whose timeout
-        allows rank 0 hours of work alone first (embedding a prompt file, fitting a network, scoring)."""
+        """Rank 0's obj, on every process (picklable objects), through a gloo group. patient: the set-up group, whose
+        timeout allows rank 0 hours of work alone first (embedding a prompt file, fitting a network, scoring); a
+        silent process still ends the wait after the collective timeout."""
         if not self.distributed:
             return obj
+        import torch
         import torch.distributed as dist
 
-        box = [obj if self.is_main else None]
-        dist.broadcast_object_list(box, src=0, group=_patient_group() if patient else None)
-        return box[0]
+        group = _patient_group() if patient else _object_group()
+        data = pickle.dumps(obj) if self.is_main else b""
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        wait_for(dist.broadcast(size, src=0, group=group, async_op=True))
+        buffer = _bytes_tensor(data) if self.is_main else torch.empty(int(size.item()), dtype=torch.uint8)
+        wait_for(dist.broadcast(buffer, src=0, group=group, async_op=True))
+        return obj if self.is_main else pickle.loads(buffer.numpy().tobytes())
 
     def gather_to_main(self, obj: T) -> list[T] | None:
         """Every process's obj, in rank order, on rank 0 (None on the others)."""
         if not self.distributed:
             return [obj]
+        import torch
         import torch.distributed as dist
 
-        out: list[Any] | None = [None] * self.size if self.is_main else None
-        dist.gather_object(obj, out, dst=0)
-        return out
+        group = _object_group()
+        data = pickle.dumps(obj)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.size)]
+        wait_for(dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=group, async_op=True))
+        longest = max(int(s.item()) for s in sizes)
+        buffer = torch.zeros(longest, dtype=torch.uint8)
+        buffer[: len(data)] = _bytes_tensor(data)
+        out = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.size)] if self.is_main else None
+        wait_for(dist.gather(buffer, out, dst=0, group=group, async_op=True))
+        if out is None:
+            return None
+        return [pickle.loads(b[: int(s.item())].numpy().tobytes()) for b, s in zip(out, sizes, strict=True)]
 
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist
 
-            dist.barrier()
+            wait_for(dist.barrier(group=_object_group(), async_op=True))
 
     def on_main(self, action: Callable[[], T]) -> T:
         """Run action on rank 0 and hand its (small, picklable) result to every process; if it raises, rank 0
@@ -178,10 +192,17 @@ class World:
         return result, value
 
 
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    import torch
+
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+
+
 PATIENT_TIMEOUT_HOURS = 24.0
 """How long the other processes wait for rank 0's work alone (SIMCLI_SETUP_TIMEOUT_HOURS overrides): torch's
 default collective timeout (10 minutes with NCCL) would end them while rank 0 embeds a large prompt file."""
 _PATIENT_GROUP: list[Any] = []
+_OBJECT_GROUP: list[Any] = []
 
 
 def _patient_group() -> Any:
@@ -195,6 +216,13 @@ def _patient_group() -> Any:
         hours = float(os.environ.get("SIMCLI_SETUP_TIMEOUT_HOURS") or PATIENT_TIMEOUT_HOURS)
         _PATIENT_GROUP.append(dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=hours)))
     return _PATIENT_GROUP[0]
+
+
+def _object_group() -> Any:
+    """Where pickled objects travel: the default group on the CPU (gloo), else a gloo group made in join_world."""
+    import torch.distributed as dist
+
+    return _OBJECT_GROUP[0] if _OBJECT_GROUP else dist.group.WORLD
 
 
 def environment_world(env: Mapping[str, str] = os.environ) -> tuple[int, int, int] | None:
@@ -213,15 +241,21 @@ def environment_world(env: Mapping[str, str] = os.environ) -> tuple[int, int, in
     return rank, size, local_rank
 
 
-def join_world(device_name: str) -> World:
+def join_world(device_name: str, collective_timeout_min: float | None = None, stop: Any = None) -> World:
     """This process's World: of size 1 outside torchrun, otherwise the torchrun process group joined through its
     environment (env://: NCCL when the run is on CUDA, gloo on the CPU); in a CUDA world each process's current
-    device becomes cuda:LOCAL_RANK."""
+    device becomes cuda:LOCAL_RANK.
+
+    `collective_timeout_min` (training.collective_timeout_min; default COLLECTIVE_TIMEOUT_MIN): how long a silent
+    process is waited for; `stop`: the run's StopRequest, served while a collective waits (see the module's
+    docstring)."""
     env = os.environ
     found = environment_world(env)
     if found is None or found[1] == 1:
         return World()
     rank, size, local_rank = found
+    import datetime
+
     import torch
     import torch.distributed as dist
 
@@ -235,9 +269,20 @@ def join_world(device_name: str) -> World:
                              hint="start at most one process per GPU (torchrun --nproc_per_node)")
         torch.cuda.set_device(local_rank)
     backend = "nccl" if on_cuda else "gloo"
+    timeout_s = 60.0 * (COLLECTIVE_TIMEOUT_MIN if collective_timeout_min is None else float(collective_timeout_min))
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=size)
+        # The group's own timeout only bounds a wait for a process that beats but never comes (the watch ends waits
+        # for silent ones); it is kept above the collective timeout so that NCCL's watchdog never fires first.
+        limit = datetime.timedelta(seconds=max(1800.0, 2 * timeout_s))
+        dist.init_process_group(backend=backend, rank=rank, world_size=size, timeout=limit)
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
+    prefix = f"simcli/{env.get('TORCHELASTIC_RUN_ID', '')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    WATCH.clear()
+    WATCH.append(Watch(rank, size, backend, timeout_s, stop, store, prefix))
     _patient_group()  # made by every process here, together
+    if backend != "gloo":
+        _OBJECT_GROUP.append(dist.new_group(backend="gloo"))
     _JOINED[0] = True
     return World(rank, size, local_rank, backend)
 
@@ -252,10 +297,23 @@ def joined() -> bool:
 
 
 def leave_world(world: World) -> None:
-    """Tear the process group down (after the run, on every process)."""
-    if world.distributed:
-        import torch.distributed as dist
+    """Tear the process group down (after the run, on every process; in a `finally` block, the error that ends the
+    run decides the exit code rank 0 publishes to the others). A world that gave up a collective is left as it is:
+    the process exits without waiting for the collective."""
+    if not world.distributed:
+        return
+    import sys
 
-        if dist.is_initialized():
-            _PATIENT_GROUP.clear()  # (joined() stays true: errors after the run are still this process's)
+    import torch.distributed as dist
+
+    watch = WATCH.pop() if WATCH else None
+    broken = watch is not None and watch.broken
+    if watch is not None:
+        ending = sys.exc_info()[1]  # the error the run ends with, when called while it propagates
+        watch.close(None if ending is None else 130 if isinstance(ending, KeyboardInterrupt)
+                    else int(getattr(ending, "exit_code", 1) or 1))
+    if dist.is_initialized():
+        _PATIENT_GROUP.clear()  # (joined() stays true: errors after the run are still this process's)
+        _OBJECT_GROUP.clear()
+        if not broken:
             dist.destroy_process_group()

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "simcli"
 
-LEAVES = ("simcli", "simcli.errors", "simcli.runtime", "simcli.world", "simcli.rundir", "simcli.assets", "simcli.store")
+LEAVES = ("simcli", "simcli.errors", "simcli.runtime", "simcli.world", "simcli.peers", "simcli.rundir", "simcli.assets", "simcli.store")
 # Each engine package and the engine packages it may import (nets at the bottom).
 ENGINE = {
     "nets": set(),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,6 +15,54 @@ from simcli.cli.options import DistillTeacherOpt, JsonOpt, ThreadsOpt
 from simcli.cli.output import DistillReporter, print_json, stdout_console
 from simcli.config.presets import PRESETS
 from simcli.errors import UsageError
+
+FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "--method": ("loss.method",),
+    "--distance": ("loss.distance",),
+    "--kimg": ("training.duration_kimg",),
+    "--steps": ("training.duration_steps",),
+    "--batch-size": ("training.batch_size",),
+    "--batch-gpu": ("training.batch_gpu",),
+    "--precision": ("training.precision",),
+    "--lr": ("generator.optimizer.lr", "online.optimizer.lr"),
+    "--eval-every": ("logging.eval_every_kimg",),
+    "--fid-ref": ("evaluation.reference",),
+    "--fid-n": ("evaluation.num_samples",),
+    "--seed": ("seed",),
+    "--device": ("device",),
+    "--prompts": ("text.prompts",),
+}
+"""The spec keys each flag of `distill` sets: the flags' layer of the spec is built from it, and an error about a
+key whose value came from a flag names the flag."""
+KEY_FLAGS = {key: flag for flag, keys in FLAG_KEYS.items() for key in keys}
+
+
+def flag_layer(values: dict[str, Any]) -> dict[str, Any]:
+    """The nested spec layer of the flags given (values None: not given)."""
+    layer: dict[str, Any] = {}
+    for flag, value in values.items():
+        for key in FLAG_KEYS[flag] if value is not None else ():
+            *parents, leaf = key.split(".")
+            node = layer
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return layer
+
+
+@contextmanager
+def flags_named(provenance: dict[str, str]) -> Iterator[None]:
+    """An error about a spec key whose value came from a flag names the flag (`--kimg`, not training.duration_kimg)."""
+    from simcli.config.key_errors import SpecKeyError
+
+    try:
+        yield
+    except SpecKeyError as exc:
+        source = exc.source if exc.source is not None else provenance.get(exc.key)
+        if source == "flag" and exc.key in KEY_FLAGS:
+            raise exc.named(KEY_FLAGS[exc.key]) from None
+        raise
+
 
 EPILOG = """Examples:
 
@@ -74,25 +124,22 @@ def distill(
 
         if kimg is not None and steps is not None:
             raise UsageError("--kimg and --steps both given", hint="give one duration")
-        flags = {
-            "loss": {"method": method, "distance": distance},
-            "training": {"duration_kimg": kimg, "duration_steps": steps, "batch_size": batch_size, "batch_gpu": batch_gpu,
-                         "precision": precision},
-            "generator": {"optimizer": {"lr": lr}},
-            "online": {"optimizer": {"lr": lr}},
-            "logging": {"eval_every_kimg": eval_every},
-            "evaluation": {"reference": fid_ref, "num_samples": fid_n},
-            "seed": seed,
-            "device": device,
+        flags = flag_layer({
+            "--method": method, "--distance": distance, "--kimg": kimg, "--steps": steps, "--batch-size": batch_size,
+            "--batch-gpu": batch_gpu, "--precision": precision, "--lr": lr, "--eval-every": eval_every, "--fid-ref": fid_ref,
+            "--fid-n": fid_n, "--seed": seed, "--device": device,
             # absolute, so that the run resumes from any working directory
-            "text": {"prompts": str(prompts.resolve()) if prompts is not None else None},
-        }
+            "--prompts": str(prompts.resolve()) if prompts is not None else None,
+        })
         from simcli.teachers.registry import check_teacher, describe_teacher_name
         from simcli.world import environment_world
 
         processes = (environment_world() or (0, 1, 0))[1]
-        spec, provenance = resolve_spec(teacher, describe_teacher_name, preset=preset, config_file=config, flags=flags,
-                                        sets=set_, processes=processes, recorded=_recorded_spec(out))
+        provenance: dict[str, str] = {}
+        with flags_named(provenance):
+            spec, provenance_found = resolve_spec(teacher, describe_teacher_name, preset=preset, config_file=config,
+                                                  flags=flags, sets=set_, processes=processes, recorded=_recorded_spec(out))
+        provenance.update(provenance_found)
         set_cpu_threads(threads)  # after the spec checks: it imports torch, which takes seconds
         if dry_run:
             check_teacher(spec.teacher)
@@ -105,11 +152,11 @@ def distill(
         from simcli.world import join_world, leave_world
 
         # Under torchrun: join the other processes (rank 0 reports and writes; the others stay quiet).
-        world = join_world(spec.device)
+        world = join_world(spec.device, spec.training.collective_timeout_min, stop)
         reporter = DistillReporter()
         reporter.notes = _resolution_notes(spec, provenance, world.size)
         try:
-            with stop_on_signals(stop):
+            with stop_on_signals(stop), flags_named(provenance):
                 summary = run_distillation(spec, out, reporter, make_evaluator, restart=restart, stop=stop, world=world)
         except KeyboardInterrupt:  # a second Ctrl-C: at once, without a new snapshot
             reporter.close()
@@ -133,11 +180,13 @@ def _recorded_spec(run_dir: Path | None) -> dict | None:
     run directory's own checks report a damaged file)."""
     import json
 
+    from simcli.config.files import TooComplex, check_shape
     from simcli.rundir.layout import CONFIG_FILE
 
     try:
         recorded = json.loads((run_dir / CONFIG_FILE).read_text()) if run_dir is not None else None
-    except (OSError, ValueError):
+        check_shape(recorded)  # bounded, like a --config file: keep_recorded walks it
+    except (OSError, ValueError, RecursionError, TooComplex):
         return None
     return recorded if isinstance(recorded, dict) else None
 

@@ -6,6 +6,10 @@ A run stopped by its time budget (`distill --max-minutes`) is the same kind of l
 (EX_TEMPFAIL, simcli.distill.stop.TIME_LIMIT_EXIT_CODE): saved, run the same command again to resume.
 
 An OSError that reaches the CLI (disk full, I/O error) is one line with the path and the cause, exit code 1.
+
+Under torchrun, processes that stop answering (simcli.world.PeerLost) are named in one line by rank 0 (exit code 1;
+the loop adds what it saved), or, when rank 0 is the one lost, by the lowest process still answering; the other
+processes end quietly.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import NoReturn
 import typer
 
 from simcli.errors import SimcliError, Stopped, UsageError
-from simcli.world import PeerFailed, joined
+from simcli.peers import PeerFailed, PeerLost
+from simcli.world import joined
 
 EXIT_INTERRUPTED = 130
 
@@ -47,6 +52,10 @@ def reported_errors() -> Iterator[None]:
         if isinstance(exc, Stopped):  # not an error: one line saying what was saved and how to go on
             print(f"simcli: {exc.message}", file=sys.stderr)
         else:
+            _print_error(exc.message, exc.hint, rank)
+        raise typer.Exit(exc.exit_code) from None
+    except PeerLost as exc:  # one process says it: rank 0, or the lowest one answering when rank 0 is lost
+        if exc.report:
             _print_error(exc.message, exc.hint, rank)
         raise typer.Exit(exc.exit_code) from None
     except SimcliError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -40,15 +40,17 @@ from simcli.distill.resume import resume
 from simcli.distill.setup import build_networks, check_network_settings, choose_state, speed_up_networks
 from simcli.distill.state import state_dict
 from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
-from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, StopRequest
+from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, LastFinished, StopRequest
 from simcli.distill.streams import IterationStreams, online_phase
+from simcli.distill.teacher_probe import check_teacher_finite
 from simcli.distill.text_setup import RunPrompts
 from simcli.errors import RunFailed, Stopped
+from simcli.peers import PeerFailed, PeerLost
 from simcli.rundir.layout import generator_path, state_path
 from simcli.rundir.lock import RunDirLock
 from simcli.rundir.metrics import append_record
 from simcli.teachers.registry import Teacher, load_teacher
-from simcli.world import PeerFailed, World
+from simcli.world import World
 
 GENERATOR_STEP_COST = (
     "online.sample_source = generator-step saves a generator forward per iteration but was measured to cost quality: "
@@ -88,10 +90,11 @@ class Distillation:
         # Rank 0 loads (and downloads) it before the others, which then find it in the cache.
         teacher = self._teacher()
         check_network_settings(spec, teacher)  # settings the teacher's network cannot take (dropout, checkpointing)
+        check_teacher_finite(spec, teacher, self.device)  # NaN/Inf teacher outputs: every iteration would be non-finite
         # Text-to-image: the prompt file, and the prompts' embeddings (a store built once in the cache, or a text
         # encoder loaded), also before the run directory is touched: a missing or malformed prompt file or a text
         # encoder that cannot be loaded leaves it as it was. Prompts for another teacher are refused.
-        self.prompts = RunPrompts.prepare(spec, teacher, self.world, self.device, self.on_event)
+        self.prompts = RunPrompts.prepare(spec, teacher, self.world, self.device, self.on_event, self.stop)
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device, self.world) if make_evaluator is not None else None
         if self._stop_agreed():  # e.g. during a download (any process's signal): nothing in the run directory was touched
@@ -116,7 +119,7 @@ class Distillation:
         spec, world, tr = self.spec, self.world, self.spec.training
         loaded, warnings = choose_state(self.run_dir, spec, restart, world, self.device)
         # Rank 0 fits an analytic teacher's network (and caches it) before the others, which then load the cache.
-        self.nets = world.main_first(lambda: build_networks(spec, teacher, self.run_dir, self.device, self.on_event))
+        self.nets = world.main_first(lambda: build_networks(spec, teacher, self.run_dir, self.device, self.on_event, self.stop))
         self.opts = {
             "generator": self._adam(self.nets.generator, spec.generator.optimizer),
             "online": self._adam(self.nets.online, spec.online.optimizer),
@@ -138,6 +141,11 @@ class Distillation:
         scaled = self.precision.adapt([self.nets.teacher, self.nets.generator, self.nets.online, self.nets.ema])
         self.scalers = {name: LossScaler(**{**self.progress.loss_scalers.get(name, {}), "enabled": scaled})
                         for name in ("generator", "online")}
+        # Rank 0 of several processes keeps what an iteration changes before its last collective, so that a collective
+        # given up half-way (simcli.world.PeerLost) saves the last finished iteration (simcli.distill.stop.LastFinished).
+        first = ["generator", "online"] if spec.online.sample_source == "generator-step" else ["online"]
+        self.last_finished = (LastFinished([(getattr(self.nets, n), self.opts[n], self.scalers[n]) for n in first])
+                              if world.distributed and world.is_main else None)
         speed_up_networks(self.nets, channels_last=tr.channels_last, compile=tr.compile)
         self.grids = self._grids() if world.is_main else None
         if spec.online.sample_source == "generator-step":
@@ -192,6 +200,13 @@ class Distillation:
         self.durations = Durations(snapshot=self._timed(self.write_grids))
         self.window_start = (self.clock.elapsed(), self.progress.step)  # (seconds, step) of the status window
         self.last_report = self.window_start[0]  # the last status or heartbeat (seconds)
+        try:
+            self._iterate()
+        except PeerLost as exc:  # a process stopped answering, or a stop came while a collective waited for one
+            self._given_up(exc)
+        return self.summary()
+
+    def _iterate(self) -> None:
         while not self.done:
             images_before = self.images_seen
             self.durations.iteration = self._timed(self.iteration)  # online update(s), generator update, EMA
@@ -216,7 +231,28 @@ class Distillation:
                 if saved is None and not self.progress.nonfinite_consecutive:
                     saved = self.snapshot()
                 self._stopped(saved)
-        return self.summary()
+
+    def _given_up(self, exc: PeerLost) -> NoReturn:
+        """Rank 0 gave a collective up (simcli.world): it saves the last finished iteration and stops with one line
+        naming the processes that stopped answering. The others end quietly, unless rank 0 is the one lost: then the
+        lowest process still answering says so, with what the run directory keeps."""
+        p, total = self.progress, self.spec.training.total_steps
+        if not self.world.is_main:
+            if not exc.report:
+                raise exc
+            what, how = kept_after_stop(self.run_dir, self.spec.training.batch_size, bool(p.nonfinite_consecutive))
+            raise exc.explained(f", during iteration {p.step + 1} of {total}; {what}; {how}")
+        unfinished = self.last_finished is not None and self.last_finished.restore(p.step)
+        saved = None if p.nonfinite_consecutive else self.snapshot()
+        if exc.stopped:
+            self._stopped(saved, f" ({exc.message})")
+        where = f"during iteration {p.step + 1}" if unfinished else f"after iteration {p.step}"
+        if saved is not None:
+            what = f"saved {saved.name}, the last finished iteration ({p.step})"
+            how = f"run the same command again to resume from {saved.name}"
+        else:
+            what, how = kept_after_stop(self.run_dir, self.spec.training.batch_size, bool(p.nonfinite_consecutive))
+        raise RunFailed(f"{exc.message}, {where} of {total}; {what}; {how}")
 
     def _stop_agreed(self) -> bool:
         """Whether any process was asked to stop; every process then stops for the same reason (rank 0 decides the
@@ -235,13 +271,14 @@ class Distillation:
         action()
         return self.clock.elapsed() - start
 
-    def _stopped(self, saved: Path | None) -> None:
-        """Raise Stopped with one line: what was saved (or is kept) and how to go on."""
+    def _stopped(self, saved: Path | None, why: str = "") -> NoReturn:
+        """Raise Stopped with one line: what was saved (or is kept) and how to go on (`why`: added to where it stopped)."""
         p, how = self.progress, "run the same command again to resume"
         if p.step > self.started.start_step:
             where = f"at iteration {p.step} of {self.spec.training.total_steps}"
         else:
             where = "before its first iteration" + (f" (resuming at iteration {p.step})" if p.step else "")
+        where += why
         if saved is not None:
             gen = generator_path(self.run_dir, self.images_seen).name
             what = f"saved {saved.name} (iteration {p.step}) and {gen} in {self.run_dir}"
@@ -255,6 +292,8 @@ class Distillation:
         online.sample_source 'generator-step' runs the generator update first and trains the online model on its
         samples (one generator forward fewer)."""
         spec, nets, step = self.spec, self.nets, self.progress.step
+        if self.last_finished is not None:
+            self.last_finished.keep(step)
         ctx = Context(self.plan, IterationStreams(spec.seed, step, self.device), self.world, self.precision.autocast)
         reuse = spec.online.sample_source == "generator-step"
         kept: list[Samples] | None = [] if reuse else None
@@ -340,7 +379,7 @@ class Distillation:
         """Score the EMA generator (every process takes a share of the samples), log an 'eval' record and keep the
         best generator so far (rank 0)."""
         values = dict(self.evaluator(self.nets.ema, self.images_seen))
-        score = values.pop("score", values.get("fid"))  # lower is better: FID, or MMD for mixtures
+        score = values.pop("score", values.get("fid"))  # lower is better: FID, or MMD^2 for mixtures
         record = {"kind": "eval", "step": self.progress.step, "images_seen": self.images_seen,
                   "kimg": self.images_seen / 1000, **values}
         record["best"] = score is not None and (self.progress.best_score is None or score < self.progress.best_score)

@@ -14,6 +14,8 @@ import torch
 from simcli.config.resolve import spec_differences
 from simcli.config.spec import RESUMABLE_CHANGES, RunSpec
 from simcli.distill.events import EventHandler
+from simcli.distill.memory_estimate import check_memory
+from simcli.distill.stop import StopRequest
 from simcli.distill.teacher_fit import fitted_teacher_network
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
@@ -101,7 +103,7 @@ def prepare_run_dir(
     if config_path.is_file():
         try:
             old = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise UsageError(f"{config_path} is corrupt", hint="choose a new --out") from None
     elif loaded is not None:
         old = _spec_of_state(loaded[0])
@@ -155,7 +157,8 @@ def choose_state(run_dir: Path, spec: RunSpec, restart: bool, world: World, devi
 
 
 def check_network_settings(spec: RunSpec, teacher: Teacher) -> None:
-    """Refuse settings the teacher's network cannot take, before the run directory is touched."""
+    """Refuse settings the teacher's network cannot take, and sizes the machine's memory cannot hold (a lower-bound
+    estimate: simcli.distill.memory_estimate), before the run directory is touched."""
     fitted = teacher.architecture is None  # an analytic teacher: its copies are a fitted MLP
     what = "an analytic teacher's fitted MLP" if fitted else f"teacher '{teacher.display_name}'"
     if spec.training.dropout is not None and (fitted or not teacher.denoiser.supports_dropout):
@@ -164,18 +167,21 @@ def check_network_settings(spec: RunSpec, teacher: Teacher) -> None:
     if spec.training.activation_checkpointing and (fitted or not teacher.denoiser.supports_activation_checkpointing):
         raise UsageError(f"training.activation_checkpointing needs an EDM or PixArt network, not {what}",
                          hint="unset it")
+    check_memory(spec, teacher)
 
 
-def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.device, on_event: EventHandler) -> Networks:
+def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.device, on_event: EventHandler,
+                   stop: StopRequest | None = None) -> Networks:
     """Teacher plus generator, online model and EMA, all three initialised from the teacher's network.
 
     A teacher's network is copied as it is (dropout as recorded, or training.dropout when set: active while the
     generator or the online model is being updated, as in SiD); a teacher without a network (an analytic mixture)
-    gets an MLP fitted to it first.
+    gets an MLP fitted to it first; `stop` is served between the fit's steps (its progress is saved, then
+    simcli.errors.Stopped raised).
     """
     teacher = loaded.denoiser.to(device)
     if loaded.architecture is None:
-        base, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event)
+        base, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event, stop)
     else:
         base, architecture = copy.deepcopy(teacher), loaded.architecture
         if spec.training.dropout is not None:  # the teacher too, for shared-mask score dropout (it runs in train mode)

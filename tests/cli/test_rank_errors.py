@@ -8,7 +8,7 @@ import typer
 import simcli.world as world
 from simcli.cli.errors import reported_errors
 from simcli.errors import RunFailed, Stopped, UsageError
-from simcli.world import PeerFailed
+from simcli.peers import PeerFailed
 
 
 def said(capsys, rank: int, joined: bool, exc: Exception, monkeypatch) -> tuple[int, str]:
@@ -35,3 +35,17 @@ def test_what_rank_0_reports_for_all_is_not_repeated(capsys, monkeypatch):
     assert said(capsys, 2, True, Stopped("stopped by SIGTERM", 143), monkeypatch) == (143, "")
     code, err = said(capsys, 2, True, RunFailed("disk full"), monkeypatch)
     assert code == 1 and "rank 2: disk full" in err
+
+
+def test_a_lost_process_is_said_once(capsys, monkeypatch):
+    from simcli.peers import PeerLost
+
+    # rank 0 names the silent process (when the loop had nothing to add: before the first iteration)
+    code, err = said(capsys, 0, True, PeerLost([1], "its connection closed"), monkeypatch)
+    assert code == 1 and err == ("simcli: error: rank 1 stopped answering (killed or hung): its connection closed "
+                                 "(hint: run the same command again to resume)\n")
+    # the other processes end quietly, unless rank 0 is the one lost and this is the lowest process still answering
+    assert said(capsys, 2, True, PeerLost([0], "no sign of life for 300 s", report=False), monkeypatch) == (1, "")
+    code, err = said(capsys, 1, True, PeerLost([0], "no sign of life for 300 s", report=True), monkeypatch)
+    assert code == 1 and err.startswith("simcli: error: rank 1: rank 0 stopped answering (killed or hung): no sign of "
+                                        "life for 300 s"), err

@@ -179,3 +179,4 @@ def test_an_interval_without_a_finite_iteration_logs_null_losses_and_its_count(t
     assert "NaN" not in (tmp_path / "metrics.jsonl").read_text()  # valid JSON: null
     _, summaries = compare_runs([tmp_path])  # simcli compare reads it
     assert summaries[0]["status_records"] == 3
+
