@@ -25,8 +25,9 @@ EPILOG = """Examples:
 The table goes to stdout (so 'simcli compare ... > table.txt' works); with --json, one document
 {"runs": [...], "plot": ...} goes there instead. Runs still training can be compared: a half-written
 last line of metrics.jsonl is ignored, and runs without evaluations show '-' for FID and IS. Runs of mixture
-teachers show their exact metrics instead (best and last MMD, best and last mode-weight L1), and --plot draws
-them in place of FID and IS when no run has an FID.
+teachers show their exact metrics instead (best and last MMD^2, the unbiased squared MMD to exact mixture
+samples that 'simcli eval --teacher' reports, JSON keys best_mmd and last_mmd; best and last mode-weight L1), and
+--plot draws them in place of FID and IS when no run has an FID.
 """
 
 COLUMNS = (
@@ -44,7 +45,7 @@ COLUMNS = (
     ("evals", "right"),
 )
 FID_COLUMNS = ("best FID", "@ kimg", "last FID", "last IS")
-EXACT_COLUMNS = (("best MMD", "right"), ("@ kimg ", "right"), ("last MMD", "right"), ("best mode L1", "right"),
+EXACT_COLUMNS = (("best MMD^2", "right"), ("@ kimg ", "right"), ("last MMD^2", "right"), ("best mode L1", "right"),
                  ("last mode L1", "right"))  # mixture runs; '@ kimg ' differs from the FID one only by a space
 EXACT_KEYS = ("best_mmd", "last_mmd", "best_mode_weight_l1", "last_mode_weight_l1")
 
@@ -120,11 +121,11 @@ def _warn_mixed_references(summaries: list[dict[str, Any]]) -> None:
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by 'simcli distill --out'.", show_default=False)],
     plot: Annotated[Path | None, typer.Option("--plot", help="Also write FID, IS and loss curves to this PNG (replaced if it exists).")] = None,
-    sort: Annotated[str | None, typer.Option("--sort", help="Order rows: fid (best FID first, then mixture runs by best MMD; runs without either last) or name. Default: as given.")] = None,
+    sort: Annotated[str | None, typer.Option("--sort", help="Order rows: fid (best FID first, then mixture runs by best MMD^2; runs without either last) or name. Default: as given.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Compare run directories: method, teacher, images seen, wall time, best and last FID, last IS (mixture
-    runs: best and last MMD and mode-weight L1)."""
+    runs: best and last MMD^2 and mode-weight L1)."""
     with reported_errors():
         from simcli.compare.runs import compare_runs
 

@@ -12,12 +12,14 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.measure import Measurement
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from simcli.distill.events import (
     DownloadProgress,
     EmbeddingProgress,
+    EmbeddingWait,
     Evaluated,
     GridSaved,
     Heartbeat,
@@ -55,6 +57,20 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _table_cell(key: str, value: Any) -> str:
+    """A value as the live table shows it: kimg to 4 significant digits (whole kimg from 1,000 on), the rest to
+    TABLE_DIGITS significant digits (4 where not listed)."""
+    if key == "kimg" and isinstance(value, (int, float)) and math.isfinite(value):
+        return f"{value:.0f}" if value >= 1000 else _fmt(float(value), 4)
+    return _fmt(value, TABLE_DIGITS.get(key, 4))
+
+
+def embedding_wait_line(event: EmbeddingWait) -> str:
+    """A run waiting for another process's build of the embedding store: whose, and how far it is."""
+    return (f"waiting for {event.holder}, which is building the embedding store {event.store}: "
+            f"{event.stored:,}/{event.total:,} prompts stored so far (waited {_duration(event.waited_s)})")
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -81,9 +97,21 @@ STATUS_COLUMNS = (
     ("fid", "FID"),
     ("is_mean", "IS"),
     ("mode_weight_l1", "mode L1"),
-    ("mmd", "MMD"),
+    ("mmd", "MMD^2"),
 )
 LATEST_EVAL_KEYS = ("fid", "is_mean", "mode_weight_l1", "mmd")
+
+# The live table: short headers (two lines where it helps) and fewer digits than the plain lines, so that it fits
+# an 80-column terminal. TABLE_DROP_ORDER: the columns left out first when it still does not fit, least useful
+# first (the bar under the table shows done, elapsed and ETA; memory rarely changes; the step follows from kimg).
+# The losses, kimg and the evaluation columns are never dropped; non-finite only while it is all zero.
+TABLE_HEADERS = {
+    "loss_online": "loss\nonline", "loss_generator": "loss\ngen.", "sec_per_kimg": "sec/\nkimg",
+    "cpu_mem_gib": "cpu\nGiB", "gpu_mem_gib": "gpu\nGiB", "nonfinite_total": "non-\nfinite", "mode_weight_l1": "mode\nL1",
+}
+TABLE_DIGITS = {"loss_online": 3, "loss_generator": 3, "sec_per_kimg": 3, "cpu_mem_gib": 3, "gpu_mem_gib": 3,
+                "mode_weight_l1": 3, "mmd": 3}
+TABLE_DROP_ORDER = ("nonfinite_total", "gpu_mem_gib", "cpu_mem_gib", "step", "done", "eta", "elapsed", "sec_per_kimg")
 
 
 def status_line(record: dict[str, Any]) -> str:
@@ -93,11 +121,12 @@ def status_line(record: dict[str, Any]) -> str:
 
 
 EVAL_KEYS = ("fid", "is_mean", "mode_weight_l1", "precision", "mmd", "sw2")
+EVAL_LABELS = {"mmd": "mmd^2"}  # the record's 'mmd' is the unbiased squared MMD (simcli.eval.gmm_metrics.mmd_rbf)
 
 
 def evaluation_line(record: dict[str, Any]) -> str:
     """One line per evaluation: where, what, and whether it is the best so far."""
-    values = "  ".join(f"{k} {_fmt(record[k])}" for k in EVAL_KEYS if record.get(k) is not None)
+    values = "  ".join(f"{EVAL_LABELS.get(k, k)} {_fmt(record[k])}" for k in EVAL_KEYS if record.get(k) is not None)
     best = "  (best so far)" if record.get("best") else ""
     return f"eval at {_fmt(record['kimg'])} kimg ({record.get('n')} samples, {record.get('backend')}): {values}{best}"
 
@@ -153,13 +182,27 @@ class DistillReporter:
             return {**record, **latest}
         return {**record, **self._timing(record["step"], record.get("elapsed_s"), record.get("sec_per_kimg")), **latest}
 
-    def _table(self) -> Table:
+    def _table_of(self, keys: list[str]) -> Table:
         table = Table(title="simcli distill", expand=False)
-        cols = [c for c in STATUS_COLUMNS if any(c[0] in r for r in self.rows)] or list(STATUS_COLUMNS[:5])
-        for _, label in cols:
-            table.add_column(label, justify="right")
+        for key in keys:
+            table.add_column(TABLE_HEADERS.get(key, dict(STATUS_COLUMNS)[key]), justify="right", no_wrap=True)
         for r in self.rows[-self.max_rows :]:
-            table.add_row(*[_fmt(r.get(key)) for key, _ in cols])
+            table.add_row(*[_table_cell(key, r.get(key)) for key in keys])
+        return table
+
+    def _table(self) -> Table:
+        """The status table, without the least useful columns (TABLE_DROP_ORDER) where the console is too narrow."""
+        keys = [k for k, _ in STATUS_COLUMNS if any(k in r for r in self.rows)] or [k for k, _ in STATUS_COLUMNS[:5]]
+        droppable = [k for k in TABLE_DROP_ORDER if k in keys]
+        if "nonfinite_total" in droppable and any(r.get("nonfinite_total") for r in self.rows):
+            droppable.remove("nonfinite_total")  # non-finite iterations are worth the room
+        table = self._table_of(keys)
+        width = self.console.width
+        for key in droppable:
+            if Measurement.get(self.console, self.console.options.update(width=10_000), table).maximum <= width:
+                break
+            keys.remove(key)
+            table = self._table_of(keys)
         return table
 
     def _display(self) -> Group:
@@ -167,12 +210,12 @@ class DistillReporter:
         parts: list[Any] = [self._table()]
         if self.current is not None and self.total_steps:
             c = self.current
+            text = (f"{c['done']}  iteration {c['step']}/{self.total_steps}  kimg {_table_cell('kimg', c.get('kimg'))}  "
+                    f"elapsed {c.get('elapsed', '-')}  eta {c.get('eta', '-')}")
             bar = Table.grid(padding=(0, 1))
-            bar.add_row(
-                ProgressBar(total=self.total_steps, completed=c["step"], width=40),
-                f"{c['done']}  iteration {c['step']}/{self.total_steps}  kimg {_fmt(c.get('kimg'))}  "
-                f"elapsed {c.get('elapsed', '-')}  eta {c.get('eta', '-')}",
-            )
+            # the bar takes what the text leaves of the line (at most 40 columns), so that the line does not wrap
+            bar.add_row(ProgressBar(total=self.total_steps, completed=c["step"],
+                                    width=max(10, min(40, self.console.width - len(text) - 1))), text)
             parts.append(bar)
         return Group(*parts)
 
@@ -195,6 +238,8 @@ class DistillReporter:
             if event.done == event.total or self._fit_shown_at is None or now - self._fit_shown_at >= self.fit_every_s:
                 self.line(f"embedding prompts once into {event.store}: {event.done:,}/{event.total:,}")
                 self._fit_shown_at = now
+        elif isinstance(event, EmbeddingWait):
+            self.line(embedding_wait_line(event))
         elif isinstance(event, RunStarted):
             self.total_steps, self.batch_size = event.total_steps, event.batch_size
             self.start_step, self.start_elapsed = event.start_step, event.elapsed_s

@@ -1,7 +1,8 @@
 """One PNG comparing runs: FID, IS and the two losses against kimg, in a 2x2 grid (matplotlib, Agg).
 
 Runs of mixture teachers log exact metrics instead of FID and IS; when no run has an FID or IS value and some
-have exact metrics, the top row shows mode-weight L1 and MMD instead.
+have exact metrics, the top row shows mode-weight L1 and MMD^2 (the unbiased squared MMD, as `simcli eval
+--teacher` reports it) instead.
 
 Takes the runs that simcli.compare.runs.load_runs returns. The figure is built on an Agg canvas without
 pyplot, so nothing global (backend, open figures) is touched; the file is written atomically.
@@ -116,7 +117,7 @@ def _has_any(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> bool:
 
 
 def render_comparison(runs: list[dict[str, Any]]):
-    """The 2x2 matplotlib Figure (FID, IS, or for mixture runs mode-weight L1, MMD / loss online, loss generator)."""
+    """The 2x2 matplotlib Figure (FID, IS, or for mixture runs mode-weight L1, MMD^2 / loss online, loss generator)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -127,8 +128,8 @@ def render_comparison(runs: list[dict[str, Any]]):
     if _has_any(runs, ("mmd", "mode_weight_l1")) and not _has_any(runs, ("fid", "is_mean")):  # mixture runs
         _best_panel(ax_fid, runs, kimg_max, "mode_weight_l1", "mode-weight L1 (exact; lower is better; * = best)",
                     "sum_k |w_k - pi_k|", "no mode-weight evaluations yet")
-        _best_panel(ax_is, runs, kimg_max, "mmd", "MMD to the mixture (exact; lower is better; * = best)", "MMD",
-                    "no MMD evaluations yet")
+        _best_panel(ax_is, runs, kimg_max, "mmd", "MMD^2 to the mixture (exact; lower is better; * = best)",
+                    "MMD^2", "no MMD^2 evaluations yet")
     else:
         _best_panel(ax_fid, runs, kimg_max)
         _is_panel(ax_is, runs, kimg_max)

@@ -9,7 +9,8 @@ images_seen, kimg (of the latest record), wall_time_s (the latest elapsed_s), be
 best_fid_kimg (minimum over the eval records, earliest on ties), last_fid and last_fid_kimg,
 last_is_mean, last_is_std and last_is_kimg (latest eval record with a value), eval_backend,
 eval_reference and eval_n (of the latest eval record), status_records and eval_records (counts).
-Mixture runs log exact metrics instead of FID (simcli.eval.during_training): best_mmd and best_mmd_kimg,
+Mixture runs log exact metrics instead of FID (simcli.eval.during_training; `mmd` is the unbiased MMD^2 of
+simcli.eval.gmm_metrics.mmd_rbf): best_mmd and best_mmd_kimg,
 best_mode_weight_l1 and best_mode_weight_l1_kimg (minimum, earliest on ties), last_mmd, last_mmd_kimg,
 last_mode_weight_l1, last_precision and last_sw2 (latest eval record with a value).
 Values not known yet are None; non-finite numbers become None so the summary is valid JSON.
@@ -177,7 +178,7 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def sort_summaries(summaries: list[dict[str, Any]], key: str | None) -> list[dict[str, Any]]:
-    """Order by best FID (lowest first; then runs with only a best MMD, lowest first; then the rest, by name) or by
+    """Order by best FID (lowest first; then runs with only a best MMD^2, lowest first; then the rest, by name) or by
     name; None keeps the order given."""
     if key is None:
         return list(summaries)

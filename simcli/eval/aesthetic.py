@@ -173,7 +173,7 @@ class OpenClipImageEmbedder:
 def _open_clip_create(model_name: str, **kwargs):
     from simcli.eval.backends.common import import_backend_library
 
-    open_clip = import_backend_library("open_clip", "open_clip_torch")
+    open_clip = import_backend_library("open_clip", "open_clip_torch", extra="t2i")
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, **kwargs)
     return model, preprocess
 

@@ -44,7 +44,7 @@ def evaluate_against_teacher(
     mmd_bandwidth: float | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Mode weights, their L1 error, precision, MMD and SW2 of samples against the exact teacher."""
+    """Mode weights, their L1 error, precision, MMD^2 (key `mmd`) and SW2 of samples against the exact teacher."""
     mixture = load_teacher(teacher).mixture
     if mixture is None:
         raise UsageError(f"exact metrics need an analytic teacher, not '{teacher}'", hint="use --fid with --ref for image teachers")

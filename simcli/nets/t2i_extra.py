@@ -11,7 +11,7 @@ from typing import Any
 
 from simcli.errors import UsageError
 
-T2I_INSTALL = "pip install 'simcli[t2i]'"
+T2I_INSTALL = "pip install 'simcli[t2i]' (in a checkout: pip install -e '.[t2i]')"
 T2I_PACKAGES = ("diffusers", "transformers", "huggingface_hub")
 T2I_HINT = "the t2i extra installs diffusers, transformers and sentencepiece"
 

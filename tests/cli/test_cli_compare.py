@@ -321,8 +321,9 @@ def test_mixture_run_exact_metrics_in_json_and_table(cli, json_doc, tmp_path):
 
     table = cli("compare", run, other)
     assert table.exit_code == 0, table.output
-    header = next(line for line in table.stdout.splitlines() if "best MMD" in line)
-    assert "last mode L1" in header and "best mode L1" in header and "FID" not in header  # no empty FID columns
+    header = next(line for line in table.stdout.splitlines() if "best MMD^2" in line)
+    assert "last mode L1" in header and "best mode L1" in header and "last MMD^2" in header
+    assert "FID" not in header  # no empty FID columns
     row = [c.strip() for c in next(line for line in table.stdout.splitlines() if "ring8-sim" in line).split("│")]
     assert ["0.0125", "100", "0.0175", "0.25", "0.25"] == row[row.index("0.0125"):row.index("0.0125") + 5]
 
@@ -331,7 +332,7 @@ def test_mixed_image_and_mixture_runs_show_both_column_groups(cli, synthetic, tm
     run = write_mixture_run(tmp_path / "ring8-sim")
     table = cli("compare", synthetic["sim"], run)
     assert table.exit_code == 0, table.output
-    header = next(line for line in table.stdout.splitlines() if "best MMD" in line)
+    header = next(line for line in table.stdout.splitlines() if "best MMD^2" in line)
     assert "best FID" in header and "last IS" in header
     assert "0.0125" in next(line for line in table.stdout.splitlines() if "ring8-sim" in line)
     assert "3.25" in next(line for line in table.stdout.splitlines() if "cifar-sim" in line)
@@ -345,7 +346,7 @@ def test_plot_of_mixture_runs_has_exact_metric_panels(cli, tmp_path):
     b = write_mixture_run(tmp_path / "ring8-sid", [(50, 1.2, 0.5, 0.2, 0.5), (100, 0.75, 0.8, 0.05, 0.25)])
     fig = render_comparison(load_runs([a, b]))
     l1, mmd = fig.axes[:2]
-    assert l1.get_title().startswith("mode-weight L1") and mmd.get_title().startswith("MMD")
+    assert l1.get_title().startswith("mode-weight L1") and mmd.get_title().startswith("MMD^2") and mmd.get_ylabel().startswith("MMD^2")
     assert not [t.get_text() for ax in fig.axes for t in ax.texts]  # no "no evaluations" notes
     assert list(l1.get_lines()[0].get_ydata()) == [0.9, 0.35, 0.5, 0.25]
     assert list(mmd.get_lines()[0].get_ydata()) == [0.08, 0.0125, 0.02, 0.0175]

@@ -92,3 +92,44 @@ def test_bad_plot_requests_exit_2(cli, assert_usage_error, tree, tmp_path, monke
     before = tree(tmp_path)
     assert_usage_error(cli("sample", *args), fragment)
     assert tree(tmp_path) == before
+
+
+def _title_and_labels_inside(fig) -> None:
+    """The figure title and every axis label lie wholly inside the figure once it is drawn."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    texts = [fig._suptitle] + [t for ax in fig.axes if ax.axison for t in (ax.xaxis.label, ax.yaxis.label)]
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, (text.get_text(), extent, box)
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1, (text.get_text(), extent, box)
+
+
+def test_teacher_only_2d_plot_title_fits_the_figure():
+    from simcli.sampling.plots import TEACHER_COLOUR, PlotSource, render_vector_plot
+    from simcli.teachers.gmm import ring
+
+    mixture = ring(8)
+    x, _ = mixture.sample(500)
+    fig = render_vector_plot([PlotSource(x.numpy(), "teacher: 18-step Heun (NFE 35)\n500 samples", TEACHER_COLOUR)],
+                             mixture, "gmm-ring8, seeds 0..499")
+    _title_and_labels_inside(fig)
+    # too long for one line beside a single panel: the title and the note get a line each, at full size
+    assert fig._suptitle.get_text() == "gmm-ring8, seeds 0..499\n8 modes: x = mean, ellipse = 2 std"
+    assert fig._suptitle.get_fontsize() == 13
+    # beside the teacher's column there is room for one line
+    wide = render_vector_plot([PlotSource(x.numpy(), "a"), PlotSource(x.numpy(), "b")], mixture, "gmm-ring8, seeds 0..499")
+    assert wide._suptitle.get_text() == "gmm-ring8, seeds 0..499; 8 modes: x = mean, ellipse = 2 std"
+    _title_and_labels_inside(wide)
+
+
+def test_a_title_too_long_for_the_smallest_font_is_broken_into_lines():
+    from simcli.sampling.plots import MIN_TITLE_FONTSIZE, PlotSource, render_vector_plot
+
+    x = np.random.default_rng(0).normal(size=(200, 2))
+    name = "gmm:/data/mixtures/" + "a-long-directory-name/" * 3 + "mixture.json, seeds 0..199"
+    fig = render_vector_plot([PlotSource(x, "teacher")], None, name)
+    assert fig._suptitle.get_text().replace("\n", " ") == name  # broken into lines, nothing lost
+    assert fig._suptitle.get_fontsize() == MIN_TITLE_FONTSIZE
+    _title_and_labels_inside(fig)

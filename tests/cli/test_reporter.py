@@ -87,3 +87,67 @@ def test_terminal_shows_a_live_table_with_elapsed_and_a_progress_bar_without_tim
     out = buf.getvalue()
     assert "2026-11-30" not in out and "elapsed" in out and "0m10s" in out
     assert "━" in out and "50%  iteration 50/100  kimg 0.5  elapsed 0m20s  eta 0m20s" in out
+
+
+def _live_table_text(width: int, statuses: list[dict], evaluation: dict | None = None) -> str:
+    """What the live display shows last on a terminal `width` columns wide (rich's recorded text)."""
+    console = Console(file=io.StringIO(), width=width, record=True, force_terminal=True, color_system=None)
+    reporter = DistillReporter(console=console, live=True, wall=lambda: NOON)
+    reporter(RunStarted(Path("runs/ring8"), "cpu", 0, 2000, 256, None, 1234))
+    for i, record in enumerate(statuses):
+        reporter(Status(record))
+        if evaluation is not None and i == 0:
+            reporter(Evaluated(evaluation))
+    console.export_text()  # drop what was drawn before the last frame
+    reporter.close()  # the last frame, printed once more as Live stops
+    return console.export_text()
+
+
+RING8_STATUS = [  # as a ring8 run on a GPU logs them: every column the table has
+    {"kind": "status", "step": 100 * (i + 1), "images_seen": 25600 * (i + 1), "kimg": 25.6 * (i + 1),
+     "loss_online": 2.5636566734313964 - 0.01 * i, "loss_generator": -0.006458362338598818, "nonfinite_in_interval": 0,
+     "nonfinite_total": 0, "sec_per_kimg": 0.8938526773046895, "elapsed_s": 22.883 * (i + 1), "cpu_mem_gib": 0.693,
+     "gpu_mem_gib": 1.234}
+    for i in range(4)
+]
+RING8_EVAL = {"kind": "eval", "kimg": 25.6, "n": 10000, "backend": "exact", "mode_weight_l1": 0.03451,
+              "precision": 0.8731, "mmd": 0.000669123, "sw2": 0.028}
+
+
+def test_live_table_fits_80_columns_with_the_losses_and_the_exact_metrics():
+    text = _live_table_text(80, RING8_STATUS, RING8_EVAL)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80, text
+    assert "…" not in text  # nothing cut short
+    header = "\n".join(line for line in lines if line.startswith("┃"))
+    for label in ("loss", "online", "gen.", "kimg", "mode", "L1", "MMD^2", "elapsed"):
+        assert label in header, (label, text)
+    rows = [line for line in lines if line.startswith("│")]
+    assert len(rows) == 4
+    # the last row: kimg 102.4, loss online 2.5337 -> 2.53, loss generator -0.006458 -> -0.00646, the latest
+    # evaluation's mode-weight L1 and MMD^2 to three digits
+    cells = [c.strip() for c in rows[-1].strip("│").split("│")]
+    assert cells[cells.index("102.4") + 1 : cells.index("102.4") + 3] == ["2.53", "-0.00646"]
+    assert cells[-2:] == ["0.0345", "0.000669"]
+    # dropped first at 80 columns: memory, step and done (the bar under the table shows done and the iteration)
+    assert "GiB" not in header and "step" not in header and "done" not in header
+    assert "iteration 400/2000  kimg 102.4  elapsed 1m32s" in text  # the bar line does not wrap
+
+
+def test_wide_live_table_keeps_every_column():
+    text = _live_table_text(200, RING8_STATUS, RING8_EVAL)
+    header = "\n".join(line for line in text.splitlines() if line.startswith("┃"))
+    for label in ("done", "elapsed", "eta", "kimg", "step", "online", "gen.", "sec/", "cpu", "gpu", "GiB", "non-",
+                  "finite", "mode", "MMD^2"):
+        assert label in header, (label, text)
+
+
+def test_narrow_live_table_keeps_a_non_zero_non_finite_count():
+    statuses = [dict(r) for r in RING8_STATUS]
+    statuses[-1]["nonfinite_total"] = 3
+    text = _live_table_text(80, statuses, RING8_EVAL)
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    header = "\n".join(line for line in text.splitlines() if line.startswith("┃"))
+    assert "finite" in header and "online" in header and "MMD^2" in header
+    last = [c.strip() for c in [line for line in text.splitlines() if line.startswith("│")][-1].strip("│").split("│")]
+    assert "3" in last

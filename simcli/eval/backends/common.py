@@ -86,8 +86,8 @@ def load_error(what: str, path: Path, exc: BaseException) -> UsageError:
     )
 
 
-def import_backend_library(module: str, package: str):
-    """Import an optional backend library, or raise UsageError telling how to install it."""
+def import_backend_library(module: str, package: str, extra: str = "eval"):
+    """Import an optional library, or raise UsageError naming the simcli extra that installs it."""
     import importlib
 
     try:
@@ -95,5 +95,5 @@ def import_backend_library(module: str, package: str):
     except ImportError as exc:
         raise UsageError(
             f"the {package} backend needs the {package} package ({exc})",
-            hint="pip install 'simcli[eval]'",
+            hint=f"pip install 'simcli[{extra}]' (in a checkout: pip install -e '.[{extra}]')",
         ) from None
