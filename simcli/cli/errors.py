@@ -5,9 +5,10 @@ A run stopped by a signal (simcli.errors.Stopped) is one 'simcli: stopped ...' l
 A run stopped by its time budget (`distill --max-minutes`) is the same kind of line with exit code 75
 (EX_TEMPFAIL, simcli.distill.stop.TIME_LIMIT_EXIT_CODE): saved, run the same command again to resume.
 
-An OSError that reaches the CLI (disk full, I/O error) is one line with the path and the cause, exit code 1.
+An OSError that reaches the CLI (disk full, I/O error) is one line with the path and the cause, exit code 1; so is
+running out of memory (MemoryError, torch's out-of-memory errors on the CPU or a GPU), with what to lower.
 
-Under torchrun, processes that stop answering (simcli.world.PeerLost) are named in one line by rank 0 (exit code 1;
+Under torchrun, processes that stop answering (simcli.peers.PeerLost) are named in one line by rank 0 (exit code 1;
 the loop adds what it saved), or, when rank 0 is the one lost, by the lowest process still answering; the other
 processes end quietly.
 """
@@ -65,8 +66,25 @@ def reported_errors() -> Iterator[None]:
         why = exc.strerror or str(exc) or type(exc).__name__
         _print_error(f"{exc.filename}: {why}" if exc.filename else why, None, rank)
         raise typer.Exit(1) from None
+    except (MemoryError, RuntimeError) as exc:  # out of memory is the run failing, not a bug; other errors are bugs
+        if not out_of_memory(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        _print_error(f"out of memory{': ' + first if first else ''}", OOM_HINT, rank)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         interrupted("interrupted")
+
+
+OOM_HINT = ("lower --batch-gpu (or --batch-size), or --set training.activation_checkpointing=true, or --precision bf16 "
+            "on a GPU; for sample and eval, a smaller --batch-size")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an error says an allocation failed: MemoryError, torch.OutOfMemoryError, the CPU allocator's refusal."""
+    text = str(exc)
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "CUDA out of memory" in text)
 
 
 def _rank() -> int:

@@ -49,3 +49,16 @@ def test_a_lost_process_is_said_once(capsys, monkeypatch):
     code, err = said(capsys, 1, True, PeerLost([0], "no sign of life for 300 s", report=True), monkeypatch)
     assert code == 1 and err.startswith("simcli: error: rank 1: rank 0 stopped answering (killed or hung): no sign of "
                                         "life for 300 s"), err
+
+
+def test_running_out_of_memory_is_one_line_with_what_to_lower(capsys, monkeypatch):
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 3400000000 bytes. Error code 12 (Cannot allocate memory)")
+    code, err = said(capsys, 0, False, cpu, monkeypatch)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("simcli: error: out of memory: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator")
+    assert "(hint: lower --batch-gpu (or --batch-size)" in err
+    code, err = said(capsys, 0, False, MemoryError(), monkeypatch)
+    assert (code, err.split(" (hint")[0]) == (1, "simcli: error: out of memory")
+    with pytest.raises(RuntimeError, match="a bug"), reported_errors():  # other RuntimeErrors are not mapped
+        raise RuntimeError("a bug")
