@@ -85,7 +85,7 @@ def _write(tmp_path: Path, variant=BASE, name: str = "net.pkl", **options) -> tu
     return w.write_edm_pickle(tmp_path / name, net, init_kwargs, **options), net
 
 
-def _refusal(path: Path, expect: str, **kwargs) -> str:
+def assert_refused(path: Path, expect: str, **kwargs) -> str:
     """The one-line message refusing to load `path`; it must contain `expect`."""
     with pytest.raises(UsageError, match=re.escape(expect)) as info:
         load_edm_pickle(path, **kwargs)
@@ -227,7 +227,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, kind, qualname, w
     _, class_name, init_kwargs = BASE
     path = tmp_path / "evil.pkl"
     path.write_bytes(w.malicious_pickle_bytes(_network(class_name, init_kwargs), init_kwargs, kind, marker, where))
-    message = _refusal(path, qualname)
+    message = assert_refused(path, qualname)
     assert qualname in message and "nothing from the file was executed" in message
     assert not marker.exists()
 
@@ -249,36 +249,36 @@ def test_persistent_ids_are_refused():
 @pytest.mark.parametrize("fraction", [0.5, 0.999, 0.01])
 def test_truncated_file(tmp_path, fraction):
     path, _ = _write(tmp_path, truncate_to=fraction)
-    _refusal(path, "is truncated")
+    assert_refused(path, "is truncated")
 
 
 @pytest.mark.parametrize("content", [b"", b"hello world\n", b"PK\x03\x04zipdata"], ids=["empty", "text", "zip"])
 def test_not_a_pickle(tmp_path, content):
     path = tmp_path / "x.pkl"
     path.write_bytes(content)
-    _refusal(path, "is not a pickle")
+    assert_refused(path, "is not a pickle")
 
 
 def test_missing_file(tmp_path):
-    _refusal(tmp_path / "nope.pkl", "not found")
+    assert_refused(tmp_path / "nope.pkl", "not found")
 
 
 @pytest.mark.parametrize("version", [5, 7])
 def test_wrong_persistence_version(tmp_path, version):
     path, _ = _write(tmp_path, version=version)
-    message = _refusal(path, f"format version {version}")
+    message = assert_refused(path, f"format version {version}")
     assert f"format version {version}" in message and "only version 6" in message
 
 
 def test_missing_ema_key_lists_the_keys(tmp_path):
     path, _ = _write(tmp_path, key="net")
-    message = _refusal(path, "no 'ema' entry")
+    message = assert_refused(path, "no 'ema' entry")
     assert "no 'ema' entry" in message and "keys present: net, loss_fn, augment_pipe, dataset_kwargs" in message
 
 
 def test_unknown_class_name(tmp_path):
     path, _ = _write(tmp_path, class_name="EDM2Precond")
-    _refusal(path, "unknown EDM network class 'EDM2Precond'")
+    assert_refused(path, "unknown EDM network class 'EDM2Precond'")
 
 
 @pytest.mark.parametrize("change,expect", [
@@ -290,15 +290,15 @@ def test_unknown_class_name(tmp_path):
 def test_tensors_not_matching_the_recorded_architecture(tmp_path, change, expect):
     _, class_name, init_kwargs = BASE
     path = w.write_edm_pickle(tmp_path / "bad.pkl", _network(class_name, init_kwargs), {**init_kwargs, **change})
-    _refusal(path, expect)
+    assert_refused(path, expect)
 
 
 def test_top_level_not_a_dict_and_ema_not_a_network(tmp_path):
     path = tmp_path / "list.pkl"
     path.write_bytes(pickle.dumps([1, 2], protocol=4))
-    _refusal(path, "not the dict of an EDM snapshot")
+    assert_refused(path, "not the dict of an EDM snapshot")
     path.write_bytes(pickle.dumps({"ema": {"weights": 1}}, protocol=4))
-    _refusal(path, "not a persistent network object")
+    assert_refused(path, "not a persistent network object")
 
 
 def test_build_on_an_allowed_global_is_refused():
@@ -315,14 +315,14 @@ def test_recorded_attributes_must_match_the_rebuilt_network(tmp_path):
     tree["ema"].args[0]["state"]["sigma_data"] = 0.3  # differs from the default the kwargs rebuild
     path = tmp_path / "attr.pkl"
     path.write_bytes(w.dumps(tree))
-    _refusal(path, "recorded sigma_data=0.3 but the rebuilt network has sigma_data=0.5")
+    assert_refused(path, "recorded sigma_data=0.3 but the rebuilt network has sigma_data=0.5")
 
 
 def test_tensor_dtype_must_match(tmp_path):
     _, class_name, init_kwargs = BASE
     net = _network(class_name, init_kwargs).double()
     path = w.write_edm_pickle(tmp_path / "f64.pkl", net, init_kwargs)
-    _refusal(path, "model.map_augment.weight [16, 9] torch.float64 in the file vs [16, 9] torch.float32 here")
+    assert_refused(path, "model.map_augment.weight [16, 9] torch.float64 in the file vs [16, 9] torch.float32 here")
 
 
 @pytest.mark.slow
