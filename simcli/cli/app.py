@@ -20,6 +20,7 @@ from simcli.cli.eval import eval_command
 from simcli.cli.options import METAVARS
 from simcli.cli.sample import EPILOG as SAMPLE_EPILOG
 from simcli.cli.sample import sample
+from simcli.runtime import prefer_passive_openmp
 
 # click's exception base, whether typer uses the click package or its bundled copy (typer >= 0.20).
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -98,6 +99,7 @@ def root(
 
 def main() -> None:
     """Console entry point: run the app; parse errors and unexpected exceptions are one line too."""
+    prefer_passive_openmp()  # before any command imports torch
     try:
         code = app(standalone_mode=False)
     except ClickException as exc:  # bad flags or values, before any command runs

@@ -114,10 +114,17 @@ TABLE_DIGITS = {"loss_online": 3, "loss_generator": 3, "sec_per_kimg": 3, "cpu_m
 TABLE_DROP_ORDER = ("nonfinite_total", "gpu_mem_gib", "cpu_mem_gib", "step", "done", "eta", "elapsed", "sec_per_kimg")
 
 
+def busy_note(record: dict[str, Any]) -> str:
+    """'busy: load 6.1 on 2 cores' when the status record says the machine looks oversubscribed, else ''."""
+    if not record.get("cpu_busy"):
+        return ""
+    return f"busy: load {record['load_avg']:.1f} on {record['cpu_cores']} cores"
+
+
 def status_line(record: dict[str, Any]) -> str:
     """A plain status line for logs (cluster jobs, pipes)."""
     parts = [f"{label.replace(' ', '_')} {_fmt(record.get(key))}" for key, label in STATUS_COLUMNS if key in record]
-    return "  ".join(parts)
+    return "  ".join(parts + ([busy_note(record)] if busy_note(record) else []))
 
 
 EVAL_KEYS = ("fid", "is_mean", "mode_weight_l1", "precision", "mmd", "sw2")
@@ -183,7 +190,8 @@ class DistillReporter:
         return {**record, **self._timing(record["step"], record.get("elapsed_s"), record.get("sec_per_kimg")), **latest}
 
     def _table_of(self, keys: list[str]) -> Table:
-        table = Table(title="simcli distill", expand=False)
+        busy = busy_note(self.rows[-1]) if self.rows else ""  # in the title: the bar line has no room at 80 columns
+        table = Table(title="simcli distill" + (f" · {busy}" if busy else ""), expand=False)
         for key in keys:
             table.add_column(TABLE_HEADERS.get(key, dict(STATUS_COLUMNS)[key]), justify="right", no_wrap=True)
         for r in self.rows[-self.max_rows :]:

@@ -87,7 +87,7 @@ def encode_batch(
     The encoder must return embeds [n, L, C] and a mask [n, L] that is a prefix of ones in every row, with (L, C)
     equal to `shape` when given, and finite embeddings; RunFailed otherwise."""
     with torch.no_grad():
-        embeds, mask = encode(prompts)
+        embeds, mask = encode(prompts)[:2]  # a TextCondition's states and mask
     where = f"the text encoder, given {len(prompts)} prompts from {prompts[0][:40]!r},"
     if embeds.dim() != 3 or mask.shape != embeds.shape[:2] or embeds.shape[0] != len(prompts):
         raise RunFailed(f"{where} returned embeds {list(embeds.shape)} and mask {list(mask.shape)}",

@@ -43,7 +43,7 @@ from simcli.distill.steps import Context, Samples, generator_update, make_genera
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, LastFinished, StopRequest
 from simcli.distill.streams import IterationStreams, online_phase
 from simcli.distill.teacher_probe import check_teacher_finite
-from simcli.distill.text_setup import RunPrompts
+from simcli.distill.text_setup import RunPrompts, read_run_prompts
 from simcli.errors import RunFailed, Stopped
 from simcli.peers import PeerFailed, PeerLost
 from simcli.rundir.layout import generator_path, state_path
@@ -86,6 +86,8 @@ class Distillation:
         self.stop = stop if stop is not None else StopRequest()
         self._snapshot_pending = False
         self.device = self.world.device(spec.device)
+        # The prompt file (text-to-image) is read before the teacher: a missing or malformed one costs no teacher load.
+        prompt_file = read_run_prompts(spec)
         # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
         # Rank 0 loads (and downloads) it before the others, which then find it in the cache.
         teacher = self._teacher()
@@ -94,7 +96,7 @@ class Distillation:
         # Text-to-image: the prompt file, and the prompts' embeddings (a store built once in the cache, or a text
         # encoder loaded), also before the run directory is touched: a missing or malformed prompt file or a text
         # encoder that cannot be loaded leaves it as it was. Prompts for another teacher are refused.
-        self.prompts = RunPrompts.prepare(spec, teacher, self.world, self.device, self.on_event, self.stop)
+        self.prompts = RunPrompts.prepare(spec, teacher, self.world, self.device, self.on_event, self.stop, prompt_file)
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device, self.world) if make_evaluator is not None else None
         if self._stop_agreed():  # e.g. during a download (any process's signal): nothing in the run directory was touched

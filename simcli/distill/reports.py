@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 
 from simcli.config.spec import LoggingSpec
 from simcli.distill.state import Progress
+from simcli.runtime import oversubscribed, usable_cores
 
 
 def _now() -> float:
@@ -72,6 +74,21 @@ def memory_record(device: torch.device) -> dict[str, float]:
     return rec
 
 
+MACHINE_KEYS = ("sec_per_kimg", "elapsed_s", "cpu_mem_gib", "gpu_mem_gib", "load_avg", "cpu_cores", "cpu_threads",
+                "cpu_busy")
+"""Keys of a status record that describe the machine and the moment, not the run: equal runs differ in them."""
+
+
+def cpu_load_record(device: torch.device) -> dict[str, Any]:
+    """CPU runs: the machine's 1-minute load average, the cores this process may use, its torch threads, and
+    'cpu_busy' when the load says more threads want to run than the cores serve (simcli.runtime.oversubscribed)."""
+    if device.type != "cpu":
+        return {}
+    load, cores = os.getloadavg()[0], usable_cores()
+    return {"load_avg": round(load, 2), "cpu_cores": cores, "cpu_threads": torch.get_num_threads(),
+            "cpu_busy": oversubscribed(load, cores)}
+
+
 def status_record(
     progress: Progress, batch_size: int, window_seconds: float, window_start_step: int, device: torch.device,
     extra: dict[str, Any],
@@ -95,4 +112,5 @@ def status_record(
         "elapsed_s": round(p.elapsed_s, 3),
         **extra,
         **memory_record(device),
+        **cpu_load_record(device),
     }

@@ -33,6 +33,19 @@ def apply_optimizer_settings(spec: RunSpec, opts: dict[str, torch.optim.Optimize
     return changes
 
 
+def cpu_threads_warning(progress: Progress, device: torch.device) -> str | None:
+    """Record in `progress` the CPU threads this process computes with; a warning when the run computed with
+    another count so far (CPU reductions split by it, so the numbers leave those of an uninterrupted run)."""
+    if device.type != "cpu":
+        return None
+    before, progress.cpu_threads = progress.cpu_threads, torch.get_num_threads()
+    if before is None or before == progress.cpu_threads:
+        return None
+    return (f"this run computed with {before} CPU threads until iteration {progress.step}, now with "
+            f"{progress.cpu_threads}: its numbers from here on differ from those of an uninterrupted run "
+            f"(pass --threads {before} to keep them)")
+
+
 def resume(
     run_dir: Path, spec: RunSpec, loaded: LoadedState | None, nets: Networks, opts: dict[str, torch.optim.Optimizer],
     world: World,
@@ -44,7 +57,8 @@ def resume(
       metrics.jsonl written after it (by the process that was stopped; after iteration 0 for a new run), and warns
       when metrics.jsonl lacks status records from before it (the state's window counts the iterations since its
       last status record, so the iteration of that record is known exactly);
-    - the spec's optimiser settings replace the restored ones; a change is logged as a 'spec_change' record.
+    - the spec's optimiser settings replace the restored ones; a change is logged as a 'spec_change' record;
+    - on the CPU, a resume with another thread count than the run's warns (cpu_threads_warning).
     """
     progress = restore(loaded[0], nets, opts) if loaded is not None else Progress()
     images_seen = progress.step * spec.training.batch_size
@@ -60,6 +74,8 @@ def resume(
         last_status = progress.step - int(progress.window["n"]) - int(progress.window["nonfinite"])
         lag = lag_warning(run_dir, progress.step, last_status)
         warnings += [lag] if lag else []
+    threads = cpu_threads_warning(progress, next(nets.generator.parameters()).device)
+    warnings += [threads] if threads else []
     if loaded is None:
         return progress, warnings
     changes = apply_optimizer_settings(spec, opts)

@@ -34,6 +34,9 @@ class Progress:
     """Images per micro-batch, which the random streams belong to (kept on resume; None in states before it)."""
     prompts_sha256: str | None = None
     """Text-to-image runs: the sha256 of the prompt file the run was distilled from (a resume warns on a change)."""
+    cpu_threads: int | None = None
+    """CPU runs: the torch threads it computed with (reductions may split by them, so a resume with another count
+    warns that the numbers leave those of an uninterrupted run; None on CUDA and in states before it)."""
     loss_scalers: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each optimiser's LossScaler fields (simcli.distill.precision), for fp16 runs."""
 

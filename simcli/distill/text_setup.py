@@ -14,7 +14,7 @@ from torch import nn
 
 from simcli.config.spec import RunSpec
 from simcli.data.embedding_build import BuildStopped, Encode, build_embedding_store
-from simcli.data.prompts import prompts_digest, read_prompts
+from simcli.data.prompts import PromptFile, read_prompt_file
 from simcli.data.text_embeddings import EmbeddingStore, embedding_store_key
 from simcli.distill.conditions import LivePrompts, StoredPrompts
 from simcli.distill.events import EmbeddingProgress, EmbeddingWait, EventHandler, GridSaved
@@ -35,18 +35,24 @@ STORE_DTYPE = torch.bfloat16
 """Embeddings are stored in bfloat16 (half the disk of float32; T5's hidden states are trained in bf16)."""
 
 
-def check_prompts(spec: RunSpec, teacher: Teacher) -> list[str]:
-    """The run's prompts; a text-to-image teacher without a readable prompt file is refused (before the run
-    directory is touched), and prompts given to another teacher too."""
+def read_run_prompts(spec: RunSpec) -> PromptFile | None:
+    """The --prompts file, read and checked before the teacher is loaded (a missing or malformed prompt file costs
+    no teacher load); None when the spec names none."""
+    return None if spec.text.prompts is None else read_prompt_file(spec.text.prompts)
+
+
+def check_prompts(given: PromptFile | None, teacher: Teacher) -> PromptFile | None:
+    """The run's prompt file; a text-to-image teacher without one is refused (before the run directory is touched),
+    and prompts given to another teacher too."""
     if not teacher.denoiser.conditioning.takes_text:
-        if spec.text.prompts is not None:
+        if given is not None:
             raise UsageError(f"--prompts given, but teacher '{teacher.display_name}' is not a text-to-image teacher",
                              hint="drop --prompts")
-        return []
-    if spec.text.prompts is None:
+        return None
+    if given is None:
         raise UsageError(f"teacher '{teacher.display_name}' is a text-to-image teacher and needs prompts",
                          hint="pass --prompts FILE (one prompt per line, or JSON lines with a 'prompt' field)")
-    return read_prompts(Path(spec.text.prompts))
+    return given
 
 
 def store_directory(prompts_sha256: str, encoder_id: str, max_tokens: int) -> Path:
@@ -136,18 +142,19 @@ class RunPrompts:
     pipeline: DiffusersPipelineSource
 
     @staticmethod
-    def prepare(spec: RunSpec, teacher: Teacher, world: World, device: torch.device,
-                on_event: EventHandler, stop: StopRequest | None = None) -> RunPrompts | None:
+    def prepare(spec: RunSpec, teacher: Teacher, world: World, device: torch.device, on_event: EventHandler,
+                stop: StopRequest | None = None, given: PromptFile | None = None) -> RunPrompts | None:
         """The run's prompts, embedded (before the run directory is touched); None for a teacher that takes no prompts.
 
         With text.embedding_cache the prompts' embeddings come from a store in simcli's cache (built once; `stop`
         ends its build at the next encoder batch, keeping what is encoded, with simcli.errors.Stopped); without
         it, every process keeps its text encoder and embeds prompts as they are drawn. A text-to-image teacher without
-        a readable prompt file, and prompts given to another teacher, are refused."""
-        prompts = check_prompts(spec, teacher)
-        if not teacher.denoiser.conditioning.takes_text:
+        a readable prompt file, and prompts given to another teacher, are refused. `given`: the prompt file as
+        read_run_prompts read it (read here when not given)."""
+        prompt_file = check_prompts(given if given is not None else read_run_prompts(spec), teacher)
+        if prompt_file is None:
             return None
-        sha256, source = prompts_digest(Path(spec.text.prompts)), teacher.pipeline
+        prompts, sha256, source = prompt_file.prompts, prompt_file.sha256, teacher.pipeline
         dtype = torch.bfloat16 if device.type == "cuda" else None  # the store keeps bfloat16 anyway
         if spec.text.embedding_cache:
             conditions = _stored_prompts(spec, prompts, sha256, source, world, device, dtype, on_event, stop)

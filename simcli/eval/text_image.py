@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from simcli.data.prompts import token_prefix
 from simcli.errors import UsageError
 from simcli.eval.aesthetic import aesthetic_head_path, load_aesthetic_scorer
 from simcli.eval.image_inputs import GeneratorImages, open_images
@@ -79,7 +80,9 @@ class ClipScorer:
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
         pixels = self.processor.image_processor(images=list(images.cpu()), return_tensors="pt")["pixel_values"]
-        tokens = self.processor.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_tokens,
+        tokenizer = self.processor.tokenizer
+        texts = [token_prefix(p, self.max_tokens, lambda text: len(tokenizer.tokenize(text))) for p in prompts]
+        tokens = tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
                                           return_tensors="pt")
         with torch.no_grad():
             image = _pooled(self.model.get_image_features(pixel_values=pixels.to(self.device)))

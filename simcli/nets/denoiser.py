@@ -17,9 +17,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-Guidance = Literal["none", "cfg"]
-"""How a denoiser is guided: not at all, or classifier-free guidance against its null condition (one batched pass
-over [null; condition], eps_u + w (eps_c - eps_u))."""
+Guidance = Literal["none", "cfg", "embedded"]
+"""How a denoiser is guided: not at all; classifier-free guidance against its null condition (one batched pass
+over [null; condition], eps_u + w (eps_c - eps_u)); or "embedded", the scale an input of a guidance-distilled
+network (FLUX-dev), one pass."""
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,19 @@ class Conditioning:
     label_dim     one-hot class labels [B, label_dim] as the third argument (0: the model takes none)
     text_dim      width of the text encoder's hidden states: the third argument is a TextCondition
                   (simcli.nets.text_condition) of [B, L, text_dim] embeddings and their mask (0: no text)
+    pooled_dim    width of the pooled text embedding the TextCondition must carry as `pooled` [B, pooled_dim]
+                  (SD3, FLUX, SDXL; 0: none)
     added         the added conditions the model is trained with, which the wrapper derives itself from the
                   latents (PixArt's 1024 px models: "resolution", "aspect_ratio"); () when none
     augment_dim   EDM's augmentation labels [B, augment_dim] as the keyword `augment_labels` (0: not taken)
     guidance      "cfg": the model is guided against a null condition (`set_null_condition`) with its
-                  `guidance_scale`; "none": it is not guided
+                  `guidance_scale`; "embedded": the scale is the network's input (no null condition);
+                  "none": it is not guided
     """
 
     label_dim: int = 0
     text_dim: int = 0
+    pooled_dim: int = 0
     added: tuple[str, ...] = ()
     augment_dim: int = 0
     guidance: Guidance = "none"

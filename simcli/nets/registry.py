@@ -46,7 +46,8 @@ def build_edm_network(class_name: Any, init_kwargs: dict[str, Any]) -> Denoiser:
 
 
 # Sanity bounds on a recorded architecture, checked before anything is built (the record is untrusted input).
-MAX_PARAMETERS = 4_000_000_000  # elements of all parameters and buffers; the largest EDM network has ~0.3e9
+MAX_PARAMETERS = 20_000_000_000  # elements of all parameters and buffers; FLUX.1's transformer has 11.9e9
+DIFFUSERS_KINDS = ("diffusers", "pixart")  # 'pixart': records written before the other diffusers families
 MAX_BLOCKS = 64  # num_blocks, len(channel_mult), num_layers: upstream uses at most 4
 MAX_NOISE_LEVELS = 10_000  # iDDPM's M (upstream 1000): its table is computed step by step at construction
 MAX_RESOLUTION = 8192
@@ -55,10 +56,10 @@ MAX_RESOLUTION = 8192
 def _check_counts(architecture: dict[str, Any], source: str) -> None:
     """Refuse structural counts that would make even a meta-device build slow (many modules, long loops)."""
     kwargs = architecture.get("init_kwargs", architecture)
-    if architecture.get("kind") == "pixart":  # the diffusers config and the training schedule
+    if architecture.get("kind") in DIFFUSERS_KINDS:  # the diffusers config and the training schedule
         config, schedule = architecture.get("config"), architecture.get("schedule") or {}
         if not isinstance(config, dict) or not isinstance(schedule, dict):
-            raise UsageError(f"{source}: the recorded PixArt architecture's config or schedule is not a mapping")
+            raise UsageError(f"{source}: the recorded diffusers architecture's config or schedule is not a mapping")
         kwargs = {**config, "M": schedule.get("num_train_timesteps"), "img_resolution": config.get("sample_size")}
     if not isinstance(kwargs, dict):
         raise UsageError(f"{source}: the recorded architecture's init_kwargs are not a mapping")
@@ -214,6 +215,9 @@ def _gib(nbytes: int) -> str:
     return f"{nbytes / 2**20:,.1f} MiB"
 
 
+DTYPE_MISMATCH = "with other dtypes"
+
+
 def listing(names: list[str], limit: int = 4) -> str:
     """The first `limit` names, comma-separated, and how many more there are."""
     return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
@@ -222,19 +226,18 @@ def listing(names: list[str], limit: int = 4) -> str:
 def shape_mismatches(expected: Mapping[str, Any], found: Mapping[str, Any], dtypes: bool = False) -> list[str]:
     """Missing, unexpected and mis-shaped entries of `found` against `expected` (name -> tensor), worded.
 
-    With `dtypes`, a tensor of another dtype is a mismatch too (its dtype is then shown beside its shape).
+    With `dtypes`, tensors of the right shape but another dtype are listed too, as "with other dtypes".
     """
-
-    def layout(t: Any, other: Any) -> str:
-        return f"{list(t.shape)}" + (f" {t.dtype}" if dtypes and t.dtype != other.dtype else "")
-
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} {layout(found[k], v)} in the file vs {layout(v, found[k])} here"
-              for k, v in expected.items() if k in found and layout(found[k], v) != layout(v, found[k])]
-    other = "with other shapes or dtypes" if dtypes else "with other shapes"
+    common = [k for k in expected if k in found]
+    shapes = [f"{k} {list(found[k].shape)} in the file vs {list(expected[k].shape)} here"
+              for k in common if list(found[k].shape) != list(expected[k].shape)]
+    kinds = [f"{k} {found[k].dtype} in the file vs {expected[k].dtype} here" for k in common
+             if dtypes and list(found[k].shape) == list(expected[k].shape) and found[k].dtype != expected[k].dtype]
     problems = []
-    for label, names, limit in (("missing", missing, 4), ("unexpected", unexpected, 4), (other, shapes, 2)):
+    for label, names, limit in (("missing", missing, 4), ("unexpected", unexpected, 4), ("with other shapes", shapes, 2),
+                                (DTYPE_MISMATCH, kinds, 2)):
         if names:
             problems.append(f"{len(names)} {label} ({listing(names, limit)})")
     return problems
@@ -258,20 +261,27 @@ def build_network(architecture: dict[str, Any]) -> Denoiser:
         if not isinstance(kwargs, dict):
             raise UsageError(f"the recorded init_kwargs are not a mapping, got {short_repr(kwargs)}")
         return build_edm_network(arch.get("class_name"), dict(kwargs))
-    if kind == "pixart":  # a diffusers PixArt transformer; diffusers is imported only here
-        from simcli.nets.pixart import build_pixart_network
+    if kind in DIFFUSERS_KINDS:  # a diffusers network; diffusers is imported only here
+        from simcli.nets.diffusers_denoiser import build_diffusers_network
 
-        return build_pixart_network(arch)
+        return build_diffusers_network(arch)
     raise UsageError(f"unknown network kind {short_repr(kind)} in checkpoint", hint="was it written by a newer simcli?")
+
+
+# simcli writes its networks' weights in the dtype the network holds them in (float32): a file with other dtypes was
+# made or edited elsewhere, and loading would cast it silently (int8 codes read as numbers, float64 values beyond
+# float32's range turned to Inf after the finite check).
+NATIVE_DTYPE_HINT = "simcli's network files hold float32 weights; convert the tensors with .float() and save again"
 
 
 def network_with_weights(architecture: dict[str, Any], state_dict: Mapping[str, Any], source: str, *,
                          what: str = "architecture", hint: str = "the file's architecture record and its tensors disagree",
-                         dtypes: bool = False, check: Callable[[Denoiser], list[str]] | None = None) -> Denoiser:
+                         dtypes: bool = False, dtype_hint: str | None = None,
+                         check: Callable[[Denoiser], list[str]] | None = None) -> Denoiser:
     """Rebuild the recorded architecture and load its weights (strictly); one-line UsageError on a mismatch.
 
     The record is checked on the meta device first (sanity bounds, size, then names and shapes, with `dtypes`
-    also dtypes, against the file's tensors), so a damaged or hostile record is refused before anything is
+    also dtypes, against the file's tensors; `dtype_hint` replaces `hint` when dtypes are all that differ), so a damaged or hostile record is refused before anything is
     allocated. `check`, when given, then sees the meta network: it returns further problems (worded) for the
     same message, or raises its own UsageError. Messages name `source` and the recorded `what`; `hint` goes
     with a mismatch. The one checked load behind every loader of a recorded network (native files, EDM pickles).
@@ -284,7 +294,9 @@ def network_with_weights(architecture: dict[str, Any], state_dict: Mapping[str, 
     if not problems and check is not None:
         problems = check(skeleton)
     if problems:
-        raise UsageError(f"{source}: weights do not match the recorded {what}: " + "; ".join(problems), hint=hint)
+        only_dtypes = all(DTYPE_MISMATCH in p for p in problems)
+        raise UsageError(f"{source}: weights do not match the recorded {what}: " + "; ".join(problems),
+                         hint=dtype_hint if only_dtypes and dtype_hint else hint)
     check_finite_weights(state_dict, source)
     check_memory(skeleton, source)
     del skeleton

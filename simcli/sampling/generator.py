@@ -9,7 +9,7 @@ import torch
 
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
-from simcli.nets.registry import network_with_weights
+from simcli.nets.registry import NATIVE_DTYPE_HINT, network_with_weights
 from simcli.rundir.layout import BEST_GENERATOR_FILE
 from simcli.rundir.snapshots import read_generator
 
@@ -23,7 +23,7 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tupl
     tensors, meta, file = read_generator(path)
     if "architecture" not in meta or "sigma_init" not in meta:
         raise UsageError(f"{file} lacks the architecture or sigma_init record", hint="is it a teacher-fit file?")
-    net = network_with_weights(meta["architecture"], tensors, str(file))
+    net = network_with_weights(meta["architecture"], tensors, str(file), dtypes=True, dtype_hint=NATIVE_DTYPE_HINT)
     return net.to(device).eval().requires_grad_(False), meta, file
 
 

@@ -3,7 +3,7 @@
 Names: `pixart-alpha-512` (PixArt-alpha/PixArt-XL-2-512x512 from the Hugging Face Hub, through its cache:
 HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE) and `diffusers:PATH`, a local pipeline folder written by
 `save_pretrained`. The teacher's denoiser is the pipeline's transformer alone (float32), wrapped as an EDM
-denoiser (simcli.nets.pixart); the text encoder, tokenizer and VAE stay on disk until `DiffusersPipelineSource`
+denoiser (simcli.nets.diffusers_denoiser); the text encoder, tokenizer and VAE stay on disk until `DiffusersPipelineSource`
 is asked for them.
 
 Hub files come through simcli.store.hub: first looked up in the cache only; a download is tried only when
@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from simcli.data.prompts import token_prefix
 from simcli.errors import UsageError
 from simcli.store.hub import hf_library_version, hub_snapshot
 
 if TYPE_CHECKING:
     import torch
 
-    from simcli.nets.pixart import PixArtDenoiser
+    from simcli.nets.diffusers_denoiser import DiffusersDenoiser
     from simcli.nets.text_condition import TextCondition
 
 
@@ -234,7 +235,7 @@ class DiffusersPipelineSource:
 
     def vae_scale_factor(self) -> int:
         """Pixels per latent: 2 ** (VAE levels - 1), as the pipeline computes it (8 when vae/config.json is absent)."""
-        from simcli.nets.pixart import DEFAULT_VAE_SCALE_FACTOR
+        from simcli.nets.diffusers_denoiser import DEFAULT_VAE_SCALE_FACTOR
 
         path = self.folder(TRANSFORMER_FILES) / "vae" / "config.json"
         channels = _read_json(path).get("block_out_channels") if path.is_file() else None
@@ -311,6 +312,11 @@ class PromptEncoder:
         self.encoder_id = encoder_id
         self.batch_size = max(1, int(batch_size))
 
+    def readable(self, prompt: str) -> str:
+        """The part of a prompt the encoder reads (simcli.data.prompts.token_prefix): a 10 MB prompt is not
+        tokenized whole to keep its first max_tokens tokens."""
+        return token_prefix(str(prompt), self.max_tokens, lambda text: len(self.tokenizer.tokenize(text.lower())))
+
     def __call__(self, prompts: list[str]) -> TextCondition:
         import torch
 
@@ -320,7 +326,7 @@ class PromptEncoder:
         parts = []
         with torch.no_grad():
             for start in range(0, len(prompts), self.batch_size):
-                texts = [str(p).lower().strip() for p in prompts[start:start + self.batch_size]]
+                texts = [self.readable(p).lower().strip() for p in prompts[start:start + self.batch_size]]
                 tokens = self.tokenizer(texts, padding="max_length", max_length=self.max_tokens, truncation=True,
                                         add_special_tokens=True, return_tensors="pt")
                 mask = tokens.attention_mask.to(device)
@@ -373,15 +379,16 @@ def display_name(name: str) -> str:
     return entry.display_name if entry is not None else Path(name.removeprefix(DIFFUSERS_PREFIX)).name
 
 
-def load_diffusers_denoiser(name: str) -> tuple[PixArtDenoiser, dict[str, Any], DiffusersPipelineSource]:
-    """(the frozen PixArtDenoiser, its architecture record, the pipeline source) of a teacher name."""
-    from simcli.nets.pixart import PixArtDenoiser, pixart_architecture
+def load_diffusers_denoiser(name: str) -> tuple[DiffusersDenoiser, dict[str, Any], DiffusersPipelineSource]:
+    """(the frozen DiffusersDenoiser, its architecture record, the pipeline source) of a teacher name."""
+    from simcli.nets.diffusers_denoiser import DiffusersDenoiser, diffusers_architecture
+    from simcli.nets.train_schedule import training_schedule
 
     require_t2i_packages()
     source = pipeline_source(name)
     transformer = source.transformer()
-    scheduler_config = source.scheduler_config()
+    schedule = training_schedule(source.scheduler_config())
     scale = source.vae_scale_factor()
-    architecture = pixart_architecture(transformer, scheduler_config, guidance_scale=1.0, vae_scale_factor=scale)
-    net = PixArtDenoiser(transformer, architecture["schedule"], guidance_scale=1.0, vae_scale_factor=scale)
+    architecture = diffusers_architecture(transformer, schedule, guidance_scale=1.0, vae_scale_factor=scale)
+    net = DiffusersDenoiser(transformer, architecture["schedule"], guidance_scale=1.0, vae_scale_factor=scale)
     return net.eval().requires_grad_(False), architecture, source

@@ -10,7 +10,7 @@ from typing import Any
 
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
-from simcli.nets.registry import network_with_weights
+from simcli.nets.registry import NATIVE_DTYPE_HINT, network_with_weights
 from simcli.rundir.network_file import TEACHER_FORMAT, load_network_file
 
 
@@ -23,5 +23,5 @@ def load_native_teacher(path: str | Path) -> tuple[Denoiser, dict[str, Any]]:
     architecture = meta.get("architecture")
     if not isinstance(architecture, dict):
         raise UsageError(f"{path} records no architecture", hint="save teachers with simcli.rundir.network_file")
-    net = network_with_weights(architecture, tensors, str(path))
+    net = network_with_weights(architecture, tensors, str(path), dtypes=True, dtype_hint=NATIVE_DTYPE_HINT)
     return net.eval().requires_grad_(False), meta

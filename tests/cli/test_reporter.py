@@ -151,3 +151,17 @@ def test_narrow_live_table_keeps_a_non_zero_non_finite_count():
     assert "finite" in header and "online" in header and "MMD^2" in header
     last = [c.strip() for c in [line for line in text.splitlines() if line.startswith("│")][-1].strip("│").split("│")]
     assert "3" in last
+
+
+def test_an_oversubscribed_machine_is_named_in_the_status_line_and_the_live_title():
+    busy = {**RING8_STATUS[0], "load_avg": 6.14, "cpu_cores": 2, "cpu_threads": 2, "cpu_busy": True}
+    quiet = {**RING8_STATUS[1], "load_avg": 2.1, "cpu_cores": 2, "cpu_threads": 2, "cpu_busy": False}
+    reporter, buf = plain()
+    reporter(RunStarted(Path("run"), "cpu", 0, 2000, 256, None, 1234))
+    reporter(Status(busy))
+    reporter(Status(quiet))
+    lines = unstamped(buf)
+    assert lines[1].endswith("  busy: load 6.1 on 2 cores") and "busy" not in lines[2]
+    text = _live_table_text(80, [busy])
+    assert "simcli distill · busy: load 6.1 on 2 cores" in text and max(map(len, text.splitlines())) <= 80
+    assert "busy" not in _live_table_text(80, [busy, quiet])

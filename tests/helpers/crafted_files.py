@@ -20,17 +20,20 @@ POISONED_TENSOR = {"mlp": "net.3.weight", "edm": "model.dec.8x8_aux_conv.weight"
 
 
 def network_weights(architecture: dict[str, Any], *, poison: float | None = None, scale: float = 1.0,
-                    seed: int = 0) -> dict[str, torch.Tensor]:
+                    seed: int = 0, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """A freshly initialised network's state_dict; `poison`: the first element of POISONED_TENSOR set to it;
     `scale`: every weight matrix and kernel (2+ dimensions) multiplied by it (1e30: finite weights whose forward
-    overflows to Inf and NaN)."""
+    overflows to Inf and NaN); `dtype`: POISONED_TENSOR stored in this dtype (before the poison)."""
     torch.manual_seed(seed)
     state = {k: v.clone().contiguous() for k, v in build_network(architecture).state_dict().items()}
     for tensor in state.values():
         if tensor.is_floating_point() and tensor.ndim >= 2:
             tensor.mul_(scale)
+    name = POISONED_TENSOR[architecture["kind"]]
+    if dtype is not None:
+        state[name] = state[name].to(dtype)
     if poison is not None:
-        state[POISONED_TENSOR[architecture["kind"]]].view(-1)[0] = poison
+        state[name].view(-1)[0] = poison
     return state
 
 

@@ -3,7 +3,6 @@ resume of Diff-Instruct with augmentation and shared-mask dropout on a tiny EDM 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from simcli.rundir.layout import list_generators
 from simcli.rundir.snapshots import load_latest_state
 from simcli.teachers.registry import describe_teacher_name
 from tests.helpers.edm_pickle_writer import write_edm_pickle
+from tests.helpers.records import run_records
 from tests.helpers.tiny_edm import TINY_DDPMPP, write_tiny_edm
 
 
@@ -100,9 +100,7 @@ def test_edm_teacher_with_augment_dim_is_augmented_without_warning(tmp_path, mon
 
 
 def records(run_dir: Path) -> list[dict]:
-    timing = {"sec_per_kimg", "elapsed_s", "cpu_mem_gib", "gpu_mem_gib"}
-    return [{k: v for k, v in json.loads(line).items() if k not in timing}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_records(run_dir)
 
 
 def test_diff_instruct_with_augmentation_and_shared_mask_resumes_exactly(tmp_path):

@@ -22,6 +22,7 @@ from simcli.distill.loop import run_distillation
 from simcli.eval.during_training import make_evaluator
 from simcli.teachers.registry import describe_teacher_name
 from simcli.world import World, join_world, leave_world
+from tests.helpers.records import run_records
 from tests.helpers.tiny_edm import tiny_edm_spec, write_tiny_edm
 
 
@@ -278,9 +279,7 @@ def _resume_and_compare(out: Path, straight: Path, state: str, step: int, *sets:
     resumed = subprocess.run(_lost_rank_command(out, *sets), capture_output=True, text=True, env=_env(), timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {state} at iteration {step} of {LOST_STEPS}" in resumed.stderr, resumed.stderr
-    timing = {"sec_per_kimg", "elapsed_s", "cpu_mem_gib", "gpu_mem_gib"}
-    assert [{k: v for k, v in r.items() if k not in timing} for r in records(out, "status")] == \
-        [{k: v for k, v in r.items() if k not in timing} for r in records(straight, "status")]
+    assert run_records(out, "status") == run_records(straight, "status")
     name = f"state-{LOST_STEPS * 32 / 1000:011.3f}.pt"
     a, b = torch.load(straight / name, weights_only=True), torch.load(out / name, weights_only=True)
     for net in ("generator", "online", "ema"):

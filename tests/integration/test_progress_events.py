@@ -3,8 +3,6 @@ by time as well as by steps, with fake clocks."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -18,6 +16,7 @@ from simcli.distill.teacher_fit import fit_mlp_denoiser, mlp_architecture
 from simcli.nets.registry import build_network
 from simcli.teachers.gmm import ring
 from simcli.teachers.registry import describe_teacher_name
+from tests.helpers.records import run_records
 
 
 def tiny_spec(steps: int, *sets: str):
@@ -41,8 +40,7 @@ def slow_iterations(monkeypatch):
 
 
 def records(run_dir) -> list[dict]:
-    timing = {"sec_per_kimg", "elapsed_s", "cpu_mem_gib", "gpu_mem_gib"}
-    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_records(run_dir)
 
 
 def test_heartbeats_come_after_31_s_without_a_status_and_stay_out_of_metrics(tmp_path, slow_iterations):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from simcli.errors import RunFailed
 from simcli.rundir.layout import list_generators, list_states
 from simcli.rundir.snapshots import load_latest_state
 from simcli.teachers.registry import describe_teacher_name
+from tests.helpers.records import run_records
 
 
 def tiny_spec(steps: int, *sets: str):
@@ -26,9 +26,7 @@ def tiny_spec(steps: int, *sets: str):
 
 
 def records(run_dir: Path) -> list[dict]:
-    timing = {"sec_per_kimg", "elapsed_s", "cpu_mem_gib", "gpu_mem_gib"}
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+    return run_records(run_dir)
 
 
 @pytest.mark.parametrize("method", ["sim", "sid", "di"])
@@ -130,3 +128,28 @@ def test_nonfinite_steps_are_skipped_not_applied(tmp_path, monkeypatch):
     fit = load_file(str(tmp_path / "teacher-fit.safetensors"))
     state, _, _ = load_latest_state(tmp_path)
     assert all(torch.equal(state["generator"][k], fit[k]) for k in fit)
+
+
+@pytest.fixture()
+def threads():
+    """torch's CPU thread count, put back after the test."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_a_resume_with_another_thread_count_warns_and_records_the_new_one(tmp_path, threads):
+    from simcli.distill.events import RunStarted
+
+    threads(2)
+    run_distillation(tiny_spec(10), tmp_path)
+    assert load_latest_state(tmp_path)[0]["progress"]["cpu_threads"] == 2
+    for count, steps, warned in ((2, 15, False), (1, 20, True), (1, 25, False)):
+        threads(count)
+        events: list[object] = []
+        run_distillation(tiny_spec(steps), tmp_path, events.append)
+        started = next(e for e in events if isinstance(e, RunStarted))
+        said = [w for w in started.warnings if "CPU threads" in w]
+        assert said == (["this run computed with 2 CPU threads until iteration 15, now with 1: its numbers from here "
+                         "on differ from those of an uninterrupted run (pass --threads 2 to keep them)"] if warned else [])
+    assert load_latest_state(tmp_path)[0]["progress"]["cpu_threads"] == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from simcli.errors import RunFailed, Stopped
 from simcli.rundir.layout import list_generators, list_states
 from simcli.rundir.snapshots import load_latest_state
 from simcli.teachers.registry import describe_teacher_name
+from tests.helpers.records import run_records
 
 
 def tiny_spec(steps: int, *sets: str):
@@ -28,9 +28,7 @@ def tiny_spec(steps: int, *sets: str):
 
 
 def records(run_dir: Path, kind: str = "status") -> list[dict]:
-    timing = {"sec_per_kimg", "elapsed_s", "cpu_mem_gib", "gpu_mem_gib"}
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in r.items() if k not in timing} for r in map(json.loads, lines) if r["kind"] == kind]
+    return run_records(run_dir, kind)
 
 
 def generator_update_calling(monkeypatch, at_call: int, action) -> None:

@@ -18,7 +18,7 @@ fcntl = pytest.importorskip("fcntl")
 
 import simcli.data.embedding_build as embedding_build  # noqa: E402
 from simcli.cli.app import app  # noqa: E402
-from simcli.data.prompts import prompts_digest  # noqa: E402
+from simcli.data.prompts import read_prompt_file  # noqa: E402
 from simcli.distill.events import EmbeddingProgress, EmbeddingWait  # noqa: E402
 from simcli.distill.stop import StopRequest  # noqa: E402
 from simcli.distill.text_setup import RunPrompts, store_directory  # noqa: E402
@@ -51,7 +51,7 @@ def setup(tmp_path, monkeypatch, pipeline, prompts):
     spec = spec_for(pipeline, prompts, 2, "text.encode_batch_size=16")
     teacher = load_teacher(spec.teacher)
     source = teacher.pipeline
-    return spec, teacher, store_directory(prompts_digest(prompts), source.encoder_id(), source.max_tokens)
+    return spec, teacher, store_directory(read_prompt_file(prompts).sha256, source.encoder_id(), source.max_tokens)
 
 
 def test_a_stop_ends_the_store_build_at_the_next_batch_and_the_same_command_goes_on(tmp_path, monkeypatch, setup):
@@ -81,7 +81,7 @@ def test_a_stop_ends_the_store_build_at_the_next_batch_and_the_same_command_goes
 
 
 def _key(spec, teacher) -> tuple[str, str, int]:
-    return prompts_digest(Path(spec.text.prompts)), teacher.pipeline.encoder_id(), teacher.pipeline.max_tokens
+    return read_prompt_file(spec.text.prompts).sha256, teacher.pipeline.encoder_id(), teacher.pipeline.max_tokens
 
 
 def test_a_run_waiting_on_another_build_names_it_and_stops_when_asked(monkeypatch, setup):

@@ -17,6 +17,7 @@ from simcli.cli.app import app  # noqa: E402
 from simcli.config.resolve import resolve_spec  # noqa: E402
 from simcli.distill.events import EmbeddingProgress  # noqa: E402
 from simcli.distill.loop import Distillation, run_distillation  # noqa: E402
+from simcli.errors import UsageError  # noqa: E402
 from simcli.teachers.registry import describe_teacher_name  # noqa: E402
 from tests.helpers.tiny_pixart import write_tiny_pixart  # noqa: E402
 
@@ -161,3 +162,19 @@ def test_a_resume_says_when_the_prompt_file_changed(tmp_path, pipeline, prompts)
     run_distillation(spec_for(pipeline, prompts, 4), tmp_path / "run", events.append)
     (started,) = [e for e in events if type(e).__name__ == "RunStarted"]
     assert any("changed since the run's last state" in w for w in started.warnings)
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe not utf-8\n", b"\n\n"])
+def test_a_bad_prompt_file_is_refused_before_the_teacher_loads(tmp_path, pipeline, prompts, monkeypatch, content):
+    """A missing, non-UTF-8 or empty prompt file is one line before the teacher (minutes for a real one) is loaded,
+    and the run directory is not created."""
+    import simcli.distill.loop as loop
+
+    if content is None:
+        prompts.unlink()
+    else:
+        prompts.write_bytes(content)
+    monkeypatch.setattr(loop, "load_teacher", lambda *a, **k: pytest.fail("the teacher was loaded first"))
+    with pytest.raises(UsageError, match=str(prompts.name)):
+        Distillation(spec_for(pipeline, prompts, 2), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -20,7 +20,7 @@ from simcli.sampling.finite import check_finite, nonfinite_seeds
 from simcli.sampling.generator import generator_choice, load_generator
 from simcli.teachers.edm_pickle import load_edm_pickle
 from simcli.teachers.native import load_native_teacher
-from tests.helpers.crafted_files import MLP, TINY_EDM, write_network_file
+from tests.helpers.crafted_files import MLP, TINY_EDM, network_weights, write_network_file
 from tests.helpers.edm_pickle_writer import write_edm_pickle
 from tests.helpers.tiny_edm import TINY_DDPMPP
 
@@ -255,3 +255,30 @@ def test_the_probe_refuses_a_teacher_whose_outputs_overflow(tmp_path, label_dim)
     assert teacher.denoiser.training and torch.equal(torch.get_rng_state(), rng)  # left as it was
     with pytest.raises(UsageError, match=rf"^teacher {bad} gives NaN or Inf outputs at sigma 2\.5, 0\.3012, 0\.0302 "):
         check_teacher_finite(_probe_spec(str(bad)), load_teacher(str(bad)), torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("dtype", "loader"), [
+    (torch.int8, load_generator), (torch.float64, load_generator), (torch.float16, load_generator),
+    (torch.int8, "teacher"), (torch.float64, "teacher"),
+])
+def test_weights_of_another_dtype_are_refused_not_cast(tmp_path, dtype, loader):
+    """int8 codes would be read as numbers and float64 values cast to float32 after the finite check (1e300 -> Inf);
+    simcli writes float32, so another dtype is refused naming the tensor, both dtypes and how to convert."""
+    fmt = TEACHER_FORMAT if loader == "teacher" else "simcli-generator/1"
+    poison = 1e300 if dtype == torch.float64 else None
+    path = write_network_file(tmp_path / "w.safetensors", MLP, fmt, dtype=dtype, poison=poison)
+    load = load_native_teacher if loader == "teacher" else load_generator
+    with pytest.raises(UsageError) as info:
+        load(path)
+    message = info.value.message
+    assert message.startswith(str(path)) and "1 with other dtypes (net.3.weight" in message
+    assert f"{dtype} in the file vs torch.float32 here" in message and "\n" not in message
+    assert info.value.hint == registry.NATIVE_DTYPE_HINT
+
+
+def test_a_shape_mismatch_keeps_its_own_hint(tmp_path):
+    state = network_weights(MLP)
+    state["net.3.weight"] = torch.zeros(3, 3)
+    with pytest.raises(UsageError, match=r"1 with other shapes \(net.3.weight \[3, 3\]") as info:
+        registry.network_with_weights(MLP, state, "g.safetensors", dtypes=True, dtype_hint=registry.NATIVE_DTYPE_HINT)
+    assert info.value.hint != registry.NATIVE_DTYPE_HINT

@@ -19,16 +19,14 @@ pytest.importorskip("transformers")
 from diffusers import DDPMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel  # noqa: E402
 
 from simcli.errors import UsageError  # noqa: E402
-from simcli.nets.pixart import (  # noqa: E402
-    PixArtDenoiser,
-    build_pixart_network,
-    pixart_architecture,
-    schedule_from_scheduler_config,
-    sigma_to_timestep,
-    vp_sigma_bins,
+from simcli.nets.diffusers_denoiser import (  # noqa: E402
+    DiffusersDenoiser,
+    build_diffusers_network,
+    diffusers_architecture,
 )
 from simcli.nets.registry import build_network, check_size, meta_network, network_with_weights  # noqa: E402
 from simcli.nets.text_condition import TextCondition  # noqa: E402
+from simcli.nets.train_schedule import sigma_to_timestep, vp_schedule, vp_sigma_bins  # noqa: E402
 from simcli.rundir.snapshots import save_generator  # noqa: E402
 from simcli.sampling.generator import load_generator  # noqa: E402
 from simcli.store.hub import download_command  # noqa: E402
@@ -127,18 +125,19 @@ def test_only_the_timestep_is_rounded(teacher, cond):
     x = latents()
     t = net.round_sigma(sigma, return_index=True)
     with torch.no_grad():
-        eps = net.epsilon(x / (1 + sigma[:, None, None, None] ** 2).sqrt(), t, cond)
+        eps = net.raw_output(x / (1 + sigma[:, None, None, None] ** 2).sqrt(), t, cond)
         expected = x - sigma[:, None, None, None] * eps
         torch.testing.assert_close(net(x, sigma, cond), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_schedule_checks():
-    assert schedule_from_scheduler_config(None)["num_train_timesteps"] == 1000
+    assert vp_schedule(None)["num_train_timesteps"] == 1000
     for bad, fragment in (({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule 'squaredcos_cap_v2' is not supported"),
-                          ({"prediction_type": "v_prediction"}, "prediction_type 'v_prediction' is not supported"),
+                          ({"prediction_type": "sample"}, "prediction_type 'sample' is not supported"),
+                          ({"beta_end": float("nan")}, "beta_end must be a finite number"),
                           ({"trained_betas": [0.1]}, "has trained_betas")):
         with pytest.raises(UsageError, match=fragment):
-            schedule_from_scheduler_config(bad)
+            vp_schedule(bad)
 
 
 # ---------------------------------------------------------------------------------------------- (b) the pipeline
@@ -220,7 +219,7 @@ def test_micro_conditions_of_1024_models(null):
     with torch.no_grad():
         for p in transformer.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    net = PixArtDenoiser(transformer, vae_scale_factor=8)
+    net = DiffusersDenoiser(transformer, {}, vae_scale_factor=8)
     x_t, t = latents(), torch.tensor([300, 300])
     cond = TextCondition(null.embeds.expand(2, -1, -1), null.mask.expand(2, -1))
     with torch.no_grad():
@@ -230,7 +229,7 @@ def test_micro_conditions_of_1024_models(null):
         other = transformer(x_t, encoder_hidden_states=cond.embeds, encoder_attention_mask=cond.mask, timestep=t,
                             added_cond_kwargs={"resolution": torch.tensor([[512.0, 512.0]] * 2),
                                                "aspect_ratio": torch.tensor([[1.0]] * 2)}, return_dict=False)[0]
-        eps = net.epsilon(x_t, t, cond)
+        eps = net.raw_output(x_t, t, cond)
     torch.testing.assert_close(eps, expected[:, :4])
     assert not torch.allclose(eps, other[:, :4])
 
@@ -240,8 +239,10 @@ def test_micro_conditions_of_1024_models(null):
 
 def test_architecture_record_rebuilds_the_network(teacher, cond, tmp_path):
     record = teacher.architecture
-    assert record["kind"] == "pixart" and json.loads(json.dumps(record)) == record
-    assert record["schedule"] == {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+    assert record["kind"] == "diffusers" and json.loads(json.dumps(record)) == record
+    assert record["class_name"] == "PixArtTransformer2DModel" and record["sample_shape"] == [4, 8, 8]
+    assert record["schedule"] == {"kind": "vp", "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+                                  "beta_schedule": "linear", "prediction": "epsilon"}
     assert record["config"]["caption_channels"] == TINY_CAPTION_CHANNELS and record["vae_scale_factor"] == 2
     net = teacher.denoiser
     state = net.state_dict()
@@ -249,7 +250,7 @@ def test_architecture_record_rebuilds_the_network(teacher, cond, tmp_path):
     skeleton = meta_network(record, "test")
     assert check_size(skeleton, "test") == sum(t.numel() for t in state.values())
     rebuilt = build_network(record)
-    assert isinstance(rebuilt, PixArtDenoiser) and rebuilt.sample_shape == (4, 8, 8) and rebuilt.conditioning.text_dim == 32
+    assert isinstance(rebuilt, DiffusersDenoiser) and rebuilt.sample_shape == (4, 8, 8) and rebuilt.conditioning.text_dim == 32
     x, sigma = latents(), torch.tensor([0.3, 12.0])
     with torch.no_grad():
         before = rebuilt(x, sigma, cond)
@@ -266,9 +267,9 @@ def test_architecture_record_rebuilds_the_network(teacher, cond, tmp_path):
 
 
 def test_guided_record_and_null_condition_stay_out_of_the_state_dict(teacher, null):
-    record = pixart_architecture(teacher.denoiser.transformer, teacher.denoiser.schedule, guidance_scale=4.5,
-                                 vae_scale_factor=2)
-    net = build_pixart_network(record)
+    record = diffusers_architecture(teacher.denoiser.transformer, teacher.denoiser.schedule, guidance_scale=4.5,
+                                    vae_scale_factor=2)
+    net = build_diffusers_network(record)
     assert net.guidance_scale == 4.5
     keys = set(net.state_dict())
     net.set_null_condition(null)
@@ -332,7 +333,7 @@ def test_missing_packages_name_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", real)
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(UsageError, match=r"pip install 'simcli\[t2i\]'"):
-        build_pixart_network({"kind": "pixart", "config": {}})
+        build_diffusers_network({"kind": "pixart", "config": {}})
 
 
 # ---------------------------------------------------------------------------------------------- (e) offline

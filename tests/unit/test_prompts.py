@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simcli.data.prompts import prompts_digest, read_prompts
+from simcli.data.prompts import read_prompt_file, read_prompts
 from simcli.errors import UsageError
 
 
@@ -71,12 +71,47 @@ def test_missing_file_and_directory_are_usage_errors(tmp_path):
         with pytest.raises(UsageError, match=words) as info:
             read_prompts(path)
         assert str(path) in info.value.message and info.value.hint
-    with pytest.raises(UsageError, match="does not exist"):
-        prompts_digest(tmp_path / "nope.txt")
 
 
-def test_digest_is_sha256_of_the_bytes(tmp_path):
+def test_digest_is_sha256_of_the_bytes_the_prompts_came_from(tmp_path):
     path = write(tmp_path, "p.txt", "a cat\na dog\n")
-    assert prompts_digest(path) == hashlib.sha256(b"a cat\na dog\n").hexdigest()
-    other = write(tmp_path, "q.txt", "a cat\na dog \n")  # the same prompts, other bytes: another cache key
-    assert prompts_digest(other) != prompts_digest(path) and read_prompts(other) == read_prompts(path)
+    read = read_prompt_file(path)
+    assert read.sha256 == hashlib.sha256(b"a cat\na dog\n").hexdigest() and read.prompts == ["a cat", "a dog"]
+    other = read_prompt_file(write(tmp_path, "q.txt", "a cat\na dog \n"))  # same prompts, other bytes: another key
+    assert other.sha256 != read.sha256 and other.prompts == read.prompts
+
+
+def _counting(tokenizer, seen: list[int]):
+    def count(text: str) -> int:
+        seen.append(len(text))
+        return len(tokenizer.tokenize(text))
+    return count
+
+
+@pytest.mark.parametrize("body", [
+    "a photo of the red cat on a dog and " * 300_000,  # 10.8 MB of words
+    "thecatofthedog" * 700_000,  # 9.8 MB without whitespace
+    "a  \t photo\tof  " * 500_000,  # runs of spaces and tabs
+])
+def test_token_prefix_keeps_the_tokens_the_encoder_reads_and_tokenizes_little(body):
+    """A 10 MB prompt costs the encoder's limit to tokenize (it took 4 GB whole), and the kept tokens are those of
+    the whole prompt, including when the cut falls inside a word longer than the first prefix."""
+    from simcli.data.prompts import token_prefix
+    from tests.helpers.tiny_pixart import TINY_MAX_TOKENS, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    seen: list[int] = []
+    prefix = token_prefix(body, TINY_MAX_TOKENS, _counting(tokenizer, seen))
+    assert body.startswith(prefix) and max(seen) <= 8 * (TINY_MAX_TOKENS + 8) < 2_000
+    whole = tokenizer.tokenize(body[:200_000])  # the whole prompt's first tokens (200 k characters hold them all)
+    assert tokenizer.tokenize(prefix)[:TINY_MAX_TOKENS] == whole[:TINY_MAX_TOKENS]
+
+
+def test_token_prefix_returns_short_prompts_whole_and_grows_until_enough_tokens():
+    from simcli.data.prompts import token_prefix
+
+    assert token_prefix("a red fox", 120, lambda text: len(text.split())) == "a red fox"
+    long_words = " ".join(["w" * 30] * 2_000)  # 1 token per 31 characters: the first prefix is too short
+    seen: list[int] = []
+    prefix = token_prefix(long_words, 10, lambda text: seen.append(len(text)) or len(text.split()))
+    assert len(prefix.split()) > 18 and len(seen) >= 2 and seen == sorted(seen)
