@@ -154,6 +154,9 @@ class DiffusersDenoiser(Denoiser):
                 raise ValueError(f"a {self.backbone.class_name} without classifier-free guidance needs a condition")
             condition, guided = self._null_condition(batch), False
         condition = condition.rows(batch)
+        if condition.pooled is None and self.conditioning.pooled_dim:
+            raise ValueError(f"a {self.backbone.class_name} takes the pooled text embedding "
+                             f"[B, {self.conditioning.pooled_dim}]; the condition has none")
         if guided:
             condition = self._null_condition(batch).cat_padded(condition)
             latents, time = torch.cat([latents, latents]), torch.cat([time, time])

@@ -17,7 +17,8 @@ on F equals guidance on D. A scheduler's shift rescales sigma by a constant (sta
 is sigma' = s sigma), which changes schedules and noise-level densities, never this conversion.
 
 Rectified flow reaches pure noise at t = 1 (sigma = infinity): there D(x; sigma) tends to z - u(z; 1) for
-x = sigma z, which a large finite sigma_init approaches (`flow_limit_gap` measures how closely).
+x = sigma z, which a large finite sigma_init approaches at first order in 1 - t = 1/(1 + sigma_init); the network
+then runs at time 1000 t = 1000 - 1000/(1 + sigma_init) instead of 1000 (tests/unit/test_family_wrappers.py).
 """
 
 from __future__ import annotations
@@ -45,26 +46,3 @@ def flow_time(sigma: torch.Tensor | float) -> torch.Tensor:
     """The rectified-flow time of a VE noise level: t = sigma / (1 + sigma) (x_t = (1-t) x0 + t eps = x / (1+sigma))."""
     sigma = torch.as_tensor(sigma)
     return sigma / (1 + sigma)
-
-
-def flow_sigma(t: torch.Tensor | float) -> torch.Tensor:
-    """The VE noise level of a rectified-flow time: sigma = t / (1 - t) (infinite at t = 1)."""
-    t = torch.as_tensor(t)
-    return t / (1 - t)
-
-
-def shifted_sigma(sigma: torch.Tensor | float, shift: float) -> torch.Tensor:
-    """A scheduler's static shift t' = shift t / (1 + (shift-1) t) in VE terms: sigma' = shift * sigma."""
-    return torch.as_tensor(sigma) * shift
-
-
-def flow_denoised(x: torch.Tensor, sigma: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
-    """D = x/(1+sigma) - sigma/(1+sigma) u for a flow network's velocity u at c_in x (the flow row of the table)."""
-    _, c_skip, c_out = preconditioning("flow", sigma)
-    return c_skip * x + c_out * velocity
-
-
-def flow_limit_gap(sigma_init: float) -> float:
-    """How far the flow generator's input time t = sigma_init/(1+sigma_init) is from pure noise (1 - t = 1/(1+s)):
-    the network sees t z instead of z, at time t instead of 1."""
-    return 1.0 / (1.0 + float(sigma_init))

@@ -1,4 +1,4 @@
-"""The Hugging Face Hub, for every model simcli reads from it: text-to-image teachers (simcli.teachers.diffusers_teacher)
+"""The Hugging Face Hub, for every model simcli reads from it: text-to-image teachers (simcli.teachers.pipeline_source)
 and the CLIP and aesthetic models of `simcli eval` (simcli.eval.text_image, simcli.eval.aesthetic).
 
 One function per question:
@@ -8,8 +8,8 @@ One function per question:
 - whether the Hub answers (`hub_unreachable`: a TCP connect to HF_ENDPOINT's host within HF_HUB_ETAG_TIMEOUT
   seconds, default 10, skipped behind a proxy), so a machine without network fails fast rather than through
   huggingface_hub's retries (about 25 s a file);
-- the command that pre-downloads a repository with the installed huggingface_hub (`download_command`; the
-  installed version of a Hugging Face library: `hf_library_version`);
+- the commands that pre-download a repository and store a token, for the installed huggingface_hub
+  (`download_command`, `login_command`; the installed version of a Hugging Face library: `hf_library_version`);
 - a repository's files from the cache, else downloaded (`hub_snapshot`; `cached_hub_file` for one file, cache only);
 - the one-line error for a model that is neither cached nor downloadable (`hub_missing_error`).
 
@@ -123,6 +123,13 @@ def download_command(repo_id: str, revision: str | None = None, *, files: tuple[
     words += [f'--exclude "{pattern}"' for pattern in exclude]
     words += [f"--revision {revision}"] if revision else []
     return " ".join(words)
+
+
+def login_command() -> str:
+    """The shell command that stores a Hugging Face token, for the installed huggingface_hub: `hf auth login`
+    (huggingface-cli login before 0.34)."""
+    installed = hf_library_version("huggingface_hub")
+    return "huggingface-cli login" if installed is not None and installed < (0, 34) else "hf auth login"
 
 
 # ---------------------------------------------------------------------------------------------- refusals

@@ -9,12 +9,15 @@ check that needs no network or download, and the loader. A new kind of teacher i
   local EDM snapshots: any path ending in `.pkl`, loaded without running code from it;
 - `digits`: the small class-conditional EDM teacher that ships inside simcli (8x8 handwritten digits), and any
   network in simcli's native format: a path ending in `.safetensors` (simcli/teachers/native.py);
-- text-to-image diffusers pipelines: `pixart-alpha-512` (PixArt-alpha from the Hugging Face Hub cache) and
-  `diffusers:PATH`, a local pipeline folder (simcli/teachers/diffusers_teacher.py).
+- text-to-image diffusers pipelines: official names (`pixart-alpha-512`, `pixart-sigma-512`, `sd35-medium`,
+  `flux1-schnell`, `flux1-dev`, `sana-600m-512`, `sdxl-base`, `sd15`; simcli/teachers/hub_teachers.py) read through
+  the Hugging Face Hub cache, and `diffusers:PATH`, a local pipeline folder of a supported family
+  (simcli/teachers/diffusers_teacher.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,17 +28,19 @@ from simcli.errors import UsageError
 from simcli.store.download import DownloadProgressFn
 from simcli.teachers.diffusers_teacher import (
     DIFFUSERS_PREFIX,
-    DIFFUSERS_TEACHERS,
     absolute_diffusers_name,
+    architecture_at_resolution,
     check_diffusers_teacher,
+    diffusers_preset,
     is_diffusers_name,
 )
 from simcli.teachers.edm_catalog import EDM_TEACHERS
+from simcli.teachers.hub_teachers import HUB_TEACHERS
 
 if TYPE_CHECKING:  # the loaders import torch when they run; naming teachers needs no torch
     from simcli.nets.denoiser import Denoiser
-    from simcli.teachers.diffusers_teacher import DiffusersPipelineSource
     from simcli.teachers.gmm import GaussianMixture
+    from simcli.teachers.pipeline_source import DiffusersPipelineSource
 
 
 @dataclass(frozen=True)
@@ -203,8 +208,9 @@ def _load_diffusers(name: str, on_download: DownloadProgressFn | None) -> Teache
 TEACHER_KINDS: tuple[TeacherKind, ...] = (
     TeacherKind("digits", (DIGITS_TEACHER,), lambda n: n == DIGITS_TEACHER, lambda n: None, _load_native, preset="digits"),
     TeacherKind(  # before the kinds that match a file suffix: diffusers:PATH may end in anything
-        "diffusers", (*DIFFUSERS_TEACHERS, f"{DIFFUSERS_PREFIX}PATH"), is_diffusers_name, check_diffusers_teacher,
-        _load_diffusers, preset="pixart", normalise=absolute_diffusers_name, pipeline=_diffusers_pipeline,
+        "diffusers", (*HUB_TEACHERS, f"{DIFFUSERS_PREFIX}PATH"), is_diffusers_name, check_diffusers_teacher,
+        _load_diffusers, preset=diffusers_preset,
+        normalise=absolute_diffusers_name, pipeline=_diffusers_pipeline,
     ),
     TeacherKind(
         "native", ("PATH.safetensors",), lambda n: n.endswith(".safetensors"), _check_native_file, _load_native,
@@ -260,6 +266,20 @@ def teacher_pipeline(name: str) -> DiffusersPipelineSource | None:
 def check_teacher(name: str) -> None:
     """Refuse unknown teacher names and unusable files without loading a network or downloading."""
     teacher_kind(name).check(name)
+
+
+def at_resolution(teacher: Teacher, pixels: int | None) -> Teacher:
+    """A text-to-image teacher whose samples (and so the generator's) are `pixels` wide: its denoiser's latent shape
+    and its architecture record (which the generator and the online model copy) changed; unchanged for None.
+    A teacher that is not text-to-image is refused with one line."""
+    if pixels is None:
+        return teacher
+    if teacher.pipeline is None or teacher.architecture is None:
+        raise UsageError(f"text.resolution applies to text-to-image teachers, not '{teacher.display_name}'",
+                         hint="drop --set text.resolution")
+    architecture = architecture_at_resolution(teacher.architecture, pixels)
+    teacher.denoiser.sample_shape = tuple(architecture["sample_shape"])
+    return dataclasses.replace(teacher, architecture=architecture)
 
 
 def load_teacher(name: str, on_download: DownloadProgressFn | None = None) -> Teacher:

@@ -30,8 +30,8 @@ from simcli.nets.train_schedule import sigma_to_timestep, vp_schedule, vp_sigma_
 from simcli.rundir.snapshots import save_generator  # noqa: E402
 from simcli.sampling.generator import load_generator  # noqa: E402
 from simcli.store.hub import download_command  # noqa: E402
-from simcli.teachers import diffusers_teacher  # noqa: E402
-from simcli.teachers.diffusers_teacher import DiffusersPipelineSource  # noqa: E402
+from simcli.teachers import pipeline_folder  # noqa: E402
+from simcli.teachers.pipeline_source import DiffusersPipelineSource  # noqa: E402
 from simcli.teachers.registry import check_teacher, describe_teacher_name, load_teacher  # noqa: E402
 from tests.helpers.tiny_pixart import TINY_CAPTION_CHANNELS, TINY_MAX_TOKENS, write_tiny_pixart  # noqa: E402
 
@@ -317,7 +317,7 @@ def test_check_refuses_folders_that_are_not_pipelines(folder, tmp_path):
     (tmp_path / "model_index.json").write_text("{not json")
     with pytest.raises(UsageError, match="cannot read"):
         check_teacher(f"diffusers:{tmp_path}")
-    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "PixArtAlphaPipeline"}')
     with pytest.raises(UsageError, match="config.json"):
         load_teacher(f"diffusers:{tmp_path}")
 
@@ -440,8 +440,8 @@ def test_encoder_matches_encode_prompt(pipe, encode):
 def test_encoder_id_follows_the_weights(teacher, folder):
     again = teacher.pipeline.encoder()
     assert again.encoder_id == teacher.pipeline.encoder().encoder_id
-    assert diffusers_teacher._folder_fingerprint([folder / "text_encoder"]) != \
-        diffusers_teacher._folder_fingerprint([folder / "vae"])
+    assert pipeline_folder.folder_fingerprint([folder / "text_encoder"]) != \
+        pipeline_folder.folder_fingerprint([folder / "vae"])
 
 
 def test_sentencepiece_tokenizer_needs_its_packages(folder, tmp_path):

@@ -12,6 +12,7 @@ import torch
 from simcli.errors import UsageError
 from simcli.nets.registry import build_network
 from simcli.teachers.edm_catalog import EDM_TEACHERS
+from simcli.teachers.hub_teachers import HUB_TEACHERS
 from simcli.teachers.registry import (
     TEACHER_KINDS,
     Teacher,
@@ -24,6 +25,7 @@ from simcli.teachers.registry import (
 from tests.helpers.tiny_edm import TINY_DDPMPP, write_tiny_edm
 
 PRESET_OF_KIND = {"mixture": "gmm", "edm": "cifar10", "digits": "digits", "native": "cifar10", "diffusers": "pixart"}
+# ("diffusers": PixArt-alpha's; every other family has its own, tested in tests/unit/test_t2i_presets.py)
 # The official EDM teachers: the preset of their dataset (any other pickle: cifar10, as above).
 PRESET_OF_EDM_DATASET = {"cifar10": "cifar10", "ffhq": "ffhq64", "afhqv2": "afhq64", "imagenet": "imagenet64"}
 
@@ -37,7 +39,7 @@ def test_known_teachers_lists_every_kind_once():
     names = known_teachers()
     assert len(names) == len(set(names))
     assert {"digits", "PATH.safetensors", "gmm-ring8", "gmm-grid25", "gmm:PATH.json", "PATH.pkl", *EDM_TEACHERS,
-            "pixart-alpha-512", "diffusers:PATH"} == set(names)
+            *HUB_TEACHERS, "diffusers:PATH"} == set(names)
     assert {k.name for k in TEACHER_KINDS} == set(PRESET_OF_KIND)
 
 
@@ -45,8 +47,10 @@ def test_known_teachers_lists_every_kind_once():
 def test_every_plain_name_maps_to_a_kind(name):
     kind = teacher_kind(name)
     expected = ("edm" if name in EDM_TEACHERS else "digits" if name == "digits"
-                else "diffusers" if name == "pixart-alpha-512" else "mixture")
+                else "diffusers" if name in HUB_TEACHERS else "mixture")
     assert kind.name == expected
+    if name in HUB_TEACHERS:  # each family's own preset: tests/unit/test_t2i_presets.py
+        return
     preset = PRESET_OF_EDM_DATASET[EDM_TEACHERS[name].dataset] if name in EDM_TEACHERS else PRESET_OF_KIND[kind.name]
     assert describe_teacher_name(name) == (name, preset)  # stored as given
 
