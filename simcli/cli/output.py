@@ -19,6 +19,7 @@ from rich.table import Table
 from simcli.distill.events import (
     DownloadProgress,
     EmbeddingProgress,
+    EmbeddingStoreReady,
     EmbeddingWait,
     Evaluated,
     GridSaved,
@@ -69,6 +70,23 @@ def embedding_wait_line(event: EmbeddingWait) -> str:
     """A run waiting for another process's build of the embedding store: whose, and how far it is."""
     return (f"waiting for {event.holder}, which is building the embedding store {event.store}: "
             f"{event.stored:,}/{event.total:,} prompts stored so far (waited {_duration(event.waited_s)})")
+
+
+def _size(n: float) -> str:
+    """Bytes in B, KiB, MiB or GiB: '24.6 MiB'."""
+    for unit in ("B", "KiB", "MiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def embedding_store_line(event: EmbeddingStoreReady) -> str:
+    """The embedding store's size: in all, per prompt on average, and per prompt at most (L x C x bytes + P x bytes)."""
+    pooled = f" + {event.pooled_dim:,} x {event.element_bytes} B" if event.pooled_dim else ""
+    return (f"embedding store: {event.prompts:,} prompts, {_size(event.total_bytes)} ({_size(event.bytes_per_prompt)} "
+            f"per prompt; at most {event.max_tokens:,} x {event.dim:,} x {event.element_bytes} B{pooled} = "
+            f"{_size(event.max_bytes_per_prompt)}) in {event.store}")
 
 
 def _duration(seconds: float) -> str:
@@ -248,6 +266,8 @@ class DistillReporter:
                 self._fit_shown_at = now
         elif isinstance(event, EmbeddingWait):
             self.line(embedding_wait_line(event))
+        elif isinstance(event, EmbeddingStoreReady):
+            self.line(embedding_store_line(event))
         elif isinstance(event, RunStarted):
             self.total_steps, self.batch_size = event.total_steps, event.batch_size
             self.start_step, self.start_elapsed = event.start_step, event.elapsed_s

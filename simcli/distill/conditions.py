@@ -40,7 +40,8 @@ def draw_prompt_indices(n: int, count: int, rng: torch.Generator) -> torch.Tenso
 
 
 class StoredPrompts:
-    """Prompts drawn uniformly from a store of their embeddings (`store.get(indices) -> (embeds, mask)`)."""
+    """Prompts drawn uniformly from a store of their embeddings (`store.get(indices)`: embeds, mask and pooled
+    rows, as simcli.data.text_embeddings.EmbeddingStore returns them)."""
 
     def __init__(self, store: Any):
         self.store = store
@@ -49,9 +50,8 @@ class StoredPrompts:
         return self.rows(draw_prompt_indices(n, len(self.store), rng).tolist(), device)
 
     def rows(self, indices: list[int], device: torch.device) -> TextCondition:
-        """The embeddings of the prompts at these indices."""
-        embeds, mask = self.store.get(indices)
-        return TextCondition(embeds, mask).to(device)
+        """The embeddings of the prompts at these indices (with their pooled embeddings where the store has them)."""
+        return TextCondition(*self.store.get(indices)).to(device)
 
     def __len__(self) -> int:
         return len(self.store)
@@ -67,10 +67,10 @@ class LivePrompts:
         return self.rows(draw_prompt_indices(n, len(self.prompts), rng).tolist(), device)
 
     def rows(self, indices: list[int], device: torch.device) -> TextCondition:
-        """The prompts at these indices, embedded now."""
+        """The prompts at these indices, embedded now (embeddings and pooled embeddings in float32)."""
         with torch.no_grad():
             condition = self.encode([self.prompts[i] for i in indices])
-        return TextCondition(condition.embeds.float(), condition.mask).to(device)
+        return condition.to(device, torch.float32)
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -48,6 +48,23 @@ class EmbeddingProgress:
 
 
 @dataclass(frozen=True)
+class EmbeddingStoreReady:
+    """The embedding store at `store` is built or found (once per run): its prompts' tokens, pooled embeddings and
+    offsets take `total_bytes`, `bytes_per_prompt` on average; a prompt takes at most `max_bytes_per_prompt` =
+    (max_tokens x dim + pooled_dim) x element_bytes (L tokens of width C, a pooled embedding of width P)."""
+
+    store: str
+    prompts: int
+    total_bytes: int
+    bytes_per_prompt: float
+    max_tokens: int
+    dim: int
+    pooled_dim: int
+    element_bytes: int
+    max_bytes_per_prompt: int
+
+
+@dataclass(frozen=True)
 class EmbeddingWait:
     """Another process (`holder`: 'PID 12 on host h (since ...)') is building the embedding store at `store`, which
     this run waits for: sent at once and every 30 s while it waits, with how many prompts that process has stored."""

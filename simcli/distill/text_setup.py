@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from simcli.config.spec import RunSpec
-from simcli.data.embedding_build import BuildStopped, Encode, build_embedding_store
+from simcli.data.embedding_build import BuildStopped, build_embedding_store
 from simcli.data.prompts import PromptFile, read_prompt_file
 from simcli.data.text_embeddings import EmbeddingStore, embedding_store_key
 from simcli.distill.conditions import LivePrompts, StoredPrompts
-from simcli.distill.events import EmbeddingProgress, EmbeddingWait, EventHandler, GridSaved
+from simcli.distill.events import EmbeddingProgress, EmbeddingStoreReady, EmbeddingWait, EventHandler, GridSaved
 from simcli.distill.state import Progress
 from simcli.distill.stop import StopRequest
 from simcli.errors import Stopped, UsageError
@@ -27,7 +27,8 @@ from simcli.rundir.layout import grid_path
 from simcli.sampling.images import save_grid
 from simcli.sampling.seeds import per_seed_randn
 from simcli.store.cache import cache_dir
-from simcli.teachers.diffusers_teacher import DiffusersPipelineSource
+from simcli.teachers.pipeline_source import DiffusersPipelineSource
+from simcli.teachers.prompt_encoders import PromptEncoder
 from simcli.teachers.registry import Teacher
 from simcli.world import World
 
@@ -61,17 +62,24 @@ def store_directory(prompts_sha256: str, encoder_id: str, max_tokens: int) -> Pa
     return cache_dir() / "text-embeddings" / embedding_store_key(prompts_sha256, encoder_id, max_tokens, "bfloat16")
 
 
-def _lazy(make: Callable[[], Encode]) -> Encode:
-    """An encoder made at its first call: a build that waits for another process's, or that finds the store complete
+class LazyEncoder:
+    """A prompt encoder made at its first use: a build that waits for another process's, or that finds the store complete
     once it has waited, never loads the text encoder."""
-    made: list[Encode] = []
 
-    def encode(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        if not made:
-            made.append(make())
-        return made[0](prompts)
+    def __init__(self, make: Callable[[], PromptEncoder]):
+        self.make, self.made = make, None
 
-    return encode
+    def _encoder(self) -> PromptEncoder:
+        if self.made is None:
+            self.made = self.make()
+        return self.made
+
+    def encode(self, prompts: list[str]) -> TextCondition:
+        return self._encoder()(prompts)
+
+    def null_condition(self) -> TextCondition:
+        """The pipeline's own empty-prompt condition (SDXL: zeros; SANA: without its instruction prefix)."""
+        return self._encoder().null_condition()
 
 
 def stopped_build(stop: StopRequest, stopped: BuildStopped) -> Stopped:
@@ -91,7 +99,8 @@ def _stored_prompts(spec: RunSpec, prompts: list[str], sha256: str, source: Diff
                     stop: StopRequest | None) -> StoredPrompts:
     """The embedding store of the prompt file: rank 0 finds it in the cache, or builds (or finishes) it, before the
     other processes open it; the text encoder is freed once the store is built. A stop request ends the build (or
-    the wait for another process's) at the next encoder batch, keeping what is encoded: Stopped."""
+    the wait for another process's) at the next encoder batch, keeping what is encoded: Stopped. Rank 0 reports
+    the store's size once it is built or found (EmbeddingStoreReady)."""
     directory = store_directory(sha256, source.encoder_id(), source.max_tokens)
     stop = stop if stop is not None else StopRequest()
 
@@ -100,7 +109,7 @@ def _stored_prompts(spec: RunSpec, prompts: list[str], sha256: str, source: Diff
             return EmbeddingStore.open(directory)
         except UsageError:
             pass  # not built yet (or left incomplete): build (or finish) it
-        encode = _lazy(lambda: source.encoder(device, dtype, spec.text.encode_batch_size))
+        encoder = LazyEncoder(lambda: source.encoder(device, dtype, spec.text.encode_batch_size))
         activity = getattr(stop, "activity", None)  # what a Ctrl-C's acknowledgement says the stop waits for
         stop.activity = "batch of prompts"
 
@@ -114,27 +123,38 @@ def _stored_prompts(spec: RunSpec, prompts: list[str], sha256: str, source: Diff
 
         try:
             return build_embedding_store(
-                directory, prompts, encode, batch_size=spec.text.encode_batch_size, dtype=STORE_DTYPE,
+                directory, prompts, encoder.encode, encode_null=encoder.null_condition,
+                batch_size=spec.text.encode_batch_size, dtype=STORE_DTYPE,
                 on_progress=on_progress, should_stop=lambda: stop.requested, on_wait=on_wait,
             )
         except BuildStopped as stopped:
             raise stopped_build(stop, stopped) from None
         finally:
             stop.activity = activity
-            del encode
+            del encoder
             gc.collect()
 
     store = world.main_first(lambda: build() if world.is_main else EmbeddingStore.open(directory))
     if len(store) != len(prompts):
         raise UsageError(f"the embedding store {directory} holds {len(store)} prompts, the prompt file {len(prompts)}",
                          hint="delete the store to rebuild it")
+    if world.is_main:
+        on_event(store_ready(store))
     return StoredPrompts(store)
+
+
+def store_ready(store: EmbeddingStore) -> EmbeddingStoreReady:
+    """The event that reports a store's size: in all, per prompt on average, and per prompt at most."""
+    return EmbeddingStoreReady(str(store.directory), len(store), store.payload_bytes, store.bytes_per_prompt,
+                               store.max_tokens, store.dim, store.pooled_dim, store.element_bytes,
+                               store.max_bytes_per_prompt)
 
 
 @dataclass
 class RunPrompts:
-    """A text-to-image run's prompts: where each micro-batch's conditions are drawn from, the empty prompt's embedding
-    that the teacher's guidance contrasts with, the prompt file's sha256, and the pipeline that decodes grids."""
+    """A text-to-image run's prompts: where each micro-batch's conditions are drawn from, the empty prompt's condition
+    (with its pooled row where the encoder gives one) that the teacher's guidance contrasts with, the prompt file's
+    sha256, and the pipeline that decodes grids."""
 
     conditions: StoredPrompts | LivePrompts
     null: TextCondition
@@ -158,16 +178,16 @@ class RunPrompts:
         dtype = torch.bfloat16 if device.type == "cuda" else None  # the store keeps bfloat16 anyway
         if spec.text.embedding_cache:
             conditions = _stored_prompts(spec, prompts, sha256, source, world, device, dtype, on_event, stop)
-            embeds, mask = conditions.store.null()
-            return RunPrompts(conditions, TextCondition(embeds.float(), mask), sha256, source)
+            return RunPrompts(conditions, TextCondition(*conditions.store.null()), sha256, source)
         encode = source.encoder(device, dtype, spec.text.encode_batch_size)
-        null = encode([""])
-        return RunPrompts(LivePrompts(prompts, encode), TextCondition(null.embeds.float(), null.mask), sha256, source)
+        null = encode.null_condition()
+        return RunPrompts(LivePrompts(prompts, encode), null.to(null.embeds.device, torch.float32), sha256, source)
 
     def attach(self, teacher: Denoiser, progress: Progress, spec: RunSpec, device: torch.device) -> list[str]:
         """Give the teacher its empty-prompt condition and the run's progress the prompt file's sha256; returns a
         warning when the prompt file changed since the state the run resumes from."""
-        teacher.set_null_condition(self.null.to(device))
+        if teacher.conditioning.guidance == "cfg":  # FLUX: guidance embedded (dev) or none (schnell)
+            teacher.set_null_condition(self.null.to(device))
         before, progress.prompts_sha256 = progress.prompts_sha256, self.sha256
         if before is None or before == self.sha256:
             return []

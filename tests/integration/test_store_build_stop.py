@@ -23,7 +23,7 @@ from simcli.distill.events import EmbeddingProgress, EmbeddingWait  # noqa: E402
 from simcli.distill.stop import StopRequest  # noqa: E402
 from simcli.distill.text_setup import RunPrompts, store_directory  # noqa: E402
 from simcli.errors import Stopped  # noqa: E402
-from simcli.teachers.diffusers_teacher import DiffusersPipelineSource  # noqa: E402
+from simcli.teachers.pipeline_source import DiffusersPipelineSource  # noqa: E402
 from simcli.teachers.registry import load_teacher  # noqa: E402
 from simcli.world import World  # noqa: E402
 from tests.helpers.tiny_pixart import write_tiny_pixart  # noqa: E402

@@ -18,6 +18,7 @@ import torch
 from simcli.data.embedding_build import build_embedding_store
 from simcli.data.text_embeddings import INDEX, NULL, EmbeddingStore, embedding_store_key
 from simcli.errors import RunFailed, UsageError
+from simcli.nets.text_condition import TextCondition
 
 L, C = 12, 16
 PROMPTS = [" ".join(f"w{i}" for _ in range(i % 17)) or f"#{i}" for i in range(1000)]  # 1..16 words
@@ -28,7 +29,7 @@ def n_tokens(prompt: str) -> int:
     return min(L, 1 + len(prompt.split()))
 
 
-def fake_encode(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def fake_encode(prompts: list[str]) -> TextCondition:
     """Deterministic embeds [n, L, C] from a hash of each prompt, 7.0 in the padding, and a prefix mask [n, L]."""
     embeds = torch.full((len(prompts), L, C), 7.0)
     mask = torch.zeros(len(prompts), L, dtype=torch.int64)
@@ -36,11 +37,11 @@ def fake_encode(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         seed = int(hashlib.sha256(p.encode()).hexdigest()[:12], 16)
         embeds[i, : n_tokens(p)] = torch.randn(n_tokens(p), C, generator=torch.Generator().manual_seed(seed))
         mask[i, : n_tokens(p)] = 1
-    return embeds, mask
+    return TextCondition(embeds, mask)
 
 
 def expected(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    embeds, mask = fake_encode(prompts)
+    embeds, mask, _ = fake_encode(prompts)
     return embeds * mask[..., None], mask
 
 
@@ -76,9 +77,9 @@ def test_get_returns_what_the_encoder_gave_in_the_order_asked_across_shards(stor
     edges = [s["start"] for s in shards[1:]] + [s["stop"] - 1 for s in shards]
     indices = torch.cat([torch.tensor(edges), torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:200],
                          torch.tensor([5, 5, 999, 0])])
-    embeds, mask = store.get(indices)
+    embeds, mask, pooled = store.get(indices)
     want_embeds, want_mask = expected([PROMPTS[i] for i in indices.tolist()])
-    assert embeds.dtype == torch.float32 and mask.dtype == torch.int64
+    assert embeds.dtype == torch.float32 and mask.dtype == torch.int64 and pooled is None
     assert torch.equal(embeds, want_embeds) and torch.equal(mask, want_mask)
     assert torch.equal(store.get(torch.tensor([3, 2]))[0], expected([PROMPTS[3], PROMPTS[2]])[0])
     assert store.get([])[0].shape == (0, L, C)
@@ -87,12 +88,12 @@ def test_get_returns_what_the_encoder_gave_in_the_order_asked_across_shards(stor
 
 
 def test_null_prompt_and_index(store):
-    embeds, mask = store.null()
+    embeds, mask, pooled = store.null()
     want_embeds, want_mask = expected([""])
-    assert torch.equal(embeds, want_embeds) and torch.equal(mask, want_mask)
+    assert torch.equal(embeds, want_embeds) and torch.equal(mask, want_mask) and pooled is None
     index = json.loads((store.directory / INDEX).read_text())
     assert index["complete"] is True and index["count"] == 1000 and index["key"] == store.directory.name
-    assert (index["max_tokens"], index["dim"], index["dtype"], index["null_prompt"]) == (L, C, "float32", "")
+    assert (index["max_tokens"], index["dim"], index["pooled_dim"], index["dtype"], index["null_prompt"]) == (L, C, 0, "float32", "")
     for s in index["shards"]:  # at most shard_bytes of tokens each, prompts whole
         assert s["tokens"] * C * 4 <= SHARD_BYTES and s["stop"] > s["start"]
     assert index["shards"][-1]["stop"] == 1000
@@ -108,7 +109,7 @@ def test_bfloat16_by_default_within_bfloat16_rounding(tmp_path):
     store = build_embedding_store(tmp_path, PROMPTS[:300], fake_encode, batch_size=50,
                                   on_progress=lambda done, total: progress.append((done, total)))
     assert store.index["dtype"] == "bfloat16" and progress == [(50 * k, 300) for k in range(1, 7)]
-    embeds, mask = store.get(range(300))
+    embeds, mask, _ = store.get(range(300))
     want, want_mask = expected(PROMPTS[:300])
     assert torch.equal(mask, want_mask) and torch.equal(embeds, want.bfloat16().float())
     torch.testing.assert_close(embeds, want, rtol=2**-8, atol=1e-6)
@@ -217,10 +218,10 @@ def test_a_damaged_shard_without_an_index_is_encoded_again(tmp_path):
 @pytest.mark.parametrize(
     ("encode", "words"),
     [
-        (lambda p: (fake_encode(p)[0], fake_encode(p)[1].flip(1)), "not a prefix of ones"),
-        (lambda p: (fake_encode(p)[0] * float("nan"), fake_encode(p)[1]), "non-finite"),
-        (lambda p: (fake_encode(p)[0][:, :, :3], fake_encode(p)[1]), r"\[L, C\]"),
-        (lambda p: (fake_encode(p)[0][:1], fake_encode(p)[1][:1]), "returned embeds"),
+        (lambda p: TextCondition(fake_encode(p)[0], fake_encode(p)[1].flip(1)), "not a prefix of ones"),
+        (lambda p: TextCondition(fake_encode(p)[0] * float("nan"), fake_encode(p)[1]), "non-finite"),
+        (lambda p: TextCondition(fake_encode(p)[0][:, :, :3], fake_encode(p)[1]), r"\[L, C, P\]"),
+        (lambda p: TextCondition(fake_encode(p)[0][:1], fake_encode(p)[1][:1]), "returned embeds"),
     ],
 )
 def test_faulty_encoders_are_refused(tmp_path, encode, words):
@@ -254,8 +255,8 @@ store.get([0])
 gc.collect()
 before = anon_mib()
 for batch in torch.randperm(len(store)).split(16):  # outputs of 1 MiB
-    embeds, mask = store.get(batch)
-del embeds, mask
+    rows = store.get(batch)
+del rows
 gc.collect()
 reading = anon_mib() - before
 held = [safe_open(str(store.directory / s["file"]), "pt").get_tensor("tokens").clone() for s in store.index["shards"]]
@@ -271,7 +272,7 @@ def test_reading_every_prompt_keeps_memory_small(tmp_path):
 
     def wide(prompts):
         lengths = torch.tensor([8 + int(p[1:] or 0) % 57 for p in prompts])
-        return torch.randn(len(prompts), length, width), (torch.arange(length) < lengths[:, None]).long()
+        return TextCondition(torch.randn(len(prompts), length, width), (torch.arange(length) < lengths[:, None]).long())
 
     store = build_embedding_store(tmp_path, [f"p{i}" for i in range(1400)], wide, batch_size=200,
                                   dtype=torch.float32, shard_bytes=8 << 20)
