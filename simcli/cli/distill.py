@@ -100,7 +100,7 @@ def distill(
     seed: Annotated[int | None, typer.Option("--seed", help="Run seed (default: 0).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto (default: auto).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Spec file (YAML, TOML or JSON).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help=f"Named preset: auto, {', '.join(PRESETS)} (default: auto, chosen by the teacher).")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help=f"Named preset (default: auto, chosen by the teacher): auto, {', '.join(PRESETS)}.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any spec key: --set online.optimizer.lr=1e-4 (repeatable).")] = None,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,

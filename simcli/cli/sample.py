@@ -11,6 +11,7 @@ from simcli.cli.errors import reported_errors
 from simcli.cli.options import TEACHER_HELP, DeviceOpt, ForceOpt, JsonOpt, SeedOpt, ThreadsOpt
 from simcli.cli.output import print_json, stderr_console
 from simcli.errors import UsageError
+from simcli.teachers.pipeline_families import FAMILIES
 
 EPILOG = """Examples:
 
@@ -34,13 +35,14 @@ GeneratorOpt = Annotated[
     typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors. Required: this or --teacher."),
 ]
 SampleTeacherOpt = Annotated[
-    str | None, typer.Option("--teacher", help=f"Sample the teacher's EDM Heun sampler (a text-to-image teacher: its pipeline with DPM-Solver, with --prompt). Required: this or --generator. {TEACHER_HELP}")
+    str | None, typer.Option("--teacher", help=f"Sample the teacher's EDM Heun sampler (a text-to-image teacher: its own pipeline and scheduler, with --prompt). Required: this or --generator. {TEACHER_HELP}")
 ]
 StepsOpt = Annotated[
     int | None,
     typer.Option("--steps", min=1, show_default=False,
                  help="Heun steps N for --teacher (2N-1 evaluations; default: 18, or the published steps with --paper); "
-                      "DPM-Solver steps for a text-to-image teacher (default: 14)."),
+                      "a text-to-image teacher's pipeline steps (default: its family's; PixArt-alpha: 14 DPM-Solver "
+                      "steps, the SIM paper's comparison; FLUX-schnell: 4)."),
 ]
 ChurnOpt = Annotated[
     float | None,
@@ -60,6 +62,20 @@ SMaxOpt = Annotated[
 SNoiseOpt = Annotated[
     float | None,
     typer.Option("--s-noise", show_default=False, help="EDM's S_noise for --teacher: scale of the churn noise (default: 1)."),
+]
+GuidanceOpt = Annotated[
+    float | None,
+    typer.Option("--guidance", min=1.0, show_default=False,
+                 help="Text-to-image --teacher: the guidance scale of its pipeline (default: its family's: "
+                      f"{', '.join(f'{f.key} {f.guidance_scale:g}' for f in FAMILIES.values())}; classifier-free "
+                      "guidance above 1 evaluates the network twice per step, FLUX's embedded guidance once; "
+                      "FLUX-schnell takes none)."),
+]
+ResolutionOpt = Annotated[
+    int | None,
+    typer.Option("--resolution", min=1, show_default=False, metavar="PIXELS",
+                 help="Text-to-image --teacher: image side in pixels (default: its pipeline's; a generator makes the "
+                      "size it was distilled at)."),
 ]
 PaperOpt = Annotated[
     bool,
@@ -90,7 +106,8 @@ def sample(
         "its teacher's 18-step Heun samples beside it).")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", metavar="TEXT", help="Text-to-image: a prompt (repeatable); sample i gets prompt i mod the number given.")] = None,
     prompts: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="Text-to-image: prompts, one per line (.txt) or JSON lines with a 'prompt' field (.jsonl); with --prompt too, these come after.")] = None,
-    guidance: Annotated[float, typer.Option("--guidance", min=1.0, help="Text-to-image --teacher: classifier-free guidance scale of its pipeline.")] = 4.5,
+    guidance: GuidanceOpt = None,
+    resolution: ResolutionOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -102,9 +119,12 @@ def sample(
         from simcli.runtime import set_cpu_threads
 
         set_cpu_threads(threads)
+        if resolution is not None and not (prompt or prompts is not None):
+            raise UsageError("--resolution applies to text-to-image teachers (with --prompt or --prompts)")
         if prompt or prompts is not None:
             _text_to_image(out, generator, teacher, prompt, prompts, n, seed, batch_size, device, steps, guidance,
-                           force, grid, json_out, other=(churn, s_min, s_max, s_noise, class_label, plot, paper or None))
+                           resolution, force, grid, json_out,
+                           other=(churn, s_min, s_max, s_noise, class_label, plot, paper or None))
             return
         from simcli.sampling.run import SAMPLER_FLAGS, resolve_heun_settings, sample_to_file
 
@@ -127,16 +147,17 @@ def sample(
             _print_files(summary)
 
 
-def _text_to_image(out, generator, teacher, prompt, prompts, n, seed, batch_size, device, steps, guidance, force, grid,
-                   json_out, other) -> None:
-    """sample --prompt/--prompts: a text-to-image generator, or a diffusers teacher's pipeline with DPM-Solver."""
+def _text_to_image(out, generator, teacher, prompt, prompts, n, seed, batch_size, device, steps, guidance, resolution,
+                   force, grid, json_out, other) -> None:
+    """sample --prompt/--prompts: a text-to-image generator, or a diffusers teacher's own pipeline."""
     if any(v is not None for v in other):
         raise UsageError("--churn, --s-min, --s-max, --s-noise, --class, --plot and --paper do not apply to text-to-image samples")
     from simcli.sampling.text_to_image import sample_prompts, text_samples_to_file
 
     summary = text_samples_to_file(
         out, generator=generator, teacher=teacher, prompts=sample_prompts(prompt, prompts, n), seed=seed,
-        batch_size=min(batch_size, 64), device=device, steps=steps, guidance_scale=guidance, overwrite=force, grid=grid,
+        batch_size=min(batch_size, 64), device=device, steps=steps, guidance_scale=guidance, resolution=resolution,
+        overwrite=force, grid=grid,
     )
     if json_out:
         print_json(summary)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from simcli.config.t2i_presets import T2I_PRESETS
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's CIFAR-10 settings (Table 5): Adam 1e-5, betas (0, 0.999), batch 256, sigma_init 2.5. SiD's
     # CIFAR-10 runs are the method defaults (mingyuanzhou/SiD@01fbb13 run_sid.sh:25-45: batch 256, lr 1e-5, fp32,
@@ -171,3 +173,4 @@ PRESETS: dict[str, dict[str, Any]] = {
         "logging": {"status_every_kimg": 0.16, "snapshot_every_kimg": 0.32},
     },
 }
+PRESETS.update(T2I_PRESETS)  # the text-to-image families beyond PixArt-alpha: sd3, flux-dev, flux-schnell, sana, sd15, sdxl

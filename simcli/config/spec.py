@@ -320,6 +320,9 @@ class TextSpec(Strict):
     training; false: keep the text encoder loaded and embed each micro-batch's prompts as it is drawn."""
     encode_batch_size: Int = Field(64, gt=0)
     """Prompts per text-encoder batch when the store is built."""
+    resolution: Int | None = Field(None, gt=0, le=8192)
+    """Image side in pixels the generator makes (square); None: the teacher pipeline's default (FLUX 1024, SD3 1024,
+    SDXL 1024, SD1.5 512, ...)."""
 
 
 class RunSpec(Strict):

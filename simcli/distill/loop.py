@@ -49,7 +49,7 @@ from simcli.peers import PeerFailed, PeerLost
 from simcli.rundir.layout import generator_path, state_path
 from simcli.rundir.lock import RunDirLock
 from simcli.rundir.metrics import append_record
-from simcli.teachers.registry import Teacher, load_teacher
+from simcli.teachers.registry import Teacher, at_resolution, load_teacher
 from simcli.world import World
 
 GENERATOR_STEP_COST = (
@@ -90,7 +90,7 @@ class Distillation:
         prompt_file = read_run_prompts(spec)
         # The teacher first: an unknown name, a bad file or a failed download leaves the run directory untouched.
         # Rank 0 loads (and downloads) it before the others, which then find it in the cache.
-        teacher = self._teacher()
+        teacher = at_resolution(self._teacher(), spec.text.resolution)
         check_network_settings(spec, teacher)  # settings the teacher's network cannot take (dropout, checkpointing)
         check_teacher_finite(spec, teacher, self.device)  # NaN/Inf teacher outputs: every iteration would be non-finite
         # Text-to-image: the prompt file, and the prompts' embeddings (a store built once in the cache, or a text

@@ -308,7 +308,7 @@ def test_processes_on_one_host_share_its_memory(monkeypatch):
 def test_an_mlp_larger_than_network_files_hold_is_refused_whatever_the_memory(monkeypatch):
     spec, _ = _spec("network.hidden_dim=200000")
     monkeypatch.setattr(mem, "available_bytes", lambda device: 1 << 60)
-    with pytest.raises(SpecKeyError, match="more than the 4,000,000,000 that simcli reads network files of") as info:
+    with pytest.raises(SpecKeyError, match="more than the 20,000,000,000 that simcli reads network files of") as info:
         mem.check_memory(spec, load_teacher("gmm-ring8"))
     assert info.value.key == "network.hidden_dim"
 
