@@ -165,8 +165,13 @@ def check_network_settings(spec: RunSpec, teacher: Teacher) -> None:
         raise UsageError(f"training.dropout applies to copies of an EDM network, not {what}",
                          hint="unset it" + (" (the MLP's is network.dropout)" if fitted else ""))
     if spec.training.activation_checkpointing and (fitted or not teacher.denoiser.supports_activation_checkpointing):
-        raise UsageError(f"training.activation_checkpointing needs an EDM or PixArt network, not {what}",
+        raise UsageError(f"training.activation_checkpointing needs an EDM or diffusers network, not {what}",
                          hint="unset it")
+    conditioning = teacher.denoiser.conditioning
+    if conditioning.takes_text and conditioning.guidance == "none" and spec.text.guidance_scale != 1.0:
+        raise UsageError(f"teacher '{teacher.display_name}' takes no guidance (a timestep-distilled FLUX), but "
+                         f"text.guidance_scale is {spec.text.guidance_scale:g}",
+                         hint="--set text.guidance_scale=1 (the flux-schnell preset's)")
     check_memory(spec, teacher)
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 import simcli.distill.loop as loop
 from simcli.config.resolve import resolve_spec
 from simcli.distill.loop import run_distillation
+from simcli.distill.reports import MACHINE_KEYS
 from simcli.rundir.layout import list_generators
 from simcli.rundir.snapshots import load_latest_state
 from simcli.teachers.registry import describe_teacher_name
@@ -26,7 +27,7 @@ TINY = ("--teacher", "gmm-ring8", "--preset", "tiny")
 
 
 def status_records(run_dir: Path) -> list[dict]:
-    timing = {"sec_per_kimg", "elapsed_s", "cpu_mem_gib", "gpu_mem_gib"}
+    timing = set(MACHINE_KEYS)
     path = run_dir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.is_file() else []
     out = []

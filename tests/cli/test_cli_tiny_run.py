@@ -184,6 +184,6 @@ def test_training_dropout_sets_the_copies_and_network_settings_are_refused_for_m
     refused = cli("distill", "--teacher", "gmm-ring8", "--preset", "tiny", "--set", "training.activation_checkpointing=true",
                   "--out", tmp_path / "gmm")
     assert refused.exit_code == 2
-    assert ("training.activation_checkpointing needs an EDM or PixArt network, not an analytic teacher's fitted MLP"
+    assert ("training.activation_checkpointing needs an EDM or diffusers network, not an analytic teacher's fitted MLP"
             in refused.stderr)
     assert not (tmp_path / "gmm").exists()  # refused before the fit and config.json

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from simcli.distill.reports import MACHINE_KEYS
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE
 from simcli.rundir.layout import list_generators, list_states
 from simcli.rundir.snapshots import load_latest_state
@@ -26,7 +27,7 @@ TINY_BUDGET = 1e-5  # minutes (0.6 ms): spent before the first iteration ends, s
 
 
 def status_records(run_dir: Path) -> list[dict]:
-    timing = {"sec_per_kimg", "elapsed_s", "cpu_mem_gib", "gpu_mem_gib"}
+    timing = set(MACHINE_KEYS)
     records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
     return [{k: v for k, v in r.items() if k not in timing} for r in records if r["kind"] == "status"]
 

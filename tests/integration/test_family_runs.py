@@ -88,3 +88,14 @@ def test_distill_resume_and_sample_each_family(tmp_path, family, options, preset
     teacher = _invoke("sample", "--teacher", f"diffusers:{pipeline}", "--prompt", "a photo of a cat", "--n", "1",
                       "--steps", "2", "--resolution", str(size), "--out", str(tmp_path / "t.npz"))
     assert teacher["source"] == "teacher" and np.load(tmp_path / "t.npz")["images"].shape == (1, size, size, 3)
+
+
+def test_a_teacher_without_guidance_refuses_a_guidance_scale_before_the_run_directory(tmp_path):
+    pipeline = write_tiny_pipeline("flux", tmp_path / "schnell", guidance_embeds=False)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    result = CliRunner().invoke(app, ["distill", "--teacher", f"diffusers:{pipeline}", "--prompts", str(prompts),
+                                      "--out", str(tmp_path / "run"), "--steps", "1", "--device", "cpu",
+                                      "--set", "text.guidance_scale=3.5", "--set", "text.resolution=16"])
+    assert result.exit_code == 2 and "takes no guidance" in result.stderr and "text.guidance_scale=1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
