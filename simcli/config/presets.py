@@ -1,8 +1,9 @@
 """Named presets: partial specs layered over the method defaults (defaults < preset < file < flags).
 
 `auto` picks the preset that fits the teacher (each kind of teacher names its preset in
-simcli/teachers/registry.py): `gmm` for analytic mixtures, `digits` for the shipped digits teacher, `pixart` for
-diffusers text-to-image teachers; for the official EDM teachers the preset of their dataset, `cifar10`, `ffhq64`
+simcli/teachers/registry.py): `gmm` for analytic mixtures, `digits` for the shipped digits teacher, for diffusers
+text-to-image teachers their family's (`pixart` for PixArt-alpha and -Sigma; `sd3`, `flux-dev`, `flux-schnell`,
+`sana`, `sd15`, `sdxl` from simcli.config.t2i_presets); for the official EDM teachers the preset of their dataset, `cifar10`, `ffhq64`
 (edm-ffhq64, edm-ffhq64-ve), `afhq64` (edm-afhqv2-64, edm-afhqv2-64-ve) or `imagenet64` (edm-imagenet64), also for a
 local pickle under an official file name; `cifar10` for any other network.
 
