@@ -12,7 +12,7 @@ import typer
 
 from simcli.cli.errors import interrupted, reported_errors, stop_on_signals
 from simcli.cli.options import DistillTeacherOpt, JsonOpt, ThreadsOpt
-from simcli.cli.output import DistillReporter, print_json, stdout_console
+from simcli.cli.output import DistillReporter, print_json, print_memory_plan, stdout_console
 from simcli.config.presets import PRESETS
 from simcli.errors import UsageError
 
@@ -108,6 +108,7 @@ def distill(
     restart: Annotated[bool, typer.Option("--restart", help="When no state file in RUN_DIR is readable: move them aside into discarded-<time>/ and start again from iteration 0.")] = False,
     prompts: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="Text-to-image teachers: the prompts to distill from, one per line (.txt) or JSON lines with a 'prompt' field (.jsonl).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="Network passes in fp32 (TF32 off), tf32, bf16 (autocast) or fp16 (autocast, loss scaling); weights and losses stay float32 (default: fp32).")] = None,
+    gpu_memory: Annotated[float | None, typer.Option("--gpu-memory", metavar="GIB", help="With --dry-run: the memory of each process's GPU in GiB that the memory plan is checked against (default: the visible GPU's; none on a machine without one).")] = None,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", metavar="MINUTES", help="Time budget in minutes, counted from the start of this process: the run saves and exits with code 75 before it is spent, so a job script can requeue it; run the same command again to resume.")] = None,
 ) -> None:
     """Distill a teacher into a one-step generator with SIM, SiD or Diff-Instruct."""
@@ -143,7 +144,7 @@ def distill(
         set_cpu_threads(threads)  # after the spec checks: it imports torch, which takes seconds
         if dry_run:
             check_teacher(spec.teacher)
-            _print_dry_run(spec, provenance, json_out)
+            _print_dry_run(spec, provenance, json_out, _memory_plan(spec, processes, gpu_memory))
             return
         if out is None:
             raise UsageError("no run directory given", hint="pass --out RUN_DIR")
@@ -219,14 +220,29 @@ def _kept_snapshot(run_dir: Path, batch_size: int) -> str:
     return f"the last snapshot, {newest[0].name} (iteration {newest[1]}), is kept; run the same command again to resume"
 
 
-def _print_dry_run(spec, provenance: dict[str, str], json_out: bool) -> None:
+def _memory_plan(spec, processes: int, gpu_memory: float | None):
+    """The memory plan of the resolved spec (simcli.distill.memory_plan), or None for a teacher whose architecture
+    is known only from its weights."""
+    if gpu_memory is not None and not (math.isfinite(gpu_memory) and gpu_memory > 0):
+        raise UsageError(f"--gpu-memory must be a positive number of GiB, not {gpu_memory:g}", hint="e.g. --gpu-memory 80")
+    from simcli.distill.memory_plan import dry_run_architecture, plan_memory, visible_gpu_bytes
+
+    found = dry_run_architecture(spec)
+    if found is None:
+        return None
+    device = round(gpu_memory * 2**30) if gpu_memory is not None else visible_gpu_bytes()
+    return plan_memory(found[0], spec, processes, device, text_tokens=found[1])
+
+
+def _print_dry_run(spec, provenance: dict[str, str], json_out: bool, plan=None) -> None:
     from simcli.config.resolve import _leaves
 
     values = spec.model_dump(mode="json")
     if json_out:
-        print_json({"spec": values, "provenance": provenance})
+        print_json({"spec": values, "provenance": provenance, "memory": plan.as_json() if plan is not None else None})
         return
     console = stdout_console()
     for path, value in _leaves(values):
         key = ".".join(path)
         console.print(f"{key} = {value!r}  [dim]({provenance.get(key, 'default')})[/dim]")
+    print_memory_plan(console, plan)

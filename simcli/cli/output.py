@@ -333,3 +333,27 @@ class DistillReporter:
         if self.live is not None:
             self.live.stop()
             self.live = None
+
+
+def print_memory_plan(console: Console, plan: Any) -> None:
+    """The dry run's memory plan per process (simcli.distill.memory_plan.MemoryPlan) as a table, the device size,
+    whether it fits and the suggestions; a line saying there is none when `plan` is None."""
+    from rich.table import Table
+
+    if plan is None:
+        console.print("memory plan: not available for this teacher without loading its weights")
+        return
+    gib = plan.as_json()["per_process_gib"]
+    table = Table(title=f"memory per process ({plan.processes} process(es), micro-batch {plan.micro_batch}, "
+                        f"{plan.precision}, {plan.passes} network passes kept for the backward)")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    for part, value in gib.items():
+        table.add_row(part, f"{value:,.2f}")
+    console.print(table)
+    if plan.fits is None:
+        console.print("device memory unknown (no GPU visible; --gpu-memory GIB sets it): fit not decided")
+    else:
+        console.print(f"device: {plan.device_bytes / 2**30:,.1f} GiB; {'fits' if plan.fits else 'does NOT fit'}")
+    for suggestion in plan.suggestions:
+        console.print(f"  would fit: {suggestion}")

@@ -130,3 +130,19 @@ def architecture_at_resolution(architecture: dict[str, Any], pixels: int) -> dic
                          hint=f"use a multiple of {scale * multiple}, e.g. {max(1, round(pixels / (scale * multiple))) * scale * multiple}")
     channels = int(architecture["sample_shape"][0])
     return {**architecture, "sample_shape": [channels, pixels // scale, pixels // scale]}
+
+
+def local_architecture(name: str) -> dict[str, Any]:
+    """The architecture record of a local `diffusers:PATH` teacher read from its JSON files alone (no weights loaded,
+    no torch): what load_diffusers_denoiser records, for plans made before anything is loaded."""
+    from simcli.nets.train_schedule import training_schedule
+
+    source = pipeline_source(name)
+    if not source.local:
+        raise ValueError(f"{name} is not a local pipeline folder")
+    family = source.family
+    config = read_json(source.network_folder() / family.network / "config.json")
+    public = {key: value for key, value in config.items() if not key.startswith("_")}
+    return {"kind": "diffusers", "class_name": family.network_class, "config": public,
+            "schedule": training_schedule(source.scheduler_config()), "guidance_scale": 1.0,
+            "vae_scale_factor": source.vae_scale_factor(), "sample_shape": list(family.sample_shape(config))}

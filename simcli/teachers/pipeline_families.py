@@ -82,6 +82,11 @@ class PipelineFamily:
         text = tuple(name for part in self.text for name in (part.tokenizer, part.encoder))
         return (self.network, "scheduler", "vae", *text)
 
+    def sequence_length(self, max_tokens: int) -> int:
+        """Text tokens the network attends to: the prompt limit, after SD3's 77 CLIP tokens (its T5 tokens are
+        appended to them along the sequence)."""
+        return (77 + max_tokens) if self.key == "sd3" else max_tokens
+
     def sample_shape(self, network_config: Mapping[str, Any]) -> tuple[int, int, int]:
         """(C, h, w) of the latents at the pipeline's default resolution: the network config's sample_size (FLUX:
         its pipeline's 128, i.e. 1024 px), C its in_channels (FLUX: in_channels / 4, the unpacked latents')."""

@@ -20,7 +20,7 @@ def dry_run(cli, json_doc, *args):
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     doc = json_doc(result.stdout)
-    assert set(doc) == {"spec", "provenance"}
+    assert set(doc) == {"spec", "provenance", "memory"}
     return doc["spec"], doc["provenance"]
 
 
