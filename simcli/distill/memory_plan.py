@@ -292,10 +292,14 @@ def shipped_architecture(name: str) -> tuple[dict[str, Any], int] | None:
 
 def dry_run_architecture(spec: RunSpec) -> tuple[dict[str, Any], int] | None:
     """(the record, prompt tokens) of the networks a run of `spec` trains, found without loading any weights: an
-    analytic mixture's MLP from the spec, a local diffusers pipeline from its JSON files, an official text-to-image
-    teacher from its shipped config (both at text.resolution when set); None for teachers whose architecture is only
-    in their weights file (EDM pickles, simcli teacher files) and official names without a shipped config."""
+    analytic mixture's MLP from the spec, an official EDM teacher's from the catalog (nothing downloaded), a simcli
+    teacher file's (`digits`, PATH.safetensors) from its metadata (simcli.teachers.architecture_records; with
+    training.dropout set, an EDM record's dropout as the run sets it), a local diffusers pipeline from its JSON files,
+    an official text-to-image teacher from its shipped config (both at text.resolution when set); None for local EDM
+    pickles (their kwargs come after every tensor of the file) and official names without a shipped config."""
     from simcli.distill.teacher_fit import mlp_architecture
+    from simcli.nets.registry import with_dropout
+    from simcli.teachers.architecture_records import teacher_architecture_record
     from simcli.teachers.diffusers_teacher import (
         DIFFUSERS_PREFIX,
         architecture_at_resolution,
@@ -305,8 +309,16 @@ def dry_run_architecture(spec: RunSpec) -> tuple[dict[str, Any], int] | None:
     from simcli.teachers.registry import load_teacher, teacher_kind
 
     name = spec.teacher
-    if teacher_kind(name).name == "mixture":  # analytic: loading it loads no network
+    kind = teacher_kind(name).name
+    if kind == "mixture":  # analytic: loading it loads no network
         return mlp_architecture(math.prod(load_teacher(name).denoiser.sample_shape), spec.network), DEFAULT_TEXT_TOKENS
+    if kind in ("edm", "digits", "native"):  # the record without the weights (None: a local EDM pickle)
+        record = teacher_architecture_record(name)
+        if record is None:
+            return None
+        if spec.training.dropout is not None and record.get("kind") == "edm":  # as build_networks copies it
+            record = with_dropout(record, spec.training.dropout)
+        return record, DEFAULT_TEXT_TOKENS
     if name.startswith(DIFFUSERS_PREFIX):  # a local pipeline folder: its JSON files say it all
         source = pipeline_source(name)
         record, tokens = local_architecture(name), source.family.sequence_length(source.max_tokens)

@@ -166,6 +166,30 @@ EDM_TEACHERS: dict[str, EdmTeacher] = {
     )
 }
 
+# edm-spec 2.1: the `_init_kwargs` train.py records for each architecture (the interface kwargs come per entry).
+_ARCH_KWARGS: dict[str, dict[str, object]] = {
+    "ddpmpp": {"model_type": "SongUNet", "embedding_type": "positional", "encoder_type": "standard",
+               "decoder_type": "standard", "channel_mult_noise": 1, "resample_filter": [1, 1], "model_channels": 128},
+    "ncsnpp": {"model_type": "SongUNet", "embedding_type": "fourier", "encoder_type": "residual",
+               "decoder_type": "standard", "channel_mult_noise": 2, "resample_filter": [1, 3, 3, 1],
+               "model_channels": 128},
+    "adm": {"model_type": "DhariwalUNet", "model_channels": 192},
+}
+
+
+def edm_network_record(entry: EdmTeacher) -> dict[str, object]:
+    """The architecture record simcli builds for an official checkpoint once loaded (simcli.teachers.edm_pickle:
+    kind 'edm', the `ema` object's class and `_init_kwargs`), from the catalog alone: every edm-*.pkl holds an
+    EDMPrecond (edm-spec 0), whose kwargs train.py writes in this order (edm-spec 2.1; augment_dim only when
+    augmentation was on, as it was for every SongUNet model)."""
+    kwargs: dict[str, object] = {**_ARCH_KWARGS[entry.arch], "channel_mult": list(entry.channel_mult)}
+    if entry.augment_dim:
+        kwargs["augment_dim"] = entry.augment_dim
+    kwargs.update(dropout=entry.dropout, use_fp16=entry.use_fp16, img_resolution=entry.resolution,
+                  img_channels=entry.img_channels, label_dim=entry.label_dim)
+    return {"kind": "edm", "class_name": "EDMPrecond", "init_kwargs": kwargs}
+
+
 # edm-spec section 2.4. "imagenet64-baseline" belongs to baseline/baseline-imagenet-64x64-cond-adm.pkl only.
 FID_REFERENCES: dict[str, FidReference] = {
     r.name: r
