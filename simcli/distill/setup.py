@@ -194,9 +194,9 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
                 net.set_dropout(spec.training.dropout)
             architecture = with_dropout(architecture, spec.training.dropout)
     teacher.eval().requires_grad_(False)
-    generator = copy.deepcopy(base).requires_grad_(True)
     online = copy.deepcopy(base).requires_grad_(False)
     ema = copy.deepcopy(base).requires_grad_(False)
+    generator = base.requires_grad_(True)  # the copy itself: no fourth copy alive during the set-up
     if teacher.conditioning.guidance != "none":  # the teacher guided, the copies on the condition alone
         teacher.set_guidance_scale(spec.text.guidance_scale)
         for net in (generator, online, ema):
