@@ -30,6 +30,7 @@ from simcli.sampling.generator import generator_choice, load_generator
 from simcli.sampling.images import save_grid, save_pngs
 from simcli.sampling.run import check_sample_out, write_npz
 from simcli.sampling.seeds import per_seed_randn, seed_generators
+from simcli.teachers.diffusers_teacher import latent_multiple
 from simcli.teachers.hf_loading import require_t2i_packages
 from simcli.teachers.pipeline_families import PipelineFamily
 from simcli.teachers.pipeline_folder import read_json
@@ -93,7 +94,7 @@ def default_steps(family, network_config: dict) -> int:
     transformer without a guidance embedding), else its pipeline's."""
     if family.key == PAPER_FAMILY:
         return PAPER_STEPS
-    if family.key == "flux" and not network_config.get("guidance_embeds", False):
+    if family.takes_no_guidance(network_config):
         return SCHNELL_STEPS
     return family.steps
 
@@ -145,7 +146,7 @@ def teacher_guidance(teacher: str, family: PipelineFamily, network_config: dict[
                      guidance_scale: float | None) -> float | None:
     """The guidance scale the teacher's pipeline applies: the one given, else the family's; None for FLUX without
     a guidance embedding (FLUX-schnell), which takes none."""
-    if family.key == "flux" and not network_config.get("guidance_embeds", False):
+    if family.takes_no_guidance(network_config):
         if guidance_scale is not None:
             raise UsageError(f"teacher {teacher} takes no guidance scale (a FLUX transformer without guidance "
                              "embedding, as FLUX-schnell)", hint="drop --guidance")
@@ -156,12 +157,12 @@ def teacher_guidance(teacher: str, family: PipelineFamily, network_config: dict[
 def teacher_resolution(family: PipelineFamily, network_config: dict[str, Any], vae_scale_factor: int,
                        resolution: int | None) -> int:
     """The image side in pixels: the one given, else the family's default latent side times the VAE's scale
-    factor. A given side must be a whole number of the network's patches: VAE factor x patch size (FLUX: x 2)."""
+    factor. A given side must be a multiple of the VAE factor times the network's latent multiple
+    (simcli.teachers.diffusers_teacher.latent_multiple: patch size, FLUX's packing, a UNet's down-sampling)."""
     if resolution is None:
         _, height, width = family.sample_shape(network_config)
         return max(height, width) * vae_scale_factor  # the real teachers' defaults are square
-    patch = 2 if family.packed else int(network_config.get("patch_size") or 1)
-    step = vae_scale_factor * patch
+    step = vae_scale_factor * latent_multiple({"class_name": family.network_class, "config": network_config})
     if resolution <= 0 or resolution % step:
         raise UsageError(f"resolution {resolution} px does not fit the teacher's {family.pipeline_class}: it takes "
                          f"multiples of {step} px", hint=f"pick a multiple of {step}, e.g. {max(1, resolution // step) * step}")

@@ -82,7 +82,7 @@ def diffusers_preset(name: str) -> str:
     if family.key != "flux":
         return FAMILY_PRESETS[family.key]
     config = read_json(folder / family.network / "config.json")
-    return "flux-dev" if config.get("guidance_embeds", False) else "flux-schnell"
+    return "flux-schnell" if family.takes_no_guidance(config) else "flux-dev"
 
 
 def display_name(name: str) -> str:

@@ -7,8 +7,8 @@ state and pooled output it keeps, whether the tokenizer's mask goes to the encod
 shift factors are read from its config), and the pipeline's own defaults: guidance scale, steps, resolution.
 
 Facts from diffusers 0.42 (pipelines/pixart_alpha, stable_diffusion_3, flux, sana, stable_diffusion_xl,
-stable_diffusion) and ../shared/docs/teacher-families.md. Nothing here imports torch or diffusers: the name checks
-read this table.
+stable_diffusion), the source of each value. Nothing here imports torch or diffusers: the name checks read this
+table.
 """
 
 from __future__ import annotations
@@ -81,6 +81,10 @@ class PipelineFamily:
         """The pipeline components simcli uses: network, scheduler, VAE, text encoders and tokenizers."""
         text = tuple(name for part in self.text for name in (part.tokenizer, part.encoder))
         return (self.network, "scheduler", "vae", *text)
+
+    def takes_no_guidance(self, network_config: Mapping[str, Any]) -> bool:
+        """A timestep-distilled FLUX (schnell): a FLUX transformer without a guidance embedding takes no guidance."""
+        return self.key == "flux" and not network_config.get("guidance_embeds", False)
 
     def sequence_length(self, max_tokens: int) -> int:
         """Text tokens the network attends to: the prompt limit, after SD3's 77 CLIP tokens (its T5 tokens are
