@@ -24,6 +24,8 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "--batch-size": ("training.batch_size",),
     "--batch-gpu": ("training.batch_gpu",),
     "--precision": ("training.precision",),
+    "--sharding": ("training.sharding",),
+    "--lora-rank": ("generator.lora_rank", "online.lora_rank"),
     "--lr": ("generator.optimizer.lr", "online.optimizer.lr"),
     "--eval-every": ("logging.eval_every_kimg",),
     "--fid-ref": ("evaluation.reference",),
@@ -108,6 +110,8 @@ def distill(
     restart: Annotated[bool, typer.Option("--restart", help="When no state file in RUN_DIR is readable: move them aside into discarded-<time>/ and start again from iteration 0.")] = False,
     prompts: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="Text-to-image teachers: the prompts to distill from, one per line (.txt) or JSON lines with a 'prompt' field (.jsonl).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="Network passes in fp32 (TF32 off), tf32, bf16 (autocast) or fp16 (autocast, loss scaling); weights and losses stay float32 (default: fp32).")] = None,
+    sharding: Annotated[str | None, typer.Option("--sharding", help="Under torchrun: none (each process holds whole networks) or fsdp (the networks, gradients and Adam states sharded over the processes with FSDP2; sharded checkpoints that resume with any number of processes). Default: none.")] = None,
+    lora_rank: Annotated[int | None, typer.Option("--lora-rank", metavar="R", help="Train rank-R LoRA adapters of the generator and the online model over one shared, frozen copy of the teacher's weights, instead of all their weights (default: all weights).")] = None,
     gpu_memory: Annotated[float | None, typer.Option("--gpu-memory", metavar="GIB", help="With --dry-run: the memory of each process's GPU in GiB that the memory plan is checked against (default: the visible GPU's; none on a machine without one).")] = None,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", metavar="MINUTES", help="Time budget in minutes, counted from the start of this process: the run saves and exits with code 75 before it is spent, so a job script can requeue it; run the same command again to resume.")] = None,
 ) -> None:
@@ -127,7 +131,7 @@ def distill(
             raise UsageError("--kimg and --steps both given", hint="give one duration")
         flags = flag_layer({
             "--method": method, "--distance": distance, "--kimg": kimg, "--steps": steps, "--batch-size": batch_size,
-            "--batch-gpu": batch_gpu, "--precision": precision, "--lr": lr, "--eval-every": eval_every, "--fid-ref": fid_ref,
+            "--batch-gpu": batch_gpu, "--precision": precision, "--sharding": sharding, "--lora-rank": lora_rank, "--lr": lr, "--eval-every": eval_every, "--fid-ref": fid_ref,
             "--fid-n": fid_n, "--seed": seed, "--device": device,
             # absolute, so that the run resumes from any working directory
             "--prompts": str(prompts.resolve()) if prompts is not None else None,

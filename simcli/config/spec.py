@@ -159,6 +159,17 @@ class GeneratorSpec(Strict):
     """Per-noise weight w(sigma) of the generator loss ('none' is the paper's 'nowgt')."""
     optimizer: OptimizerSpec = OptimizerSpec()
     """Adam for the generator."""
+    lora_rank: Int | None = Field(None, gt=0, le=65536)
+    """Train low-rank adapters (LoRA, rank r) of the generator's linear and convolution weights instead of all its
+    weights: the generator then shares the teacher's frozen weights (one copy in memory) and trains, and keeps Adam
+    states for, the adapters only (simcli.nets.lora). none: all weights (the paper's setting). --lora-rank sets the
+    generator's and the online model's."""
+    lora_alpha: Float | None = Field(None, gt=0)
+    """LoRA's alpha: the adapters' product is scaled by alpha / rank. none: alpha = rank (scale 1)."""
+    lora_snapshots: Literal["adapters", "merged"] = "adapters"
+    """What a LoRA generator's snapshots (generator-<kimg>.safetensors) hold: adapters (small; `sample` and `eval`
+    load the teacher and add them) or merged (the teacher's weights with the adapters added in: a generator file
+    like any other, which needs no teacher). May change on resume."""
     score_dropout: Literal["off", "shared-mask"] = "off"
     """Dropout of the teacher and the online model in the generator step. off: both in eval mode (SIM; SiD's
     code). shared-mask: both in train mode, the online model's call replaying the random state of the teacher's,
@@ -183,6 +194,13 @@ class OnlineSpec(Strict):
     fewer per iteration; the iteration then runs the generator update first and the online update on its samples
     (needs updates_per_generator_update 1). What it saves and what it costs in FID on the digits teacher:
     examples/digits/SPEED-OPTIONS.md; the run warns when it is chosen."""
+    lora_rank: Int | None = Field(None, gt=0, le=65536)
+    """Train low-rank adapters (LoRA, rank r) of the online model's linear and convolution weights instead of all its
+    weights: the online model then shares the teacher's frozen weights (one copy in memory) and trains, and keeps Adam
+    states for, the adapters only (simcli.nets.lora). none: all weights (the paper's setting). --lora-rank sets the
+    generator's and the online model's."""
+    lora_alpha: Float | None = Field(None, gt=0)
+    """LoRA's alpha: the adapters' product is scaled by alpha / rank. none: alpha = rank (scale 1)."""
     augment_p: Float = Field(0.0, ge=0, lt=1)
     """Probability p of EDM's augmentation pipeline on the online step's generated images: the augmented image is
     the denoising target and its 9 augment labels go to the online model. Only for networks with augment_dim 9
@@ -239,6 +257,14 @@ class TrainingSpec(Strict):
     """Under torchrun: how long a process may give no sign of life (killed, hung, stopped) while the others wait for
     it in a collective; then rank 0 names it, saves the last finished iteration and stops (exit code 1). Processes
     that are alive but busy (rank 0 writing a snapshot) are waited for. May change on resume."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """fsdp: under torchrun, shard the generator, the online model and the EMA (parameters, gradients, Adam states)
+    and the frozen teacher (parameters) over the processes with torch's FSDP2, block by block; states are written as
+    sharded checkpoints (state-<kimg>.dcp/) that resume with any number of processes. The same losses as none, up
+    to rounding; one process has nothing to shard over and runs unsharded. May change on resume."""
+    offload_teacher: bool = False
+    """With sharding fsdp on CUDA: keep the frozen teacher's shards in CPU memory and copy each block's to the GPU
+    when it runs (FSDP's CPU offload policy): less GPU memory, more time. May change on resume."""
     dropout: Float | None = Field(None, ge=0, lt=1)
     """Dropout of the generator and the online model, copies of an EDM teacher's network (as SiD's --dropout builds
     them); recorded in their architecture. none: the teacher's own (what its file records). Mixture teachers' MLPs
@@ -371,6 +397,9 @@ RESUMABLE_CHANGES = (
     "training.channels_last",
     "training.compile",
     "training.activation_checkpointing",
+    "training.sharding",
+    "training.offload_teacher",
+    "generator.lora_snapshots",
     # The optimisers' settings: applied to the restored optimisers and logged as a 'spec_change' record (for
     # example a lower learning rate after a run stopped on non-finite losses).
     *(f"{net}.optimizer.{key}" for net in ("generator", "online") for key in ("lr", "beta1", "beta2", "eps")),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from simcli.distill.sharding import local
+from simcli.nets.lora import trainable_parameters
+
 
 def ema_beta(batch_size: int, cur_nimg: int, halflife_kimg: float, rampup_ratio: float | None = 0.05) -> float:
     """beta = 0.5^(batch / halflife), halflife = min(halflife_kimg*1000, rampup_ratio*cur_nimg) (EDM train loop).
@@ -24,10 +27,12 @@ def ema_beta(batch_size: int, cur_nimg: int, halflife_kimg: float, rampup_ratio:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
-    """ema <- beta * ema + (1 - beta) * net for every parameter; buffers are copied."""
-    ema_params, net_params = list(ema.parameters()), list(net.parameters())
+    """ema <- beta * ema + (1 - beta) * net for every trained parameter (a LoRA network's adapters: its base is
+    shared and frozen); buffers are copied."""
+    ema_params, net_params = trainable_parameters(ema), trainable_parameters(net)
     if len(ema_params) != len(net_params):
         raise ValueError(f"EMA has {len(ema_params)} parameters, the network {len(net_params)}")
-    torch._foreach_lerp_(ema_params, [p.detach() for p in net_params], 1.0 - beta)  # one fused pass
+    # One fused pass; sharded networks (simcli.distill.sharding) are sharded alike, so shard by shard.
+    torch._foreach_lerp_([local(p) for p in ema_params], [local(p.detach()) for p in net_params], 1.0 - beta)
     for b_ema, b_net in zip(ema.buffers(), net.buffers(), strict=True):
         b_ema.copy_(b_net)

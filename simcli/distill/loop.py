@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,23 +33,35 @@ from simcli.distill.events import (
     Status,
     ignore_event,
 )
-from simcli.distill.outputs import Grids, ImageGrids, generator_meta, run_summary, save_best_generator, write_snapshot
+from simcli.distill.outputs import (
+    Grids,
+    ImageGrids,
+    generator_meta,
+    generator_tensors,
+    run_summary,
+    save_best_generator,
+    write_snapshot,
+)
 from simcli.distill.precision import LossScaler, Precision
 from simcli.distill.recovery import kept_after_stop, roll_back_streak
 from simcli.distill.reports import Clock, Durations, due_reports, status_record
 from simcli.distill.resume import resume
 from simcli.distill.setup import build_networks, check_network_settings, choose_state, speed_up_networks
-from simcli.distill.state import state_dict
+from simcli.distill.sharded_state import save_sharded_state
+from simcli.distill.sharding import ONE_PROCESS_NOTE, check_sharding, gathered, shard_networks
+from simcli.distill.state import state_dict, state_header
 from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, LastFinished, StopRequest
 from simcli.distill.streams import IterationStreams, online_phase
 from simcli.distill.teacher_probe import check_teacher_finite
 from simcli.distill.text_setup import RunPrompts, read_run_prompts
 from simcli.errors import RunFailed, Stopped
+from simcli.nets.lora import trainable_parameters
 from simcli.peers import PeerFailed, PeerLost
 from simcli.rundir.layout import generator_path, state_path
 from simcli.rundir.lock import RunDirLock
 from simcli.rundir.metrics import append_record
+from simcli.rundir.snapshots import save_state
 from simcli.teachers.registry import Teacher, at_resolution, load_teacher
 from simcli.world import World
 
@@ -92,6 +105,7 @@ class Distillation:
         # Rank 0 loads (and downloads) it before the others, which then find it in the cache.
         teacher = at_resolution(self._teacher(), spec.text.resolution)
         check_network_settings(spec, teacher)  # settings the teacher's network cannot take (dropout, checkpointing)
+        self.sharded = check_sharding(spec, self.world, self.device)  # FSDP over the processes (fsdp, several of them)
         check_teacher_finite(spec, teacher, self.device)  # NaN/Inf teacher outputs: every iteration would be non-finite
         # Text-to-image: the prompt file, and the prompts' embeddings (a store built once in the cache, or a text
         # encoder loaded), also before the run directory is touched: a missing or malformed prompt file or a text
@@ -122,6 +136,11 @@ class Distillation:
         loaded, warnings = choose_state(self.run_dir, spec, restart, world, self.device)
         # Rank 0 fits an analytic teacher's network (and caches it) before the others, which then load the cache.
         self.nets = world.main_first(lambda: build_networks(spec, teacher, self.run_dir, self.device, self.on_event, self.stop))
+        if self.sharded:  # before the optimisers, which then hold the shards
+            shard_networks(self.nets.teacher, [self.nets.generator, self.nets.online, self.nets.ema], tr.precision,
+                           offload_teacher=tr.offload_teacher)
+        elif tr.sharding == "fsdp":
+            warnings.append(ONE_PROCESS_NOTE)
         self.opts = {
             "generator": self._adam(self.nets.generator, spec.generator.optimizer),
             "online": self._adam(self.nets.online, spec.online.optimizer),
@@ -145,9 +164,10 @@ class Distillation:
                         for name in ("generator", "online")}
         # Rank 0 of several processes keeps what an iteration changes before its last collective, so that a collective
         # given up half-way (simcli.world.PeerLost) saves the last finished iteration (simcli.distill.stop.LastFinished).
+        # A sharded run cannot save without the lost process's shards: it keeps its last state.
         first = ["generator", "online"] if spec.online.sample_source == "generator-step" else ["online"]
         self.last_finished = (LastFinished([(getattr(self.nets, n), self.opts[n], self.scalers[n]) for n in first])
-                              if world.distributed and world.is_main else None)
+                              if world.distributed and world.is_main and not self.sharded else None)
         speed_up_networks(self.nets, channels_last=tr.channels_last, compile=tr.compile)
         self.grids = self._grids() if world.is_main else None
         if spec.online.sample_source == "generator-step":
@@ -179,7 +199,7 @@ class Distillation:
 
     @staticmethod
     def _adam(net: nn.Module, opt) -> torch.optim.Adam:
-        return torch.optim.Adam(net.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        return torch.optim.Adam(trainable_parameters(net), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
 
     @property
     def images_seen(self) -> int:
@@ -245,7 +265,7 @@ class Distillation:
             what, how = kept_after_stop(self.run_dir, self.spec.training.batch_size, bool(p.nonfinite_consecutive))
             raise exc.explained(f", during iteration {p.step + 1} of {total}; {what}; {how}")
         unfinished = self.last_finished is not None and self.last_finished.restore(p.step)
-        saved = None if p.nonfinite_consecutive else self.snapshot()
+        saved = None if p.nonfinite_consecutive or self.sharded else self.snapshot()
         if exc.stopped:
             self._stopped(saved, f" ({exc.message})")
         where = f"during iteration {p.step + 1}" if unfinished else f"after iteration {p.step}"
@@ -380,16 +400,18 @@ class Distillation:
     def evaluate(self) -> None:
         """Score the EMA generator (every process takes a share of the samples), log an 'eval' record and keep the
         best generator so far (rank 0)."""
-        values = dict(self.evaluator(self.nets.ema, self.images_seen))
+        with gathered(self.nets.ema, self.world):  # sharded: each process generates its share without collectives
+            values = dict(self.evaluator(self.nets.ema, self.images_seen))
         score = values.pop("score", values.get("fid"))  # lower is better: FID, or MMD^2 for mixtures
         record = {"kind": "eval", "step": self.progress.step, "images_seen": self.images_seen,
                   "kimg": self.images_seen / 1000, **values}
         record["best"] = score is not None and (self.progress.best_score is None or score < self.progress.best_score)
         if record["best"]:
             self.progress.best_score = score
+            ema_state = generator_tensors(self.nets.ema, self.spec)  # sharded: gathered on rank 0 (all take part)
             if self.world.is_main:
-                save_best_generator(self.run_dir, self.nets.ema, {**self._generator_meta(), "score": score,
-                                                                 **{k: v for k, v in values.items() if k != "n"}})
+                save_best_generator(self.run_dir, ema_state, {**self._generator_meta(), "score": score,
+                                                              **{k: v for k, v in values.items() if k != "n"}})
         if self.world.is_main:
             append_record(self.run_dir, record)
         self.on_event(Evaluated(record))
@@ -398,22 +420,42 @@ class Distillation:
         return generator_meta(self.spec, self.nets.architecture, self.progress.step, self.images_seen)
 
     def snapshot(self) -> Path:
-        """Write the EMA generator and a resumable state (rank 0), keeping the newest states only; returns the state's
-        path (where rank 0 writes it)."""
-        self.progress.elapsed_s = self.clock.elapsed()
-        self.progress.loss_scalers = {k: dataclasses.asdict(s) for k, s in self.scalers.items()}
-        if not self.world.is_main:
+        """Write a resumable state and the EMA generator (rank 0; every process writes its shard of a sharded state),
+        keeping the newest states only; returns the state's path (where rank 0 writes it)."""
+        p, spec, nets = self.progress, self.spec, self.nets
+        p.elapsed_s = self.clock.elapsed()
+        p.loss_scalers = {k: dataclasses.asdict(s) for k, s in self.scalers.items()}
+        if not self.sharded and not self.world.is_main:
             return state_path(self.run_dir, self.images_seen)
-        gen_file, state_file = write_snapshot(self.run_dir, self.spec, self.images_seen, self._generator_meta(),
-                                              state_dict(self.spec, self.nets, self.opts, self.progress), self.nets.ema)
+        ema_state = generator_tensors(nets.ema, spec)  # sharded: gathered on rank 0
+
+        def write_state() -> Path:
+            if self.sharded:
+                return save_sharded_state(self.run_dir, self.images_seen, state_header(spec, nets, p), nets, self.opts,
+                                          self.world)
+            return save_state(self.run_dir, self.images_seen, state_dict(spec, nets, self.opts, p))
+
+        if not self.world.is_main:
+            state_file = write_state()
+        else:
+            gen_file, state_file = write_snapshot(self.run_dir, spec, self.images_seen, self._generator_meta(), write_state,
+                                                  ema_state)
         self.write_grids()  # after the state: a grid that fails (a VAE out of memory) loses no checkpoint
-        self.on_event(SnapshotSaved(gen_file, state_file, self.images_seen))
+        if self.world.is_main:
+            self.on_event(SnapshotSaved(gen_file, state_file, self.images_seen))
         return state_file
 
     def write_grids(self) -> None:
-        """Rank 0's grids of the EMA generator (and, once per run, of the teacher's sampler)."""
-        if self.grids is not None:
-            self.grids.write(self.nets.ema, self.images_seen)
+        """Rank 0's grids of the EMA generator (and, once per run, of the teacher's sampler); a sharded run gathers
+        the networks rank 0 draws with on every process first."""
+        if not self.sharded:
+            if self.grids is not None:
+                self.grids.write(self.nets.ema, self.images_seen)
+            return
+        with_teacher = self.world.broadcast(self.grids is not None and self.grids.needs_teacher())
+        with gathered(self.nets.ema, self.world), gathered(self.nets.teacher, self.world) if with_teacher else nullcontext():
+            if self.grids is not None:
+                self.grids.write(self.nets.ema, self.images_seen)
 
     def summary(self) -> dict[str, Any]:
         return {**run_summary(self.run_dir, self.spec), "steps": self.progress.step, "images_seen": self.images_seen,

@@ -3,6 +3,7 @@ best generator, and the run's summary."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -11,7 +12,9 @@ from torch import nn
 
 from simcli.config.spec import RunSpec
 from simcli.distill.events import EventHandler, GridSaved
+from simcli.distill.sharding import full_state_dict
 from simcli.nets.denoiser import Denoiser
+from simcli.nets.lora import is_lora, lora_record, lora_state_dict, merged_state_dict
 from simcli.rundir.layout import (
     BEST_GENERATOR_FILE,
     TEACHER_GRID_FILE,
@@ -20,7 +23,7 @@ from simcli.rundir.layout import (
     list_generators,
     list_grids,
 )
-from simcli.rundir.snapshots import prune_generators, prune_states, save_generator, save_state
+from simcli.rundir.snapshots import prune_generators, prune_states, save_generator
 from simcli.sampling.grids import grid_images
 from simcli.sampling.heun import heun_num_evals
 from simcli.sampling.images import save_grid
@@ -31,14 +34,31 @@ GRID_SEED = 0
 
 def generator_meta(spec: RunSpec, architecture: dict[str, Any], step: int, images_seen: int) -> dict[str, Any]:
     """The metadata every generator file carries: what `simcli sample` and `simcli eval` need to use it."""
-    return {"spec": spec.model_dump(mode="json"), "architecture": architecture, "sigma_init": spec.generator.sigma_init,
+    meta = {"spec": spec.model_dump(mode="json"), "architecture": architecture, "sigma_init": spec.generator.sigma_init,
             "step": step, "images_seen": images_seen}
+    g = spec.generator
+    if g.lora_rank is not None and g.lora_snapshots == "adapters":  # the adapters alone: the teacher gives the rest
+        meta.update(lora_record(g.lora_rank, g.lora_alpha))
+    return meta
+
+
+def generator_tensors(ema: nn.Module, spec: RunSpec) -> dict[str, torch.Tensor]:
+    """What a generator snapshot holds of the EMA generator: its state dict (whole: a sharded one is gathered on
+    rank 0, and every process must call this), or a LoRA generator's adapters or merged weights
+    (generator.lora_snapshots)."""
+    if is_lora(ema):
+        return merged_state_dict(ema) if spec.generator.lora_snapshots == "merged" else lora_state_dict(ema)
+    return full_state_dict(ema)
 
 
 class Grids(Protocol):
     """What rank 0 draws at every snapshot: write(EMA generator, images seen)."""
 
     def write(self, ema: nn.Module, images_seen: int) -> None: ...
+
+    def needs_teacher(self) -> bool:
+        """Whether the next write draws with the teacher too (a sharded run gathers it first)."""
+        ...
 
 
 class ImageGrids:
@@ -49,6 +69,9 @@ class ImageGrids:
                  on_event: EventHandler):
         self.run_dir, self.teacher, self.sigma_init, self.device, self.on_event = run_dir, teacher, sigma_init, device, on_event
         self.n = n if len(teacher.sample_shape) == 3 else 0
+
+    def needs_teacher(self) -> bool:
+        return self.n > 0 and not (self.run_dir / TEACHER_GRID_FILE).exists()
 
     def write(self, ema: nn.Module, images_seen: int) -> None:
         if self.n == 0:
@@ -66,22 +89,24 @@ class ImageGrids:
 
 
 def write_snapshot(
-    run_dir: Path, spec: RunSpec, images_seen: int, meta: dict[str, Any], state: dict[str, Any], ema: nn.Module,
+    run_dir: Path, spec: RunSpec, images_seen: int, meta: dict[str, Any], write_state: Callable[[], Path],
+    ema_state: dict[str, torch.Tensor],
 ) -> tuple[Path, Path]:
-    """The EMA generator (generator-<kimg>.safetensors) and the resumable state (state-<kimg>.pt), then the oldest
-    states and generators beyond logging.keep_* removed; returns both paths."""
+    """The resumable state (write_state(): state-<kimg>.pt, or a sharded state's folder), the EMA generator
+    (generator-<kimg>.safetensors; a resume rewrites it from the state if it is missing), then the oldest states and
+    generators beyond logging.keep_* removed; returns (generator, state) paths."""
+    state_path = write_state()
     gen_path = generator_path(run_dir, images_seen)
-    save_generator(gen_path, ema.state_dict(), meta)
-    state_path = save_state(run_dir, images_seen, state)
+    save_generator(gen_path, ema_state, meta)
     prune_states(run_dir, spec.logging.keep_states)
     prune_generators(run_dir, spec.logging.keep_generators)
     return gen_path, state_path
 
 
-def save_best_generator(run_dir: Path, ema: nn.Module, meta: dict[str, Any]) -> Path:
+def save_best_generator(run_dir: Path, ema_state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """generator-best.safetensors: the EMA generator with the best evaluation so far (its score in the metadata)."""
     path = run_dir / BEST_GENERATOR_FILE
-    save_generator(path, ema.state_dict(), meta)
+    save_generator(path, ema_state, meta)
     return path
 
 

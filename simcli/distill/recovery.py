@@ -12,6 +12,7 @@ from simcli.rundir.layout import (
     generator_path,
     list_states,
     newest_state,
+    remove_state,
     state_step,
 )
 from simcli.rundir.snapshots import load_generator_file, save_generator
@@ -23,7 +24,7 @@ def roll_back_streak(run_dir: Path, good_step: int, batch_size: int) -> str:
     removed = [s for s in list_states(run_dir) if state_step(s, batch_size) > good_step]
     for state in removed:
         generator_of_state(state).unlink(missing_ok=True)
-        state.unlink()
+        remove_state(state)
     left = newest_state(run_dir, batch_size)
     kept = (f"the last state before the streak, {left[0].name} (iteration {left[1]}), is kept"
             if left else f"no state from before the streak is left in {run_dir}")

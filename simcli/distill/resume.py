@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from simcli.config.spec import RunSpec
-from simcli.distill.outputs import generator_meta
+from simcli.distill.outputs import generator_meta, generator_tensors
 from simcli.distill.recovery import repair_generator
 from simcli.distill.setup import LoadedState, Networks
 from simcli.distill.state import Progress, restore
@@ -63,9 +63,10 @@ def resume(
     progress = restore(loaded[0], nets, opts) if loaded is not None else Progress()
     images_seen = progress.step * spec.training.batch_size
     warnings: list[str] = []
+    ema_state = generator_tensors(nets.ema, spec) if loaded is not None else {}  # sharded: gathered on rank 0
     if world.is_main and loaded is not None:
         meta = generator_meta(spec, nets.architecture, progress.step, images_seen)
-        repaired = repair_generator(run_dir, images_seen, nets.ema.state_dict(), meta, loaded[1])
+        repaired = repair_generator(run_dir, images_seen, ema_state, meta, loaded[1])
         warnings += [repaired] if repaired else []
     if world.is_main:
         dropped = truncate_after(run_dir, progress.step).describe(progress.step)

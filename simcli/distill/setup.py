@@ -35,6 +35,9 @@ from simcli.rundir.snapshots import load_latest_state, load_state_file, move_asi
 from simcli.teachers.registry import Teacher
 from simcli.world import World
 
+LORA_PHASE = 7
+"""The stream phase the LoRA adapters' initial values are drawn from (simcli.distill.streams), at iteration 0."""
+
 LoadedState = tuple[dict[str, Any], Path, list[str]]
 """(state, its path, warnings about unreadable newer states), as simcli.rundir.snapshots.load_latest_state gives it."""
 
@@ -167,6 +170,9 @@ def check_network_settings(spec: RunSpec, teacher: Teacher) -> None:
     if spec.training.activation_checkpointing and (fitted or not teacher.denoiser.supports_activation_checkpointing):
         raise UsageError(f"training.activation_checkpointing needs an EDM or diffusers network, not {what}",
                          hint="unset it")
+    if fitted and (spec.generator.lora_rank is not None or spec.online.lora_rank is not None):
+        raise UsageError(f"LoRA adapts a teacher's network, and {what} is small enough to train whole",
+                         hint="drop --lora-rank (generator.lora_rank, online.lora_rank)")
     conditioning = teacher.denoiser.conditioning
     if conditioning.takes_text and conditioning.guidance == "none" and spec.text.guidance_scale != 1.0:
         raise UsageError(f"teacher '{teacher.display_name}' takes no guidance (a timestep-distilled FLUX), but "
@@ -186,17 +192,20 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
     """
     teacher = loaded.denoiser.to(device)
     if loaded.architecture is None:
-        base, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event, stop)
+        source, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event, stop)
     else:
-        base, architecture = copy.deepcopy(teacher), loaded.architecture
+        source, architecture = teacher, loaded.architecture
         if spec.training.dropout is not None:  # the teacher too, for shared-mask score dropout (it runs in train mode)
-            for net in (teacher, base):
-                net.set_dropout(spec.training.dropout)
+            teacher.set_dropout(spec.training.dropout)
             architecture = with_dropout(architecture, spec.training.dropout)
     teacher.eval().requires_grad_(False)
-    online = copy.deepcopy(base).requires_grad_(False)
-    ema = copy.deepcopy(base).requires_grad_(False)
-    generator = base.requires_grad_(True)  # the copy itself: no fourth copy alive during the set-up
+    if spec.generator.lora_rank is not None or spec.online.lora_rank is not None:
+        generator, online, ema = _lora_copies(source, spec, device)
+    else:
+        base = copy.deepcopy(source) if source is teacher else source  # a fitted MLP is the base itself
+        online = copy.deepcopy(base).requires_grad_(False)
+        ema = copy.deepcopy(base).requires_grad_(False)
+        generator = base.requires_grad_(True)  # the copy itself: no fourth copy alive during the set-up
     if teacher.conditioning.guidance != "none":  # the teacher guided, the copies on the condition alone
         teacher.set_guidance_scale(spec.text.guidance_scale)
         for net in (generator, online, ema):
@@ -205,6 +214,26 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
         for net in (teacher, generator, online):
             net.set_activation_checkpointing(True)
     return Networks(teacher, generator, online, ema, architecture)
+
+
+def _lora_copies(source: Denoiser, spec: RunSpec, device: torch.device) -> tuple[Denoiser, ...]:
+    """(generator, online model, EMA) when generator.lora_rank or online.lora_rank is set: a network with LoRA is a
+    copy of the source's module tree (the teacher's network, or the MLP fitted to an analytic teacher) sharing its
+    frozen tensors (simcli.nets.lora.shared_copy) with its own adapters (the EMA: of the generator's), seeded from the
+    run's seed so that every process builds the same ones; a network without LoRA is a whole copy, as without LoRA."""
+    from simcli.distill.streams import stream_seed
+    from simcli.nets.lora import add_lora, set_trainable, shared_copy
+
+    def copy_of(index: int, rank: int | None, alpha: float | None) -> Denoiser:
+        if rank is None:
+            return copy.deepcopy(source).requires_grad_(False)
+        seeded = torch.Generator(device=device).manual_seed(stream_seed(spec.seed, 0, LORA_PHASE, index))
+        return set_trainable(add_lora(shared_copy(source), rank, alpha, seeded), False)
+
+    generator = copy_of(0, spec.generator.lora_rank, spec.generator.lora_alpha)
+    online = copy_of(1, spec.online.lora_rank, spec.online.lora_alpha)
+    ema = shared_copy(generator) if spec.generator.lora_rank is not None else copy.deepcopy(generator)
+    return set_trainable(generator, True), online, set_trainable(ema, False)
 
 
 def speed_up_networks(nets: Networks, channels_last: bool, compile: bool) -> None:

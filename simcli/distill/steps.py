@@ -32,8 +32,10 @@ from simcli.distill.distances import default_pseudo_huber_c, make_distance
 from simcli.distill.losses import di_generator_loss, edm_weight, online_dsm_loss, sid_generator_loss, sim_generator_loss
 from simcli.distill.noise import sample_karras_uniform_sigma, sample_lognormal_sigma
 from simcli.distill.precision import LossScaler
+from simcli.distill.sharding import is_dtensor, local
 from simcli.distill.streams import GENERATOR_PHASE, IterationStreams
 from simcli.nets.denoiser import generate
+from simcli.nets.lora import set_trainable, trainable_parameters
 from simcli.world import World
 
 GeneratorLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,12 +71,17 @@ def make_generator_loss(loss: LossSpec, weighting: str, sample_dim: int, sigma_d
     return sim_loss
 
 
-def grads_are_finite(params: list[nn.Parameter]) -> bool:
+def grads_are_finite(params: list[nn.Parameter], world: World | None = None) -> bool:
     """True when every gradient present is finite: the sum of every gradient's sum is (a NaN or an infinity
     anywhere makes it so; one pass over the gradients without temporaries, and one device sync). Finite gradients
-    whose sum overflows float32 (beyond 3e38) count as non-finite too, as they should."""
-    sums = [p.grad.sum() for p in params if p.grad is not None]
-    return bool(torch.isfinite(torch.stack(sums).sum())) if sums else True
+    whose sum overflows float32 (beyond 3e38) count as non-finite too, as they should. Sharded gradients
+    (simcli.distill.sharding) are checked shard by shard and the verdict summed over the processes (`world`)."""
+    sums = [local(p.grad).sum() for p in params if p.grad is not None]
+    total = torch.stack(sums).sum() if sums else torch.zeros(())
+    if world is not None and any(is_dtensor(p.grad) for p in params if p.grad is not None):
+        (summed,) = world.sum_floats([float(total)], total.device)
+        return math.isfinite(summed)
+    return bool(torch.isfinite(total))
 
 
 @dataclass(frozen=True)
@@ -145,11 +152,13 @@ def finish_update(
     scaler skip an overflow); returns (the update's loss, whether the iteration counts as finite). The loss is
     read from the device once here, not once per micro-batch."""
     grads = [p.grad for p in params if p.grad is not None]
-    world.all_reduce_sum_(grads)
+    if not any(is_dtensor(g) for g in grads):  # sharded gradients were summed by FSDP's reduce-scatter
+        world.all_reduce_sum_(grads)
+    grads = [local(g) for g in grads]
     (loss,) = world.sum_floats([float(loss)], grads[0].device if grads else torch.device("cpu"))
     loss_finite = math.isfinite(loss)
     scaler.unscale_(grads)
-    apply, finite = scaler.update(loss_finite, loss_finite and grads_are_finite(params))
+    apply, finite = scaler.update(loss_finite, loss_finite and grads_are_finite(params, world))
     if apply:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -177,7 +186,7 @@ def online_update(
     """
     scaler = scaler if scaler is not None else LossScaler()
     generator.eval()
-    online.train().requires_grad_(True)
+    set_trainable(online.train(), True)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for k, index in enumerate(ctx.plan.mine):
@@ -194,8 +203,8 @@ def online_update(
         loss = loss / ctx.plan.micro_batches
         (loss * scaler.factor).backward()
         total = total + loss.detach()
-    loss, finite = finish_update(optimizer, list(online.parameters()), total, ctx.world, scaler)
-    online.eval().requires_grad_(False)
+    loss, finite = finish_update(optimizer, trainable_parameters(online), total, ctx.world, scaler)
+    set_trainable(online.eval(), False)
     return loss, finite
 
 
@@ -250,9 +259,9 @@ def generator_update(
     """
     scaler = scaler if scaler is not None else LossScaler()
     shared_mask = score_dropout == "shared-mask"
-    online.train(shared_mask).requires_grad_(False)
+    set_trainable(online.train(shared_mask), False)
     teacher.train(shared_mask).requires_grad_(False)
-    generator.train().requires_grad_(True)
+    set_trainable(generator.train(), True)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for index in ctx.plan.mine:
@@ -267,7 +276,7 @@ def generator_update(
         loss = loss_fn(b.x0, online_out.float(), teacher_out.float(), b.sigma).mean() / ctx.plan.micro_batches
         (loss * scaler.factor).backward()
         total = total + loss.detach()
-    loss, finite = finish_update(optimizer, list(generator.parameters()), total, ctx.world, scaler)
+    loss, finite = finish_update(optimizer, trainable_parameters(generator), total, ctx.world, scaler)
     generator.eval()
     online.eval()
     teacher.eval()

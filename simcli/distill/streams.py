@@ -36,3 +36,13 @@ class IterationStreams:
         every other draw of the micro-batch takes its numbers from."""
         torch.manual_seed(stream_seed(self.seed, self.step, phase, micro_batch, 1))
         return torch.Generator(device=self.device).manual_seed(stream_seed(self.seed, self.step, phase, micro_batch, 0))
+
+    def real_data(self, phase: int, micro_batch: int) -> torch.Generator:
+        """A CPU generator for the real images a micro-batch draws (simcli.data.real_data): a stream apart from its
+        other draws, so that adding real images leaves the latents and noise as they were, and the images drawn do not
+        depend on the device."""
+        return torch.Generator().manual_seed(stream_seed(self.seed, self.step, phase, micro_batch, REAL_STREAM))
+
+
+REAL_STREAM = 2
+"""The key of a micro-batch's real-data stream (0: its draws, 1: the dropout reseed): IterationStreams.real_data."""

@@ -208,6 +208,9 @@ class TextGrid:
         self.sigma_init, self.device, self.on_event = sigma_init, device, on_event
         self.decode = None
 
+    def needs_teacher(self) -> bool:
+        return False  # the teacher draws no grid in text-to-image runs
+
     def write(self, ema: nn.Module, images_seen: int) -> None:
         if self.n == 0:
             return

@@ -129,10 +129,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def remove_stale_temp_files(directory: Path) -> list[Path]:
-    """Delete temporary files left by writes that were killed; returns what was removed."""
-    stale = [p for p in Path(directory).glob(".*.tmp-*") if p.is_file()]
+    """Delete temporary files, and sharded states' temporary folders (.state-<kimg>.dcp.tmp-PID), left by writes that
+    were killed; returns what was removed. Other folders are never removed."""
+    import shutil
+
+    stale = [p for p in Path(directory).glob(".*.tmp-*") if p.is_file() or (p.is_dir() and p.name.startswith(".state-")
+                                                                               and ".dcp.tmp-" in p.name)]
     for p in stale:
-        p.unlink()
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
     return stale
 
 

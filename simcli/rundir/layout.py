@@ -3,6 +3,8 @@
     config.json                     the resolved run spec (written before iteration 0)
     metrics.jsonl                   one JSON record per line (status, eval, spec_change)
     state-<kimg>.pt                 a resumable state, named by images seen
+    state-<kimg>.dcp/               a sharded one (training.sharding fsdp): each process's shard, torch's
+                                    distributed-checkpoint files, and header.pt with the counters and spec
     generator-<kimg>.safetensors    the EMA generator of that state (what `sample` and `eval` read)
     generator-best.safetensors      the EMA generator with the best in-training evaluation so far
     grid-<kimg>.png                 the EMA generator's sample grid at that snapshot
@@ -10,7 +12,8 @@
     teacher-fit.safetensors         the network fitted to an analytic teacher (reused by a resume)
     .simcli.lock                    the lock of the process that runs in the directory
     .simcli-write-probe             made and removed at once, to check the directory is writable
-    .NAME.tmp-PID                   a file being written, renamed to NAME when complete (simcli.rundir.atomic)
+    .NAME.tmp-PID                   a file (or a sharded state's folder) being written, renamed to NAME when complete
+                                    (simcli.rundir.atomic)
     discarded-<time>/               what --restart moved aside
 
 <kimg> is thousands of images seen with three decimals, zero-padded so that names sort by images seen.
@@ -31,7 +34,8 @@ WRITE_PROBE_FILE = ".simcli-write-probe"
 DISCARDED_PREFIX = "discarded-"
 
 _TAG = r"(\d+\.\d{3})"
-STATE_RE = re.compile(rf"^state-{_TAG}\.pt$")
+STATE_RE = re.compile(rf"^state-{_TAG}\.(pt|dcp)$")
+SHARDED_STATE_SUFFIX = ".dcp"
 GENERATOR_RE = re.compile(rf"^generator-{_TAG}\.safetensors$")
 GRID_RE = re.compile(rf"^grid-{_TAG}\.png$")
 
@@ -43,6 +47,24 @@ def kimg_tag(images_seen: int) -> str:
 
 def state_path(run_dir: Path, images_seen: int) -> Path:
     return Path(run_dir) / f"state-{kimg_tag(images_seen)}.pt"
+
+
+def sharded_state_path(run_dir: Path, images_seen: int) -> Path:
+    return Path(run_dir) / f"state-{kimg_tag(images_seen)}{SHARDED_STATE_SUFFIX}"
+
+
+def is_sharded_state(path: Path) -> bool:
+    return Path(path).suffix == SHARDED_STATE_SUFFIX
+
+
+def remove_state(path: Path) -> None:
+    """Delete a state file, or a sharded state's folder."""
+    import shutil
+
+    if Path(path).is_dir():
+        shutil.rmtree(path)
+    else:
+        Path(path).unlink()
 
 
 def generator_path(run_dir: Path, images_seen: int) -> Path:
@@ -84,7 +106,7 @@ def _listed(run_dir: Path, pattern: re.Pattern[str]) -> list[Path]:
 
 
 def list_states(run_dir: Path) -> list[Path]:
-    """State files, oldest first."""
+    """State files and sharded states' folders, oldest first."""
     return _listed(Path(run_dir), STATE_RE)
 
 

@@ -18,8 +18,22 @@ import torch
 
 from simcli.errors import RunFailed, UsageError, WriteFailed
 from simcli.rundir.atomic import atomic_write
-from simcli.rundir.layout import DISCARDED_PREFIX, list_generators, list_states, state_path
+from simcli.rundir.layout import (
+    DISCARDED_PREFIX,
+    is_sharded_state,
+    list_generators,
+    list_states,
+    remove_state,
+    state_path,
+)
 from simcli.rundir.network_file import GENERATOR_FORMAT, load_network_file, save_network_file
+
+SHARDED_HEADER_FILE = "header.pt"
+"""In a sharded state's folder: the counters, spec and architecture (what a state file holds besides tensors)."""
+DCP_METADATA_FILE = ".metadata"
+"""Written by torch.distributed.checkpoint once every process's shard is written: a folder without it is incomplete."""
+SHARDED_STATE_KEY = "sharded_state"
+"""In a loaded sharded state's dict: the folder its tensors are read from (simcli.distill.sharded_state)."""
 
 
 def save_state(run_dir: Path, images_seen: int, state: dict[str, Any]) -> Path:
@@ -34,10 +48,21 @@ def save_state(run_dir: Path, images_seen: int, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_state_file(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A state file's contents (tensors and plain data only: weights_only)."""
-    try:
+def read_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A state file's contents (tensors and plain data only: weights_only); for a sharded state's folder, its header
+    with the folder under SHARDED_STATE_KEY (the tensors are read into the networks when they are restored)."""
+    if not is_sharded_state(path):
         return torch.load(path, map_location=map_location, weights_only=True)
+    if not (path / DCP_METADATA_FILE).is_file():
+        raise FileNotFoundError(f"{path.name} has no {DCP_METADATA_FILE}: its shards were not all written")
+    header = torch.load(path / SHARDED_HEADER_FILE, map_location="cpu", weights_only=True)
+    return {**header, SHARDED_STATE_KEY: str(path)}
+
+
+def load_state_file(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A state's contents (read_state), or one line when it cannot be read."""
+    try:
+        return read_state(path, map_location)
     except Exception as exc:  # corrupt, truncated or not a state: one line
         raise RunFailed(f"cannot read state file {path} ({type(exc).__name__})",
                         hint="the run directory must be on a filesystem every process of the run can read") from None
@@ -48,7 +73,7 @@ def load_latest_state(run_dir: Path, map_location: str | torch.device = "cpu") -
     warnings = []
     for path in reversed(list_states(run_dir)):
         try:
-            return torch.load(path, map_location=map_location, weights_only=True), path, warnings
+            return read_state(path, map_location), path, warnings
         except Exception as exc:  # a corrupt file: fall back to the previous one
             warnings.append(f"skipped unreadable {path.name} ({type(exc).__name__})")
     return None
@@ -73,7 +98,7 @@ def move_aside(run_dir: Path, paths: list[Path]) -> Path:
 def prune_states(run_dir: Path, keep: int) -> None:
     """Keep the newest `keep` state files."""
     for path in list_states(run_dir)[:-keep]:
-        path.unlink()
+        remove_state(path)
 
 
 def save_generator(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:

@@ -23,8 +23,43 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tupl
     tensors, meta, file = read_generator(path)
     if "architecture" not in meta or "sigma_init" not in meta:
         raise UsageError(f"{file} lacks the architecture or sigma_init record", hint="is it a teacher-fit file?")
-    net = network_with_weights(meta["architecture"], tensors, str(file), dtypes=True, dtype_hint=NATIVE_DTYPE_HINT)
+    if "lora" in meta:
+        net = lora_generator(meta, tensors, file)
+    else:
+        net = network_with_weights(meta["architecture"], tensors, str(file), dtypes=True, dtype_hint=NATIVE_DTYPE_HINT)
     return net.to(device).eval().requires_grad_(False), meta, file
+
+
+def lora_generator(meta: dict[str, Any], tensors: dict[str, torch.Tensor], file: Path) -> Denoiser:
+    """A generator snapshot that holds LoRA adapters (generator.lora_snapshots adapters): the teacher its run
+    distilled (loaded, or downloaded, by the name its spec records) with the adapters added. Refused in one line when
+    the teacher's network is not the one the adapters were trained on, or the adapters do not fit it."""
+    from simcli.nets.lora import add_lora, load_lora_state_dict, lora_settings
+    from simcli.nets.registry import with_dropout
+    from simcli.teachers.registry import at_resolution, load_teacher
+
+    rank, alpha = lora_settings(meta)
+    spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
+    name = spec.get("teacher")
+    if not isinstance(name, str):
+        raise UsageError(f"{file} holds LoRA adapters but records no teacher to add them to",
+                         hint="is it a simcli generator snapshot?")
+    teacher = at_resolution(load_teacher(name), (spec.get("text") or {}).get("resolution"))
+    dropout = (spec.get("training") or {}).get("dropout")
+    expected = teacher.architecture if dropout is None or teacher.architecture is None else with_dropout(teacher.architecture, dropout)
+    if expected != meta["architecture"]:
+        raise UsageError(f"{file} holds LoRA adapters for another network than teacher '{name}' has now",
+                         hint="give the teacher the run distilled, or sample a snapshot with merged weights "
+                              "(--set generator.lora_snapshots=merged)")
+    net = teacher.denoiser
+    if net.conditioning.guidance != "none":  # the generator runs on the condition alone, as in training
+        net.set_guidance_scale(1.0)
+    try:
+        add_lora(net, rank, alpha)
+        load_lora_state_dict(net, tensors)
+    except ValueError as exc:
+        raise UsageError(f"{file}: {exc}", hint="is it a snapshot of this teacher's run?") from None
+    return net
 
 
 def generator_choice(given: str | Path, file: Path) -> dict[str, Any]:

@@ -82,9 +82,11 @@ def test_remove_stale_temp_files(tmp_path):
     kept = [".hidden", "keep.tmp-1", "config.json"]
     for name in stale + kept:
         (tmp_path / name).write_text("x")
-    (tmp_path / ".dir.tmp-5").mkdir()  # only files go
+    (tmp_path / ".dir.tmp-5").mkdir()  # only files go, and sharded states' folders
+    (tmp_path / ".state-0000000.320.dcp.tmp-7").mkdir()
+    (tmp_path / ".state-0000000.320.dcp.tmp-7" / "__0_0.distcp").write_bytes(b"x")
     removed = remove_stale_temp_files(tmp_path)
-    assert sorted(p.name for p in removed) == sorted(stale)
+    assert sorted(p.name for p in removed) == sorted([*stale, ".state-0000000.320.dcp.tmp-7"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + [".dir.tmp-5"])
     assert remove_stale_temp_files(tmp_path) == []
 

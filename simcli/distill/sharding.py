@@ -1,0 +1,153 @@
+"""FSDP2 sharding of a run's networks over its processes (training.sharding = fsdp).
+
+Each network is sharded block by block with torch's own `fully_shard` (torch.distributed.fsdp): the blocks are the
+children of the network's module lists and dicts (an EDM UNet's encoder and decoder blocks, a transformer's blocks,
+a diffusers UNet's down and up blocks), and the rest of the network is the root's unit. The generator, the online
+model and the EMA keep 1/N of their parameters (and the first two of their gradients and Adam states) per process;
+the frozen teacher keeps 1/N of its parameters, on the CPU with training.offload_teacher.
+
+What stays as without sharding:
+- the sums: simcli sums gradients over micro-batches and processes (each micro-batch's loss is divided by the number
+  of micro-batches), so FSDP's reduce-scatter is told to sum (divide factor 1, sum reductions: gloo has no
+  pre-multiplied sum) in every unit, not average;
+- the precision: under bf16 or fp16 autocast the unsharded parameters are gathered in that dtype, the gradients
+  reduced in float32 and the shards (master weights, Adam's moments) stay float32 (FSDP's mixed-precision policy);
+  fp32 and tf32 gather float32;
+- the EMA: the generator and the EMA are sharded alike, so the EMA's update is local to each shard;
+- the grids, the evaluations and the teacher's probe, which rank 0 (or each process, with its share of samples)
+  runs alone: `gathered` all-gathers a network's parameters on every process first and keeps them gathered while
+  the block runs, so a forward pass needs no collective (memory: one gathered copy, in the compute dtype).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from simcli.config.spec import RunSpec
+from simcli.errors import UsageError
+from simcli.world import World
+
+SHARDING_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+ONE_PROCESS_NOTE = "training.sharding fsdp with one process: there is nothing to shard over, the networks are kept whole"
+
+
+def shard_units(net: nn.Module) -> list[nn.Module]:
+    """The blocks a network is sharded by: the children of its outermost module lists and dicts (not descending
+    into a block once found)."""
+    units: list[nn.Module] = []
+
+    def walk(module: nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+                units.extend(c for c in child.children() if any(True for _ in c.parameters()))
+            else:
+                walk(child)
+
+    walk(net)
+    return units
+
+
+def is_sharded(net: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(net, FSDPModule)
+
+
+def fsdp_modules(net: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in net.modules() if isinstance(m, FSDPModule)]
+
+
+def is_dtensor(tensor: torch.Tensor | None) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (a view of its storage), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def shard_network(net: nn.Module, precision: str, offload: bool = False) -> None:
+    """fully_shard net's blocks, then net itself, in place, over the default process group; gradients summed."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    dtype = SHARDING_DTYPES.get(precision)
+    # Inputs are not cast: autocast decides the compute dtype, and sigma (the preconditioning's input) stays float32.
+    policy = (MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+              if dtype is not None else MixedPrecisionPolicy())
+    where = CPUOffloadPolicy(pin_memory=True) if offload else OffloadPolicy()
+    for unit in shard_units(net):
+        fully_shard(unit, mp_policy=policy, offload_policy=where)
+    fully_shard(net, mp_policy=policy, offload_policy=where)
+    for module in fsdp_modules(net):
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)
+
+
+def shard_networks(teacher: nn.Module, trained: list[nn.Module], precision: str, offload_teacher: bool = False) -> None:
+    """Shard the frozen teacher (on the CPU with offload_teacher) and the trained networks and the EMA."""
+    shard_network(teacher, precision, offload=offload_teacher)
+    for net in trained:
+        shard_network(net, precision)
+
+
+@contextlib.contextmanager
+def gathered(net: nn.Module, world: World) -> Iterator[None]:
+    """Every process all-gathers net's parameters; while the block runs, forward passes (on any process, any
+    number of them) need no collective. Every process must enter and leave it together. A no-op for unsharded nets."""
+    modules = fsdp_modules(net)
+    if not modules:
+        yield
+        return
+    for module in modules:
+        module.set_reshard_after_forward(False)
+        module.unshard()
+    try:
+        yield
+    finally:
+        world.barrier()  # the processes that ran nothing wait for the others before the parameters are freed
+        for module in modules:
+            module.reshard()
+            module.set_reshard_after_forward(True)
+
+
+def full_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
+    """net's whole state dict on rank 0 (on the CPU), empty on the others; a collective for sharded nets (every
+    process calls it). An unsharded net's own state dict."""
+    if not is_sharded(net):
+        return net.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def check_sharding(spec: RunSpec, world: World, device: torch.device) -> bool:
+    """Whether the run shards its networks (training.sharding fsdp with several processes); refuses, before the run
+    directory is touched, the settings sharding does not take."""
+    tr = spec.training
+    if tr.offload_teacher and tr.sharding != "fsdp":
+        raise UsageError("training.offload_teacher offloads the teacher's shards: it needs training.sharding fsdp",
+                         hint="add --sharding fsdp (under torchrun), or unset training.offload_teacher")
+    if tr.sharding != "fsdp" or not world.distributed:
+        return False
+    if tr.offload_teacher and device.type != "cuda":
+        raise UsageError(f"training.offload_teacher moves the teacher's shards off the GPU, but the run is on {device}",
+                         hint="unset training.offload_teacher (on the CPU the teacher is in CPU memory already)")
+    if spec.generator.lora_rank is not None or spec.online.lora_rank is not None:
+        raise UsageError("LoRA (--lora-rank) with training.sharding fsdp is not supported yet: the LoRA networks share "
+                         "the teacher's weights, which FSDP would shard once per network",
+                         hint="use LoRA without sharding (it holds one copy of the teacher), or sharding without LoRA")
+    for key, on in (("compile", tr.compile), ("channels_last", tr.channels_last)):
+        if on:
+            raise UsageError(f"training.{key} is not supported with training.sharding fsdp yet",
+                             hint=f"unset training.{key}, or use --sharding none")
+    return True
