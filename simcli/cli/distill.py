@@ -112,6 +112,7 @@ def distill(
     precision: Annotated[str | None, typer.Option("--precision", help="Network passes in fp32 (TF32 off), tf32, bf16 (autocast) or fp16 (autocast, loss scaling); weights and losses stay float32 (default: fp32).")] = None,
     sharding: Annotated[str | None, typer.Option("--sharding", help="Under torchrun: none (each process holds whole networks) or fsdp (the networks, gradients and Adam states sharded over the processes with FSDP2; sharded checkpoints that resume with any number of processes). Default: none.")] = None,
     lora_rank: Annotated[int | None, typer.Option("--lora-rank", metavar="R", help="Train rank-R LoRA adapters of the generator and the online model over one shared, frozen copy of the teacher's weights, instead of all their weights (default: all weights).")] = None,
+    plan_processes: Annotated[int | None, typer.Option("--processes", metavar="N", help="With --dry-run: plan for a run over N processes (torchrun --nproc_per_node times nodes), e.g. to see what --sharding fsdp gives on 8 GPUs (default: the processes torchrun started, or 1).")] = None,
     gpu_memory: Annotated[float | None, typer.Option("--gpu-memory", metavar="GIB", help="With --dry-run: the memory of each process's GPU in GiB that the memory plan is checked against (default: the visible GPU's; none on a machine without one).")] = None,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", metavar="MINUTES", help="Time budget in minutes, counted from the start of this process: the run saves and exits with code 75 before it is spent, so a job script can requeue it; run the same command again to resume.")] = None,
 ) -> None:
@@ -140,6 +141,14 @@ def distill(
         from simcli.world import environment_world
 
         processes = (environment_world() or (0, 1, 0))[1]
+        if plan_processes is not None:
+            if not dry_run:
+                raise UsageError("--processes plans a dry run; a run's processes are the ones torchrun starts",
+                                 hint="add --dry-run, or start the run with torchrun --nproc_per_node N")
+            if not 1 <= plan_processes <= 1_000_000:
+                raise UsageError(f"--processes must be a number of processes from 1, not {plan_processes}",
+                                 hint="e.g. --processes 8")
+            processes = plan_processes
         provenance: dict[str, str] = {}
         with flags_named(provenance):
             spec, provenance_found = resolve_spec(teacher, describe_teacher_name, preset=preset, config_file=config,

@@ -48,7 +48,7 @@ from simcli.distill.reports import Clock, Durations, due_reports, status_record
 from simcli.distill.resume import resume
 from simcli.distill.setup import build_networks, check_network_settings, choose_state, speed_up_networks
 from simcli.distill.sharded_state import save_sharded_state
-from simcli.distill.sharding import ONE_PROCESS_NOTE, check_sharding, gathered, shard_networks
+from simcli.distill.sharding import ONE_PROCESS_NOTE, check_sharding, gathered, network_sharder
 from simcli.distill.state import state_dict, state_header
 from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
 from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, LastFinished, StopRequest
@@ -135,12 +135,11 @@ class Distillation:
         spec, world, tr = self.spec, self.world, self.spec.training
         loaded, warnings = choose_state(self.run_dir, spec, restart, world, self.device)
         # Rank 0 fits an analytic teacher's network (and caches it) before the others, which then load the cache.
-        self.nets = world.main_first(lambda: build_networks(spec, teacher, self.run_dir, self.device, self.on_event, self.stop))
-        if self.sharded:  # before the optimisers, which then hold the shards
-            shard_networks(self.nets.teacher, [self.nets.generator, self.nets.online, self.nets.ema], tr.precision,
-                           offload_teacher=tr.offload_teacher)
-        elif tr.sharding == "fsdp":
+        shard = network_sharder(spec, self.device) if self.sharded else None  # before the optimisers: they hold shards
+        if tr.sharding == "fsdp" and not self.sharded:
             warnings.append(ONE_PROCESS_NOTE)
+        self.nets = world.main_first(
+            lambda: build_networks(spec, teacher, self.run_dir, self.device, self.on_event, self.stop, shard=shard))
         self.opts = {
             "generator": self._adam(self.nets.generator, spec.generator.optimizer),
             "online": self._adam(self.nets.online, spec.online.optimizer),

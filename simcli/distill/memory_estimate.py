@@ -132,7 +132,12 @@ def estimate_memory(spec: RunSpec, teacher: Teacher, on_cuda: bool, processes: i
         params = sum(p.numel() for p in teacher.denoiser.parameters())
         state = sum(t.numel() for t in teacher.denoiser.state_dict().values())
         teacher_weights, what = (state if on_cuda else 0), f"the teacher's network ({params:,} parameters)"
-    weights = FLOAT32 * (COPY_TENSORS * state + (GRADIENT_TENSORS + ADAM_TENSORS) * params + teacher_weights)
+    # LoRA networks share the teacher's tensors (their adapters are left out of a lower bound); sharding divides.
+    whole = [spec.generator.lora_rank is None, spec.online.lora_rank is None]  # generator (and its EMA), online
+    copies, trained = 2 * whole[0] + whole[1], whole[0] + whole[1]
+    weights = FLOAT32 * (copies * state + trained * (GRADIENT_TENSORS + ADAM_TENSORS) // 2 * params + teacher_weights)
+    if spec.training.sharding == "fsdp" and processes > 1:
+        weights //= processes
     samples, per_sample, key = max(batches(spec, teacher, processes), key=lambda b: b[0] * b[1])
     return MemoryEstimate(weights, samples * per_sample, key, samples, what)
 

@@ -20,14 +20,19 @@ The activations are traced at micro-batches of 1 and 2 and extended linearly (ev
 linearly with the batch; what does not grow, such as weight casts under autocast, is the fixed part). bf16 and fp16
 are traced under an emulation of CUDA autocast (_AsOnCuda: matmuls and convolutions in the autocast dtype, norms
 and softmax in float32), since autocast does not act on meta tensors, and attention as the memory-efficient CUDA
-kernel keeps it. Sharding (FSDP over N processes) divides the
-teacher, the copies, the gradients and Adam's moments by N and leaves the activations as they are; simcli does not
-shard yet, so the plan only says what it would give. LoRA is not modelled.
+kernel keeps it.
+
+training.sharding fsdp over N processes divides the teacher, the copies, the gradients and Adam's moments by N
+(simcli.distill.sharding), leaves the activations as they are, and adds `gathered`: the parameters of the blocks
+FSDP gathers at once, in the compute dtype (the root's own, the block that runs and the one prefetched). LoRA
+(generator.lora_rank, online.lora_rank) keeps one teacher: a LoRA network's copy, gradients and Adam's moments are
+those of its adapters (simcli.nets.lora).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +45,14 @@ from torch.utils._pytree import tree_map
 from simcli.config.spec import RunSpec
 from simcli.distill.memory_estimate import micro_batch, size_text
 from simcli.nets.denoiser import Denoiser
+from simcli.nets.lora import lora_parameter_count
 from simcli.nets.registry import meta_network
 from simcli.nets.text_condition import TextCondition
 
 FLOAT32 = 4
 """Bytes per value of the weights, the gradients and Adam's moments in every precision."""
-COPIES, ADAM_MOMENTS, TRAINED_NETWORKS = 3, 2, 2
-"""Generator, online model, EMA; Adam's exp_avg and exp_avg_sq; the generator and the online model."""
+ADAM_MOMENTS = 2
+"""Adam's exp_avg and exp_avg_sq."""
 FROZEN_PASSES_WITH_GRAD = {"sim": 2, "sid": 2, "di": 0}
 """Score passes (online model, teacher) of the generator update whose graphs stay alive, by loss.method."""
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -139,7 +145,9 @@ def trace_saved_bytes(net: Denoiser, batch: int, *, trainable: bool, precision: 
 
     x, sigma, condition = _inputs(net, batch, text_tokens)
     x.requires_grad_(not trainable)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _AsOnCuda(AUTOCAST_DTYPES.get(precision)):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _AsOnCuda(AUTOCAST_DTYPES.get(precision)), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's notes on the emulated dtypes (no fused kernel on meta)
         out = net(x, sigma, condition)
     del out
     return sum(saved.values())
@@ -192,7 +200,11 @@ class MemoryPlan:
     device_bytes: int | None
     suggestions: tuple[str, ...] = ()
 
-    PARTS = ("teacher", "copies", "gradients", "optimizer", "activations")
+    gathered: int = 0
+    sharded: bool = False
+    lora_ranks: tuple[int | None, int | None] = (None, None)
+
+    PARTS = ("teacher", "copies", "gradients", "optimizer", "gathered", "activations")
 
     @property
     def total(self) -> int:
@@ -210,15 +222,34 @@ class MemoryPlan:
                 "fits": self.fits, "parameters": self.parameters, "buffers": self.buffers,
                 "micro_batch": self.micro_batch, "processes": self.processes, "passes": self.passes,
                 "precision": self.precision, "activation_checkpointing": self.checkpointing,
+                "sharding": "fsdp" if self.sharded else "none",
+                "lora_rank": {"generator": self.lora_ranks[0], "online": self.lora_ranks[1]},
                 "suggestions": list(self.suggestions)}
 
 
-def weight_parts(parameters: int, buffers: int, shards: int = 1) -> dict[str, int]:
-    """teacher, copies, gradients and optimizer bytes of a network, divided over `shards` processes (FSDP)."""
+def weight_parts(parameters: int, buffers: int, shards: int = 1,
+                 adapters: tuple[int | None, int | None] = (None, None)) -> dict[str, int]:
+    """teacher, copies, gradients and optimizer bytes, divided over `shards` processes (FSDP). `adapters`: the LoRA
+    parameters of the generator (and so its EMA) and of the online model; None: that network trains all weights."""
     state = parameters + buffers
-    parts = {"teacher": FLOAT32 * state, "copies": COPIES * FLOAT32 * state, "gradients": FLOAT32 * parameters,
-             "optimizer": TRAINED_NETWORKS * ADAM_MOMENTS * FLOAT32 * parameters}
+    copy = [FLOAT32 * (state if a is None else a) for a in adapters]
+    trained = [parameters if a is None else a for a in adapters]
+    parts = {"teacher": FLOAT32 * state, "copies": 2 * copy[0] + copy[1], "gradients": FLOAT32 * max(trained),
+             "optimizer": ADAM_MOMENTS * FLOAT32 * sum(trained)}
     return {k: math.ceil(v / shards) for k, v in parts.items()}
+
+
+def gathered_bytes(net: torch.nn.Module, precision: str) -> int:
+    """What FSDP holds gathered at once per network pass: the root's own parameters and the two largest blocks (the
+    one that runs and the next, prefetched), in the compute dtype."""
+    from simcli.distill.sharding import shard_units
+
+    units = shard_units(net)
+    in_units = {id(p) for u in units for p in u.parameters()}
+    root = sum(p.numel() for p in net.parameters() if id(p) not in in_units)
+    largest = sorted((sum(p.numel() for p in u.parameters()) for u in units), reverse=True)[:2]
+    dtype = AUTOCAST_DTYPES.get(precision, torch.float32)
+    return (root + sum(largest)) * torch.finfo(dtype).bits // 8
 
 
 def _suggest(weights: Callable[[int], int], acts: LinearBytes, acts_checkpointed: LinearBytes | None, batch: int,
@@ -234,15 +265,14 @@ def _suggest(weights: Callable[[int], int], acts: LinearBytes, acts_checkpointed
         out.append(f"--set training.activation_checkpointing=true: {size_text(weights(1) + acts_checkpointed.at(batch))}")
     sharded_fits = processes > 1 and weights(processes) + acts.at(batch) <= device
     if sharded_fits:
-        out.append(f"FSDP over the {processes} processes (not in simcli yet): "
-                   f"{size_text(weights(processes) + acts.at(batch))}")
+        out.append(f"--sharding fsdp over the {processes} processes: {size_text(weights(processes) + acts.at(batch))}")
     best = acts_checkpointed if acts_checkpointed is not None else acts
     spare = device - best.at(1)
     if not sharded_fits and spare > 0:
         needed = max(2, processes, math.ceil(weights(1) / spare))
         if weights(needed) + best.at(1) <= device:
             extra = " with activation checkpointing and" if acts_checkpointed is not None else " with"
-            out.append(f"more processes{extra} --batch-gpu 1 and sharding (not in simcli yet): {needed} needed, "
+            out.append(f"--sharding fsdp over {needed} processes{extra} --batch-gpu 1: "
                        f"{size_text(weights(needed) + best.at(1))}")
     return out
 
@@ -259,18 +289,33 @@ def plan_memory(architecture: dict[str, Any], spec: RunSpec, processes: int, dev
     checkpointing = tr.activation_checkpointing and net.supports_activation_checkpointing
     frozen = FROZEN_PASSES_WITH_GRAD.get(spec.loss.method, 2)
     acts = activation_model(net, tr.precision, checkpointing, frozen, text_tokens)
-    parts = weight_parts(parameters, buffers)
+    ranks = (spec.generator.lora_rank, spec.online.lora_rank)
+    adapters = tuple(None if r is None else lora_parameter_count(net, r) for r in ranks)
+    sharded = tr.sharding == "fsdp" and processes > 1 and ranks == (None, None)
+    parts = weight_parts(parameters, buffers, processes if sharded else 1, adapters)
+    parts["gathered"] = gathered_bytes(net, tr.precision) if sharded else 0
     suggestions: list[str] = []
     if device_bytes is not None and sum(parts.values()) + acts.at(batch) > device_bytes:
         checkpointed = None
         if not checkpointing and net.supports_activation_checkpointing:
             checkpointed = activation_model(net, tr.precision, True, frozen, text_tokens)
-        suggestions = _suggest(lambda n: sum(weight_parts(parameters, buffers, n).values()), acts, checkpointed,
-                               batch, processes, device_bytes)
+        extra = gathered_bytes(net, tr.precision)
+
+        def weights(n: int) -> int:  # over n processes (LoRA runs are not sharded)
+            if n > 1 and ranks != (None, None):
+                return 2**62
+            return sum(weight_parts(parameters, buffers, n, adapters).values()) + (extra if n > 1 else 0)
+
+        suggestions = _suggest(weights, acts, checkpointed, batch, processes, device_bytes)
+        if ranks == (None, None):
+            lora = sum(weight_parts(parameters, buffers, 1, (lora_parameter_count(net, 64),) * 2).values())
+            if lora + acts.at(batch) <= device_bytes:
+                suggestions.append(f"--lora-rank 64: {size_text(lora + acts.at(batch))}")
         if not suggestions:
-            suggestions = ["none of --batch-gpu, activation checkpointing or sharding alone makes it fit"]
+            suggestions = ["none of --batch-gpu, activation checkpointing, sharding or LoRA alone makes it fit"]
     return MemoryPlan(parameters, buffers, batch, processes, 1 + frozen, tr.precision, checkpointing,
-                      activations=acts.at(batch), device_bytes=device_bytes, suggestions=tuple(suggestions), **parts)
+                      activations=acts.at(batch), device_bytes=device_bytes, suggestions=tuple(suggestions),
+                      sharded=sharded, lora_ranks=ranks, **parts)
 
 
 def shipped_architecture(name: str) -> tuple[dict[str, Any], int] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,13 +183,14 @@ def check_network_settings(spec: RunSpec, teacher: Teacher) -> None:
 
 
 def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.device, on_event: EventHandler,
-                   stop: StopRequest | None = None) -> Networks:
+                   stop: StopRequest | None = None, shard: Callable[[Denoiser, bool], None] | None = None) -> Networks:
     """Teacher plus generator, online model and EMA, all three initialised from the teacher's network.
 
     A teacher's network is copied as it is (dropout as recorded, or training.dropout when set: active while the
     generator or the online model is being updated, as in SiD); a teacher without a network (an analytic mixture)
     gets an MLP fitted to it first; `stop` is served between the fit's steps (its progress is saved, then
-    simcli.errors.Stopped raised).
+    simcli.errors.Stopped raised). `shard` (simcli.distill.sharding.network_sharder): shards each copy as soon as it is
+    made, and the teacher last, so that no more than two whole networks are alive at once.
     """
     teacher = loaded.denoiser.to(device)
     if loaded.architecture is None:
@@ -201,11 +203,18 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
     teacher.eval().requires_grad_(False)
     if spec.generator.lora_rank is not None or spec.online.lora_rank is not None:
         generator, online, ema = _lora_copies(source, spec, device)
+    elif shard is not None:  # each copy sharded before the next is made (FSDP modules cannot be deep-copied)
+        generator, online, ema = [_sharded(copy.deepcopy(source), shard) for _ in range(3)]  # one at a time
+        generator.requires_grad_(True)
+        online.requires_grad_(False)
+        ema.requires_grad_(False)
     else:
         base = copy.deepcopy(source) if source is teacher else source  # a fitted MLP is the base itself
         online = copy.deepcopy(base).requires_grad_(False)
         ema = copy.deepcopy(base).requires_grad_(False)
         generator = base.requires_grad_(True)  # the copy itself: no fourth copy alive during the set-up
+    if shard is not None:
+        shard(teacher, True)
     if teacher.conditioning.guidance != "none":  # the teacher guided, the copies on the condition alone
         teacher.set_guidance_scale(spec.text.guidance_scale)
         for net in (generator, online, ema):
@@ -214,6 +223,11 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
         for net in (teacher, generator, online):
             net.set_activation_checkpointing(True)
     return Networks(teacher, generator, online, ema, architecture)
+
+
+def _sharded(net: Denoiser, shard: Callable[[Denoiser, bool], None]) -> Denoiser:
+    shard(net, False)
+    return net
 
 
 def _lora_copies(source: Denoiser, spec: RunSpec, device: torch.device) -> tuple[Denoiser, ...]:

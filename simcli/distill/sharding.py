@@ -22,7 +22,8 @@ What stays as without sharding:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,28 +77,45 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def shard_network(net: nn.Module, precision: str, offload: bool = False) -> None:
-    """fully_shard net's blocks, then net itself, in place, over the default process group; gradients summed."""
+def sharding_mesh(device: torch.device) -> Any:
+    """The one-dimensional device mesh of all the run's processes that every network is sharded over; made by every
+    process together (a collective), before any network is sharded, so that sharding one needs no collective."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (dist.get_world_size(),))
+
+
+def shard_network(net: nn.Module, precision: str, mesh: Any, offload: bool = False) -> None:
+    """fully_shard net's blocks, then net itself, in place, over `mesh` (sharding_mesh); gradients summed. A network
+    without parameters (an analytic teacher) is left as it is."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+    if not any(True for _ in net.parameters()):
+        return
     dtype = SHARDING_DTYPES.get(precision)
     # Inputs are not cast: autocast decides the compute dtype, and sigma (the preconditioning's input) stays float32.
     policy = (MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
               if dtype is not None else MixedPrecisionPolicy())
     where = CPUOffloadPolicy(pin_memory=True) if offload else OffloadPolicy()
     for unit in shard_units(net):
-        fully_shard(unit, mp_policy=policy, offload_policy=where)
-    fully_shard(net, mp_policy=policy, offload_policy=where)
+        fully_shard(unit, mesh=mesh, mp_policy=policy, offload_policy=where)
+    fully_shard(net, mesh=mesh, mp_policy=policy, offload_policy=where)
     for module in fsdp_modules(net):
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)
 
 
-def shard_networks(teacher: nn.Module, trained: list[nn.Module], precision: str, offload_teacher: bool = False) -> None:
-    """Shard the frozen teacher (on the CPU with offload_teacher) and the trained networks and the EMA."""
-    shard_network(teacher, precision, offload=offload_teacher)
-    for net in trained:
-        shard_network(net, precision)
+def network_sharder(spec: RunSpec, device: torch.device) -> Callable[[nn.Module, bool], None]:
+    """What shards each network of a sharded run as soon as it is built (sharder(net, is_teacher)), so that at most
+    two whole networks are ever alive (the teacher and the copy being sharded): the teacher's shards on the CPU with
+    training.offload_teacher. Every process calls this together (it makes the mesh)."""
+    mesh, tr = sharding_mesh(device), spec.training
+
+    def shard(net: nn.Module, is_teacher: bool) -> None:
+        shard_network(net, tr.precision, mesh, offload=is_teacher and tr.offload_teacher)
+
+    return shard
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 LR = "generator.optimizer.lr"
@@ -197,3 +199,20 @@ def test_dry_run_text_names_the_dataset_preset(cli):
     assert "training.batch_size = 512  (preset:ffhq64)" in lines
     assert "generator.optimizer.beta1 = 0.9  (preset:ffhq64:sid)" in lines
     assert "loss.sid_alpha = 1.2  (preset:ffhq64:sid)" in lines
+
+
+def test_processes_plans_a_dry_run_only(tmp_path):
+    from typer.testing import CliRunner
+
+    from simcli.cli.app import app
+
+    runner = CliRunner()
+    ran = runner.invoke(app, ["distill", "--teacher", "gmm-ring8", "--processes", "8", "--out", str(tmp_path / "r")])
+    assert ran.exit_code == 2 and "--processes plans a dry run" in ran.stderr and not (tmp_path / "r").exists()
+    bad = runner.invoke(app, ["distill", "--teacher", "gmm-ring8", "--dry-run", "--processes", "0"])
+    assert bad.exit_code == 2 and "--processes must be" in bad.stderr
+    planned = runner.invoke(app, ["distill", "--teacher", "gmm-ring8", "--dry-run", "--json", "--processes", "4",
+                                  "--sharding", "fsdp", "--batch-size", "64"])
+    assert planned.exit_code == 0, planned.output
+    memory = json.loads(planned.stdout)["memory"]
+    assert memory["processes"] == 4 and memory["sharding"] == "fsdp" and memory["micro_batch"] == 16

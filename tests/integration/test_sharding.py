@@ -111,6 +111,42 @@ def test_an_unsharded_state_resumes_sharded(runs, tmp_path):
     assert_losses_agree(runs["none"], run, STEPS)
 
 
+def test_a_tiny_diffusers_pipeline_sharded_gives_the_unsharded_losses(tmp_path, monkeypatch):
+    """An SD3 (MMDiT, flow) pipeline with random weights: its transformer blocks sharded, the prompts' store built
+    once, the text grid drawn by rank 0 with the gathered EMA."""
+    pytest.importorskip("diffusers")
+    from simcli.config.resolve import resolve_spec
+    from simcli.teachers.registry import describe_teacher_name
+    from tests.helpers.tiny_pipelines import TINY_IMAGE_SIZE, write_tiny_pipeline
+
+    monkeypatch.setenv("SIMCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipeline = write_tiny_pipeline("sd3", tmp_path / "pipe")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\na red car on the road\ntwo dogs in the snow\na cup of tea\n")
+
+    def text_spec(sharding: str) -> RunSpec:
+        found, _ = resolve_spec(
+            f"diffusers:{pipeline}", describe_teacher_name,
+            flags={"training": {"duration_steps": STEPS, "batch_size": 4, "batch_gpu": 2, "precision": "fp32",
+                                "sharding": sharding}, "text": {"prompts": str(prompts)}},
+            sets=[f"text.resolution={TINY_IMAGE_SIZE}", "logging.status_every_kimg=0.004", "logging.grid_samples=2",
+                  "logging.snapshot_every_kimg=0.02"])
+        return found
+
+    run_processes(2, text_spec("none"), tmp_path / "none")
+    run_processes(2, text_spec("fsdp"), tmp_path / "fsdp")
+    assert_losses_agree(tmp_path / "none", tmp_path / "fsdp", STEPS)
+    assert (tmp_path / "fsdp" / "state-0000000.040.dcp").is_dir()
+    assert sorted(p.name for p in (tmp_path / "fsdp").glob("grid-*.png")) == sorted(
+        p.name for p in (tmp_path / "none").glob("grid-*.png"))
+    name = "generator-0000000.040.safetensors"
+    sharded, whole = load_file(tmp_path / "fsdp" / name), load_file(tmp_path / "none" / name)
+    assert sharded.keys() == whole.keys()
+    for key in whole:
+        torch.testing.assert_close(sharded[key], whole[key], rtol=0, atol=1e-4, msg=key)
+
+
 def _torchrun(processes: int) -> list[str]:
     if processes == 1:
         return [sys.executable, "-m", "simcli"]

@@ -148,3 +148,34 @@ def test_a_local_pipeline_folder_is_planned_from_its_json_files_without_loading_
                                       "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["memory"]["parameters"] == sum(p.numel() for p in meta_network(real, "t").parameters())
+
+
+def test_lora_keeps_one_teacher_and_the_adapters_states():
+    # generator (and its EMA) with 10 adapter parameters, the online model with 20; 800 parameters, 80 buffers
+    parts = weight_parts(800, 80, adapters=(10, 20))
+    assert parts == {"teacher": 4 * 880, "copies": 4 * (2 * 10 + 20), "gradients": 4 * 20, "optimizer": 2 * 4 * 30}
+    half = weight_parts(800, 80, adapters=(None, 20))  # only the online model adapted
+    assert half["copies"] == 4 * (2 * 880 + 20) and half["optimizer"] == 2 * 4 * (800 + 20)
+
+
+def test_the_plan_of_a_sharded_or_lora_run(tmp_path):
+    from simcli.nets.lora import lora_parameter_count
+    from simcli.nets.registry import meta_network
+
+    net = meta_network(EDM, "test")
+    params = sum(p.numel() for p in net.parameters())
+    whole = plan_memory(EDM, _spec(4), 4, None)
+    sharded = plan_memory(EDM, _spec(4).model_copy(update={"training": _spec(4).training.model_copy(
+        update={"sharding": "fsdp"})}), 4, None)
+    for part in ("teacher", "copies", "gradients", "optimizer"):
+        assert getattr(sharded, part) == -(-getattr(whole, part) // 4), part
+    assert whole.gathered == 0 < sharded.gathered < whole.teacher and sharded.activations == whole.activations
+    assert sharded.as_json()["sharding"] == "fsdp" and whole.as_json()["sharding"] == "none"
+    spec = _spec(4)
+    lora = plan_memory(EDM, spec.model_copy(update={
+        "generator": spec.generator.model_copy(update={"lora_rank": 8}),
+        "online": spec.online.model_copy(update={"lora_rank": 8})}), 1, None)
+    adapters = lora_parameter_count(net, 8)
+    assert 0 < adapters < params  # a tiny UNet: rank 8 is a third of its weights
+    assert lora.teacher == whole.teacher and lora.copies == 4 * 3 * adapters
+    assert lora.optimizer == 2 * 4 * 2 * adapters and lora.as_json()["lora_rank"] == {"generator": 8, "online": 8}
