@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 from simcli.config.spec import RunSpec
 from simcli.distill.augment import online_augmentation
 from simcli.distill.batches import BatchPlan, resolve_micro_batch, share_micro_batches
+from simcli.distill.checkpoint import draw_grids, save_checkpoint
 from simcli.distill.ema import ema_beta, update_ema
 from simcli.distill.events import (
     DownloadProgress,
@@ -40,28 +40,24 @@ from simcli.distill.outputs import (
     generator_tensors,
     run_summary,
     save_best_generator,
-    write_snapshot,
 )
 from simcli.distill.precision import LossScaler, Precision
-from simcli.distill.recovery import kept_after_stop, roll_back_streak
+from simcli.distill.recovery import roll_back_streak
 from simcli.distill.reports import Clock, Durations, due_reports, status_record
 from simcli.distill.resume import resume
 from simcli.distill.setup import build_networks, check_network_settings, choose_state, speed_up_networks
-from simcli.distill.sharded_state import save_sharded_state
 from simcli.distill.sharding import ONE_PROCESS_NOTE, check_sharding, gathered, network_sharder
-from simcli.distill.state import state_dict, state_header
 from simcli.distill.steps import Context, Samples, generator_update, make_generator_loss, online_update
-from simcli.distill.stop import TIME_LIMIT_EXIT_CODE, LastFinished, StopRequest
+from simcli.distill.stop import LastFinished, StopRequest
+from simcli.distill.stopping import RunStops
 from simcli.distill.streams import IterationStreams, online_phase
 from simcli.distill.teacher_probe import check_teacher_finite
 from simcli.distill.text_setup import RunPrompts, read_run_prompts
 from simcli.errors import RunFailed, Stopped
 from simcli.nets.lora import trainable_parameters
 from simcli.peers import PeerFailed, PeerLost
-from simcli.rundir.layout import generator_path, state_path
 from simcli.rundir.lock import RunDirLock
 from simcli.rundir.metrics import append_record
-from simcli.rundir.snapshots import save_state
 from simcli.teachers.registry import Teacher, at_resolution, load_teacher
 from simcli.world import World
 
@@ -77,7 +73,7 @@ EvaluatorFactory = Callable[[RunSpec, Teacher, torch.device, World], Evaluator |
 """Builds the evaluator for a run once its teacher is loaded (the CLI passes simcli.eval's); None: no evaluation."""
 
 
-class Distillation:
+class Distillation(RunStops):
     """One run directory's distillation: set up (or resumed) in __init__, advanced by run(), ended by close().
 
     Rank 0 holds the run directory's lock (simcli.rundir.lock) from before anything there is written until close()
@@ -253,59 +249,11 @@ class Distillation:
                     saved = self.snapshot()
                 self._stopped(saved)
 
-    def _given_up(self, exc: PeerLost) -> NoReturn:
-        """Rank 0 gave a collective up (simcli.world): it saves the last finished iteration and stops with one line
-        naming the processes that stopped answering. The others end quietly, unless rank 0 is the one lost: then the
-        lowest process still answering says so, with what the run directory keeps."""
-        p, total = self.progress, self.spec.training.total_steps
-        if not self.world.is_main:
-            if not exc.report:
-                raise exc
-            what, how = kept_after_stop(self.run_dir, self.spec.training.batch_size, bool(p.nonfinite_consecutive))
-            raise exc.explained(f", during iteration {p.step + 1} of {total}; {what}; {how}")
-        unfinished = self.last_finished is not None and self.last_finished.restore(p.step)
-        saved = None if p.nonfinite_consecutive or self.sharded else self.snapshot()
-        if exc.stopped:
-            self._stopped(saved, f" ({exc.message})")
-        where = f"during iteration {p.step + 1}" if unfinished else f"after iteration {p.step}"
-        if saved is not None:
-            what = f"saved {saved.name}, the last finished iteration ({p.step})"
-            how = f"run the same command again to resume from {saved.name}"
-        else:
-            what, how = kept_after_stop(self.run_dir, self.spec.training.batch_size, bool(p.nonfinite_consecutive))
-        raise RunFailed(f"{exc.message}, {where} of {total}; {what}; {how}")
-
-    def _stop_agreed(self) -> bool:
-        """Whether any process was asked to stop; every process then stops for the same reason (rank 0 decides the
-        exit code when they differ), so none waits in a collective for the others."""
-        code = self.world.max_int(self.stop.exit_code if self.stop.requested else 0, self.device)
-        if code and not self.stop.requested:
-            if code == TIME_LIMIT_EXIT_CODE:
-                self.stop.request_time_limit()
-            else:
-                self.stop.request(code - 128)
-        return code > 0
-
     def _timed(self, action: Callable[[], object]) -> float:
         """Run action(); returns the seconds it took."""
         start = self.clock.elapsed()
         action()
         return self.clock.elapsed() - start
-
-    def _stopped(self, saved: Path | None, why: str = "") -> NoReturn:
-        """Raise Stopped with one line: what was saved (or is kept) and how to go on (`why`: added to where it stopped)."""
-        p, how = self.progress, "run the same command again to resume"
-        if p.step > self.started.start_step:
-            where = f"at iteration {p.step} of {self.spec.training.total_steps}"
-        else:
-            where = "before its first iteration" + (f" (resuming at iteration {p.step})" if p.step else "")
-        where += why
-        if saved is not None:
-            gen = generator_path(self.run_dir, self.images_seen).name
-            what = f"saved {saved.name} (iteration {p.step}) and {gen} in {self.run_dir}"
-        else:
-            what, how = kept_after_stop(self.run_dir, self.spec.training.batch_size, bool(p.nonfinite_consecutive))
-        raise Stopped(f"stopped by {self.stop.name} {where}: {what}; {how}", self.stop.exit_code)
 
     def iteration(self) -> None:
         """One iteration of Algorithm 2, every random draw from the streams of (seed, iteration, phase, micro-batch).
@@ -419,42 +367,20 @@ class Distillation:
         return generator_meta(self.spec, self.nets.architecture, self.progress.step, self.images_seen)
 
     def snapshot(self) -> Path:
-        """Write a resumable state and the EMA generator (rank 0; every process writes its shard of a sharded state),
-        keeping the newest states only; returns the state's path (where rank 0 writes it)."""
-        p, spec, nets = self.progress, self.spec, self.nets
+        """Write a resumable state and the EMA generator (simcli.distill.checkpoint), then the grids; returns the
+        state's path (where rank 0 writes it)."""
+        p = self.progress
         p.elapsed_s = self.clock.elapsed()
         p.loss_scalers = {k: dataclasses.asdict(s) for k, s in self.scalers.items()}
-        if not self.sharded and not self.world.is_main:
-            return state_path(self.run_dir, self.images_seen)
-        ema_state = generator_tensors(nets.ema, spec)  # sharded: gathered on rank 0
-
-        def write_state() -> Path:
-            if self.sharded:
-                return save_sharded_state(self.run_dir, self.images_seen, state_header(spec, nets, p), nets, self.opts,
-                                          self.world)
-            return save_state(self.run_dir, self.images_seen, state_dict(spec, nets, self.opts, p))
-
-        if not self.world.is_main:
-            state_file = write_state()
-        else:
-            gen_file, state_file = write_snapshot(self.run_dir, spec, self.images_seen, self._generator_meta(), write_state,
-                                                  ema_state)
+        gen_file, state_file = save_checkpoint(self.run_dir, self.spec, self.images_seen, self._generator_meta(),
+                                               self.nets, self.opts, p, self.world, self.sharded)
         self.write_grids()  # after the state: a grid that fails (a VAE out of memory) loses no checkpoint
-        if self.world.is_main:
+        if gen_file is not None:
             self.on_event(SnapshotSaved(gen_file, state_file, self.images_seen))
         return state_file
 
     def write_grids(self) -> None:
-        """Rank 0's grids of the EMA generator (and, once per run, of the teacher's sampler); a sharded run gathers
-        the networks rank 0 draws with on every process first."""
-        if not self.sharded:
-            if self.grids is not None:
-                self.grids.write(self.nets.ema, self.images_seen)
-            return
-        with_teacher = self.world.broadcast(self.grids is not None and self.grids.needs_teacher())
-        with gathered(self.nets.ema, self.world), gathered(self.nets.teacher, self.world) if with_teacher else nullcontext():
-            if self.grids is not None:
-                self.grids.write(self.nets.ema, self.images_seen)
+        draw_grids(self.grids, self.nets, self.world, self.sharded, self.images_seen)
 
     def summary(self) -> dict[str, Any]:
         return {**run_summary(self.run_dir, self.spec), "steps": self.progress.step, "images_seen": self.images_seen,
