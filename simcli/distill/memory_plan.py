@@ -45,7 +45,7 @@ from torch.utils._pytree import tree_map
 from simcli.config.spec import RunSpec
 from simcli.distill.memory_estimate import micro_batch, size_text
 from simcli.nets.denoiser import Denoiser
-from simcli.nets.lora import lora_parameter_count
+from simcli.nets.lora import lora_parameter_count, set_trainable
 from simcli.nets.registry import meta_network
 from simcli.nets.text_condition import TextCondition
 
@@ -133,7 +133,8 @@ def trace_saved_bytes(net: Denoiser, batch: int, *, trainable: bool, precision: 
     net = net.to("meta")
     if net.supports_activation_checkpointing:
         net.set_activation_checkpointing(checkpointing)
-    net.train(trainable).requires_grad_(trainable)
+    net.train(trainable).requires_grad_(False)
+    set_trainable(net, trainable)  # a LoRA network: its adapters only
     own = {_storage_key(t) for t in net.state_dict(keep_vars=True).values()}
     saved: dict[int, int] = {}
 
@@ -165,17 +166,28 @@ class LinearBytes:
 
 
 def activation_model(net: Denoiser, precision: str, checkpointing: bool, frozen_passes: int,
-                     text_tokens: int) -> LinearBytes:
-    """The generator update's saved bytes as a function of the micro-batch, from traces at batches 1 and 2."""
+                     text_tokens: int, lora_ranks: tuple[int | None, int | None] = (None, None)) -> LinearBytes:
+    """The generator update's saved bytes as a function of the micro-batch, from traces at batches 1 and 2. With
+    LoRA (ranks of the generator and the online model) those networks are traced with their adapters (a
+    parametrized layer keeps its merged weight for the backward, a branch its low-rank input)."""
+    from simcli.nets.lora import add_lora, shared_copy
+
+    def adapted(rank: int | None) -> Denoiser:
+        return net if rank is None else add_lora(shared_copy(net.to("meta")), rank)
+
+    generator_net, online_net = adapted(lora_ranks[0]), adapted(lora_ranks[1])
+
+    def trace(which: Denoiser, batch: int, trainable: bool) -> int:
+        return trace_saved_bytes(which, batch, trainable=trainable, precision=precision, checkpointing=checkpointing,
+                                 text_tokens=text_tokens)
 
     def update(batch: int) -> int:
-        generator = trace_saved_bytes(net, batch, trainable=True, precision=precision, checkpointing=checkpointing,
-                                      text_tokens=text_tokens)
+        generator = trace(generator_net, batch, True)
         if not frozen_passes:
             return generator
-        score = trace_saved_bytes(net, batch, trainable=False, precision=precision, checkpointing=checkpointing,
-                                  text_tokens=text_tokens)
-        return generator + frozen_passes * score
+        teacher = trace(net, batch, False)  # the teacher, and the online model when it trains all its weights
+        online = teacher if online_net is net else trace(online_net, batch, False)
+        return generator + (frozen_passes - 1) * teacher + online
 
     one, two = update(1), update(2)
     return LinearBytes(fixed=max(0, 2 * one - two), per_sample=two - one)
@@ -288,8 +300,8 @@ def plan_memory(architecture: dict[str, Any], spec: RunSpec, processes: int, dev
     tr = spec.training
     checkpointing = tr.activation_checkpointing and net.supports_activation_checkpointing
     frozen = FROZEN_PASSES_WITH_GRAD.get(spec.loss.method, 2)
-    acts = activation_model(net, tr.precision, checkpointing, frozen, text_tokens)
     ranks = (spec.generator.lora_rank, spec.online.lora_rank)
+    acts = activation_model(net, tr.precision, checkpointing, frozen, text_tokens, ranks)
     adapters = tuple(None if r is None else lora_parameter_count(net, r) for r in ranks)
     sharded = tr.sharding == "fsdp" and processes > 1 and ranks == (None, None)
     parts = weight_parts(parameters, buffers, processes if sharded else 1, adapters)
@@ -298,7 +310,7 @@ def plan_memory(architecture: dict[str, Any], spec: RunSpec, processes: int, dev
     if device_bytes is not None and sum(parts.values()) + acts.at(batch) > device_bytes:
         checkpointed = None
         if not checkpointing and net.supports_activation_checkpointing:
-            checkpointed = activation_model(net, tr.precision, True, frozen, text_tokens)
+            checkpointed = activation_model(net, tr.precision, True, frozen, text_tokens, ranks)
         extra = gathered_bytes(net, tr.precision)
 
         def weights(n: int) -> int:  # over n processes (LoRA runs are not sharded)

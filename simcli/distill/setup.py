@@ -183,7 +183,7 @@ def check_network_settings(spec: RunSpec, teacher: Teacher) -> None:
 
 
 def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.device, on_event: EventHandler,
-                   stop: StopRequest | None = None, shard: Callable[[Denoiser, bool], None] | None = None) -> Networks:
+                   stop: StopRequest | None = None, shard: Callable[[Denoiser, str], None] | None = None) -> Networks:
     """Teacher plus generator, online model and EMA, all three initialised from the teacher's network.
 
     A teacher's network is copied as it is (dropout as recorded, or training.dropout when set: active while the
@@ -204,7 +204,7 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
     if spec.generator.lora_rank is not None or spec.online.lora_rank is not None:
         generator, online, ema = _lora_copies(source, spec, device)
     elif shard is not None:  # each copy sharded before the next is made (FSDP modules cannot be deep-copied)
-        generator, online, ema = [_sharded(copy.deepcopy(source), shard) for _ in range(3)]  # one at a time
+        generator, online, ema = [_sharded(copy.deepcopy(source), shard, role) for role in ("trained", "trained", "ema")]
         generator.requires_grad_(True)
         online.requires_grad_(False)
         ema.requires_grad_(False)
@@ -214,7 +214,7 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
         ema = copy.deepcopy(base).requires_grad_(False)
         generator = base.requires_grad_(True)  # the copy itself: no fourth copy alive during the set-up
     if shard is not None:
-        shard(teacher, True)
+        shard(teacher, "teacher")
     if teacher.conditioning.guidance != "none":  # the teacher guided, the copies on the condition alone
         teacher.set_guidance_scale(spec.text.guidance_scale)
         for net in (generator, online, ema):
@@ -225,8 +225,9 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
     return Networks(teacher, generator, online, ema, architecture)
 
 
-def _sharded(net: Denoiser, shard: Callable[[Denoiser, bool], None]) -> Denoiser:
-    shard(net, False)
+def _sharded(net: Denoiser, shard: Callable[[Denoiser, str], None], role: str) -> Denoiser:
+    """net, sharded in place (one copy at a time: FSDP modules cannot be deep-copied)."""
+    shard(net, role)
     return net
 
 

@@ -14,8 +14,10 @@ What stays as without sharding:
   reduced in float32 and the shards (master weights, Adam's moments) stay float32 (FSDP's mixed-precision policy);
   fp32 and tf32 gather float32;
 - the EMA: the generator and the EMA are sharded alike, so the EMA's update is local to each shard;
-- the grids, the evaluations and the teacher's probe, which rank 0 (or each process, with its share of samples)
-  runs alone: `gathered` all-gathers a network's parameters on every process first and keeps them gathered while
+- the EMA's evaluations: its blocks are gathered in float32 in every precision (it is never trained under
+  autocast);
+- the grids and the evaluations, which rank 0 (or each process, with its share of samples) runs alone: `gathered`
+  all-gathers a network's parameters on every process first and keeps them gathered while
   the block runs, so a forward pass needs no collective (memory: one gathered copy, in the compute dtype).
 """
 
@@ -106,14 +108,21 @@ def shard_network(net: nn.Module, precision: str, mesh: Any, offload: bool = Fal
         module.set_force_sum_reduction_for_comms(True)
 
 
-def network_sharder(spec: RunSpec, device: torch.device) -> Callable[[nn.Module, bool], None]:
-    """What shards each network of a sharded run as soon as it is built (sharder(net, is_teacher)), so that at most
-    two whole networks are ever alive (the teacher and the copy being sharded): the teacher's shards on the CPU with
-    training.offload_teacher. Every process calls this together (it makes the mesh)."""
+ROLES = ("teacher", "trained", "ema")
+
+
+def network_sharder(spec: RunSpec, device: torch.device) -> Callable[[nn.Module, str], None]:
+    """What shards each network of a sharded run as soon as it is built (sharder(net, role), role one of ROLES), so
+    that at most two whole networks are ever alive (the teacher and the copy being sharded): the teacher's shards on
+    the CPU with training.offload_teacher, the EMA gathered in float32. Every process calls this together (it makes
+    the mesh)."""
     mesh, tr = sharding_mesh(device), spec.training
 
-    def shard(net: nn.Module, is_teacher: bool) -> None:
-        shard_network(net, tr.precision, mesh, offload=is_teacher and tr.offload_teacher)
+    def shard(net: nn.Module, role: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        precision = "fp32" if role == "ema" else tr.precision
+        shard_network(net, precision, mesh, offload=role == "teacher" and tr.offload_teacher)
 
     return shard
 

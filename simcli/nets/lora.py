@@ -6,10 +6,15 @@ and each trains only its own low-rank adapters:
 
     W' = W + (alpha / rank) * (B @ A).reshape(W.shape)      A [r, fan_in], B [out, r], fan_in = prod(W.shape[1:])
 
-EDM's layers (simcli.nets.layers.Linear / Conv2d) are not torch.nn layer types, so adapters cannot be injected as
-extra modules (peft's way). Instead the adapter is a weight parametrization (torch.nn.utils.parametrize): every
-layer that reads `self.weight` in its forward (EDM's layers, torch.nn.Linear / Conv2d in diffusers networks) gets
-W' without any change to its code. A ~ kaiming-uniform(a=sqrt(5)) (nn.Linear's default init) and B = 0, as in the
+Two forms, the same function:
+- torch's own nn.Linear and nn.Conv2d (groups 1, zero padding: the layers of diffusers networks) get a branch, as
+  peft adds one: y = layer(x) + scale * B(A(x)), a forward hook on the layer with the adapter as its submodule
+  `lora_adapter`. The merged weight is never formed, so a pass keeps x and A(x) for the backward, not a copy of
+  every weight (which at FLUX's size is tens of GB per pass);
+- other layers, EDM's (simcli.nets.layers.Linear / Conv2d: not torch layer types, with resampling fused into the
+  convolution), get a weight parametrization (torch.nn.utils.parametrize): every layer that reads `self.weight` in
+  its forward gets W' without any change to its code, at the cost of forming W' in every pass (EDM's networks are
+  small). A ~ kaiming-uniform(a=sqrt(5)) (nn.Linear's default init) and B = 0, as in the
 paper and peft, so an adapted network computes exactly what its base does until B moves.
 
 Typical use:
@@ -27,6 +32,7 @@ What parametrize changes, worth knowing:
 - an adapted layer's class is a generated subclass (`ParametrizedConv2d`): isinstance checks still hold, pickling
   the module (torch.save(net)) is refused by torch, copy.deepcopy works;
 - every read of `layer.weight` recomputes W'; wrap repeated reads in `torch.nn.utils.parametrize.cached()`.
+A branch-adapted layer keeps its `weight` and holds the adapter at `<layer>.lora_adapter.lora_A` / `lora_B`.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from itertools import chain
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -101,6 +108,32 @@ class LoRADelta(nn.Module):
         return f"rank={self.lora_A.shape[0]}, scale={self.scale:g}"
 
 
+BRANCH = "lora_adapter"
+"""The submodule name of a branch-adapted layer's adapter."""
+
+
+def takes_branch(layer: nn.Module) -> bool:
+    """Whether a layer is adapted by a branch (torch's own Linear, or Conv2d with groups 1 and zero padding) rather
+    than by a weight parametrization."""
+    if type(layer) is nn.Linear:
+        return True
+    return type(layer) is nn.Conv2d and layer.groups == 1 and layer.padding_mode == "zeros"
+
+
+def _branch(layer: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+    """The forward hook of a branch-adapted layer: output + scale * B(A(x)), as W' = W + scale * B @ A would give."""
+    delta: LoRADelta = getattr(layer, BRANCH)
+    x = args[0]
+    a, b = delta.lora_A, delta.lora_B
+    if isinstance(layer, nn.Linear):
+        low = F.linear(F.linear(x, a.to(x.dtype)), b.to(x.dtype))
+    else:
+        kernel = a.reshape(a.shape[0], *layer.weight.shape[1:]).to(x.dtype)
+        h = F.conv2d(x, kernel, None, layer.stride, layer.padding, layer.dilation)
+        low = F.conv2d(h, b.reshape(*b.shape, 1, 1).to(x.dtype))
+    return output + (delta.scale * low).to(output.dtype)
+
+
 # ---------------------------------------------------------------------------------------------- finding layers
 
 
@@ -115,7 +148,7 @@ def lora_targets(net: nn.Module) -> list[tuple[str, nn.Module]]:
     found = []
     for name, module in net.named_modules():
         weight = module._parameters.get("weight")
-        if not isinstance(weight, nn.Parameter) or isinstance(module, _SKIPPED_TYPES):
+        if not isinstance(weight, nn.Parameter) or isinstance(module, _SKIPPED_TYPES) or hasattr(module, BRANCH):
             continue
         if weight.ndim in LORA_TARGET_NDIMS and min(_matrix_shape(weight.shape)) >= 1:
             found.append((name, module))
@@ -131,7 +164,9 @@ def _adapted_layers(net: nn.Module) -> list[tuple[str, nn.Module, LoRADelta]]:
     """(qualified name, layer, its LoRADelta) of every layer of `net` whose weight carries an adapter."""
     found = []
     for name, module in net.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
+        if isinstance(getattr(module, BRANCH, None), LoRADelta):
+            found.append((name, module, getattr(module, BRANCH)))
+        elif parametrize.is_parametrized(module, "weight"):
             found += [(name, module, p) for p in module.parametrizations.weight if isinstance(p, LoRADelta)]
     return found
 
@@ -190,7 +225,11 @@ def add_lora(net: nn.Module, rank: int, alpha: float | None = None, generator: t
         p.requires_grad_(False)
     for _, layer in targets:
         delta = LoRADelta(layer.weight, rank, alpha, generator)
-        parametrize.register_parametrization(layer, "weight", delta)
+        if takes_branch(layer):
+            layer.add_module(BRANCH, delta)
+            layer.register_forward_hook(_branch)
+        else:
+            parametrize.register_parametrization(layer, "weight", delta)
     return net
 
 
@@ -270,8 +309,15 @@ def merged_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
     into the network LoRA was added to, as it was before (keys in `state_dict()` order otherwise)."""
     plain: dict[str, str] = {}  # every state_dict key of a parametrization -> the plain key it stands for
     values: dict[str, torch.Tensor] = {}  # plain key -> its current (merged) value
+    dropped: set[str] = set()  # a branch's adapter keys
     with torch.no_grad():
         for name, module in net.named_modules():
+            delta = getattr(module, BRANCH, None)
+            if isinstance(delta, LoRADelta):
+                weight = module.weight.detach()
+                values[_key(name, "weight")] = weight + delta.delta().reshape(weight.shape).to(weight.dtype)
+                dropped |= {_key(name, f"{BRANCH}.{attr}") for attr in ADAPTER_NAMES}
+                continue
             if not parametrize.is_parametrized(module):
                 continue
             for tensor_name, parametrization in module.parametrizations.items():
@@ -283,8 +329,8 @@ def merged_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
     for key, value in net.state_dict().items():
         if key in plain:
             merged.setdefault(plain[key], values[plain[key]])
-        else:
-            merged[key] = value
+        elif key not in dropped:
+            merged[key] = values.get(key, value)
     return merged
 
 
