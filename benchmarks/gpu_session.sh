@@ -1,84 +1,80 @@
 #!/bin/bash
-# The GPU checks of a session that is lent a device machine (one H200; 15 minutes of device time in all), as one
-# prepared script. Results go to $OUT (the device tool brings them back) for benchmarks/results/.
+# The GPU checks of a session that is lent a device machine (one H100 or H200; 15 minutes of device time in all,
+# the machine's start included), as one prepared script of about 9 minutes. Results go to $OUT, which the device
+# tool brings back (at most 8 files: this script writes 7); copy the .md/.json into benchmarks/results/.
 #
-# Prepare here first (the device machine cannot reach PyPI; its python3 has torch, transformers, typer, rich,
-# safetensors, pyyaml, but not pydantic or diffusers):
-#   .venv/bin/pip download --only-binary=:all: --python-version 3.12 -d wheels pydantic diffusers open_clip_torch
+# Prepare here first. The device machine cannot reach PyPI; its python3 (3.12) has torch, numpy, typer, rich,
+# safetensors, pyyaml, pillow, matplotlib, pytest, huggingface-hub, but not pydantic or diffusers. Download the
+# versions this venv runs, without their dependencies (a plain `pip download` would pull torch, beyond the 64 MiB
+# that travels), for Python 3.12 on x86-64 Linux:
+#   .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#       -d wheels $(.venv/bin/pip freeze | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|diffusers|importlib[-_]metadata)==')
 #   echo wheels/ >> .git/info/exclude
-# then: run(command="bash benchmarks/gpu_session.sh", carry=["wheels"], timeout_s=540)
+# then: run(command="bash benchmarks/gpu_session.sh", carry=["wheels"], timeout_s=590)
+# (DEADLINE_S=N bash benchmarks/gpu_session.sh bounds the whole script to N seconds; default 530.)
 #
-# What it measures (each step bounded, so one failure does not spend the budget):
-#   1. the CUDA tests (pytest -m gpu);
-#   2. CIFAR-10 DDPM++ at batch 256: sec/kimg, peak memory and the overhead ratio in fp32, tf32 and bf16, with and
-#      without torch.compile and activation checkpointing (benchmarks/bench_distill.py);
-#   3. PixArt-XL-2's real transformer dimensions with random weights (no download): iteration time and memory in
-#      bf16, checkpointing on and off, at micro-batch 8.
+# What it measures (each step bounded by `timeout` and by the time left, so one failure does not spend the budget;
+# $OUT/session.log has every step's output, exit code and wall time):
+#   1. simcli's memory plan against the CUDA peak (issue 18): PixArt-XL-2-512's transformer (0.61B parameters, its
+#      shipped config, random weights, no download) in bf16, micro-batch 1 and 4, activation checkpointing on and
+#      off, the teacher guided at 4.5 (as a run) and unguided (as the plan traces it): the plan part by part, the
+#      measured weights, weights + Adam and peak (torch.cuda.max_memory_allocated), the ratio, and sec/iteration of
+#      simcli's own SIM updates (benchmarks/plan_vs_cuda.py) -> plan_vs_cuda-<gpu>.{md,json};
+#   2. the CUDA tests (pytest -m gpu over the test files that carry the marker);
+#   3. CIFAR-10 DDPM++ at batch 256 in one micro-batch: sec/kimg, peak memory and the overhead ratio against a
+#      minimal loop in bf16, tf32 and fp32, with and without activation checkpointing, with --breakdown
+#      (benchmarks/bench_distill.py) -> bench_distill-ddpmpp-<gpu>.{md,json};
+#   4. the same with torch.compile, bf16, no checkpointing, in the time left -> bench_distill-ddpmpp-<gpu>-compile.*
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-python3 -m pip install -q --no-index --find-links wheels pydantic diffusers open_clip_torch 2>&1 | tail -2
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
+OUT=$(cd "$OUT" && pwd)
+LOG="$OUT/session.log"
+DEADLINE=${DEADLINE_S:-530}
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+: > "$LOG"
 
-timeout 90 python3 -m pytest -q -m gpu tests -p no:cacheprovider > "$OUT/gpu-tests.txt" 2>&1
-echo "gpu tests: exit $?" >> "$OUT/gpu-tests.txt"
+step() {  # step NAME CAP_S COMMAND...: COMMAND bounded by CAP_S and by the time left before DEADLINE
+    local name=$1 cap=$2 left start rc
+    shift 2
+    left=$((DEADLINE - SECONDS - 5))
+    if ((cap > left)); then cap=$left; fi
+    if ((cap < 20)); then
+        echo "== $name: skipped, ${left}s left" | tee -a "$LOG"
+        return
+    fi
+    echo "== $name (limit ${cap}s): $*" >> "$LOG"
+    start=$SECONDS
+    timeout -k 10 "$cap" "$@" >> "$LOG" 2>&1
+    rc=$?
+    echo "== $name: exit $rc after $((SECONDS - start))s$( ((rc == 124 || rc == 137)) && echo ' (timed out)')" \
+        | tee -a "$LOG"
+}
 
-timeout 240 python3 benchmarks/bench_distill.py --arch ddpmpp --batch 256 --batch-gpu 256 --device cuda \
-    --precision fp32 tf32 bf16 --compile off on --checkpointing off on --iterations 5 --warmup 2 --breakdown \
-    --out bench_distill-ddpmpp-h200 > "$OUT/bench-ddpmpp.log" 2>&1
-cp benchmarks/results/bench_distill-ddpmpp-h200.* "$OUT/" 2>/dev/null
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$LOG" 2>&1
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr '[:upper:]' '[:lower:]' \
+    | tr -cs 'a-z0-9' '-' | sed 's/^-*//; s/-*$//')
+GPU=${GPU:-cuda}
+step pip-install 90 python3 -m pip install -q --no-index --find-links wheels pydantic diffusers
+step versions 30 python3 -c "import torch, pydantic, diffusers; print('torch', torch.__version__, 'cuda', \
+torch.version.cuda, torch.cuda.get_device_name(0), '| pydantic', pydantic.__version__, '| diffusers', diffusers.__version__)"
 
-timeout 150 python3 - > "$OUT/pixart-xl-random.txt" 2>&1 <<'EOF'
-"""PixArt-XL-2-512's transformer dimensions with random weights: one SIM iteration's time and peak memory."""
-import copy, time
-import torch
-from diffusers import PixArtTransformer2DModel
-from simcli.config.spec import LognormalNoise, LossSpec
-from simcli.distill.batches import BatchPlan
-from simcli.distill.precision import Precision
-from simcli.distill.steps import Context, generator_update, make_generator_loss, online_update
-from simcli.distill.streams import IterationStreams, online_phase
-from simcli.nets.pixart import PixArtDenoiser, pixart_architecture
-from simcli.distill.conditions import ClassLabels
-from simcli.nets.text_condition import TextCondition
+step plan-vs-cuda 170 python3 benchmarks/plan_vs_cuda.py --device cuda --batch 1 4 --checkpointing on off \
+    --guidance-scale 4.5 1 --precision bf16 --warmup 2 --iterations 3 --out "$OUT/plan_vs_cuda-$GPU"
 
-config = dict(sample_size=64, num_layers=28, attention_head_dim=72, num_attention_heads=16, in_channels=4,
-              out_channels=8, patch_size=2, cross_attention_dim=1152, caption_channels=4096,
-              norm_type="ada_norm_single", num_embeds_ada_norm=1000, norm_elementwise_affine=False, norm_eps=1e-6,
-              use_additional_conditions=False)
-dev = torch.device("cuda")
-schedule = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
+mapfile -t GPU_TESTS < <(grep -rl --include='*.py' 'mark\.gpu' tests | sort)
+step gpu-tests 90 python3 -m pytest -q -m gpu -p no:cacheprovider "${GPU_TESTS[@]}"
 
-class RandomPrompts(ClassLabels):
-    def draw(self, n, rng, device):
-        return TextCondition(torch.randn(n, 120, 4096, device=device, generator=rng) * 0.1,
-                             torch.ones(n, 120, dtype=torch.long, device=device))
+step bench-ddpmpp 150 python3 benchmarks/bench_distill.py --arch ddpmpp --batch 256 --batch-gpu 256 --device cuda \
+    --precision bf16 tf32 fp32 --compile off --checkpointing off on --iterations 5 --warmup 2 --breakdown \
+    --out "$OUT/bench_distill-ddpmpp-$GPU"
 
-for checkpointing in (False, True):
-    teacher = PixArtDenoiser(PixArtTransformer2DModel(**config), schedule).to(dev).eval().requires_grad_(False)
-    generator, online = copy.deepcopy(teacher).requires_grad_(True), copy.deepcopy(teacher)
-    for net in (teacher, generator, online):
-        net.set_activation_checkpointing(checkpointing)
-    p = Precision("bf16", dev)
-    plan = BatchPlan(2.5, 8, 8, (4, 64, 64), 0, dev, condition_source=RandomPrompts(0))
-    opt_g = torch.optim.Adam(generator.parameters(), lr=5e-6, betas=(0.0, 0.999))
-    opt_o = torch.optim.Adam(online.parameters(), lr=5e-6, betas=(0.0, 0.999))
-    loss = make_generator_loss(LossSpec(), "none", 4 * 64 * 64)
-    noise = LognormalNoise(p_mean=-2.0, p_std=2.0, sigma_min=0.01, sigma_max=156.6155)
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    with p.tf32():
-        for step in range(4):
-            ctx = Context(plan, IterationStreams(0, step, dev), autocast=p.autocast)
-            torch.cuda.synchronize(); t0 = time.perf_counter()
-            online_update(generator, online, opt_o, ctx, online_phase(0), noise)
-            generator_update(generator, online, teacher, opt_g, loss, ctx, noise)
-            torch.cuda.synchronize(); times.append(time.perf_counter() - t0)
-    params = sum(q.numel() for q in teacher.parameters())
-    print(f"pixart-xl random params={params} micro_batch=8 bf16 checkpointing={checkpointing} "
-          f"sec/iter={sorted(times[1:])[1]:.3f} peak_gib={torch.cuda.max_memory_allocated() / 2**30:.1f}")
-    del teacher, generator, online, opt_g, opt_o
-    torch.cuda.empty_cache()
-EOF
+step bench-ddpmpp-compile 180 python3 benchmarks/bench_distill.py --arch ddpmpp --batch 256 --batch-gpu 256 \
+    --device cuda --precision bf16 --compile on --checkpointing off --iterations 5 \
+    --out "$OUT/bench_distill-ddpmpp-$GPU-compile"
+
+echo "== total ${SECONDS}s" | tee -a "$LOG"
+for f in "$OUT"/plan_vs_cuda-*.md "$OUT"/bench_distill-*.md; do
+    [ -f "$f" ] && { echo; cat "$f"; }
+done
 ls -la "$OUT"
