@@ -26,6 +26,7 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "--precision": ("training.precision",),
     "--sharding": ("training.sharding",),
     "--lora-rank": ("generator.lora_rank", "online.lora_rank"),
+    "--data": ("data.source",),
     "--lr": ("generator.optimizer.lr", "online.optimizer.lr"),
     "--eval-every": ("logging.eval_every_kimg",),
     "--fid-ref": ("evaluation.reference",),
@@ -110,6 +111,7 @@ def distill(
     restart: Annotated[bool, typer.Option("--restart", help="When no state file in RUN_DIR is readable: move them aside into discarded-<time>/ and start again from iteration 0.")] = False,
     prompts: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="Text-to-image teachers: the prompts to distill from, one per line (.txt) or JSON lines with a 'prompt' field (.jsonl).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="Network passes in fp32 (TF32 off), tf32, bf16 (autocast) or fp16 (autocast, loss scaling); weights and losses stay float32 (default: fp32).")] = None,
+    data: Annotated[str | None, typer.Option("--data", metavar="SOURCE", help="Real training images for an adversarial term (SiDA's, beyond the data-free paper): an image folder (labels from its dataset.json), an EDM dataset .zip, an .npz, or digits-train. Default: data-free.")] = None,
     sharding: Annotated[str | None, typer.Option("--sharding", help="Under torchrun: none (each process holds whole networks) or fsdp (the networks, gradients and Adam states sharded over the processes with FSDP2; sharded checkpoints that resume with any number of processes). Default: none.")] = None,
     lora_rank: Annotated[int | None, typer.Option("--lora-rank", metavar="R", help="Train rank-R LoRA adapters of the generator and the online model over one shared, frozen copy of the teacher's weights, instead of all their weights (default: all weights).")] = None,
     plan_processes: Annotated[int | None, typer.Option("--processes", metavar="N", help="With --dry-run: plan for a run over N processes (torchrun --nproc_per_node times nodes), e.g. to see what --sharding fsdp gives on 8 GPUs (default: the processes torchrun started, or 1).")] = None,
@@ -132,7 +134,7 @@ def distill(
             raise UsageError("--kimg and --steps both given", hint="give one duration")
         flags = flag_layer({
             "--method": method, "--distance": distance, "--kimg": kimg, "--steps": steps, "--batch-size": batch_size,
-            "--batch-gpu": batch_gpu, "--precision": precision, "--sharding": sharding, "--lora-rank": lora_rank, "--lr": lr, "--eval-every": eval_every, "--fid-ref": fid_ref,
+            "--batch-gpu": batch_gpu, "--precision": precision, "--sharding": sharding, "--lora-rank": lora_rank, "--data": _absolute(data), "--lr": lr, "--eval-every": eval_every, "--fid-ref": fid_ref,
             "--fid-n": fid_n, "--seed": seed, "--device": device,
             # absolute, so that the run resumes from any working directory
             "--prompts": str(prompts.resolve()) if prompts is not None else None,
@@ -231,6 +233,15 @@ def _kept_snapshot(run_dir: Path, batch_size: int) -> str:
     if newest is None:
         return "no snapshot was written yet; run the same command again to start"
     return f"the last snapshot, {newest[0].name} (iteration {newest[1]}), is kept; run the same command again to resume"
+
+
+def _absolute(source: str | None) -> str | None:
+    """A --data path made absolute (the run resumes from any working directory); shipped names as they are."""
+    if source is None:
+        return None
+    from simcli.data.real_data import SHIPPED_SETS
+
+    return source if source in SHIPPED_SETS else str(Path(source).expanduser().resolve())
 
 
 def _memory_plan(spec, processes: int, gpu_memory: float | None):

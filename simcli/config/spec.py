@@ -351,6 +351,38 @@ class TextSpec(Strict):
     SDXL 1024, SD1.5 512, ...)."""
 
 
+class DataSpec(Strict):
+    """Real training images (beyond the paper: SIM is data-free; with data, an adversarial term is added)."""
+
+    source: str | None = None
+    """--data: an image folder (a dataset.json beside the images gives labels, EDM's dataset_tool layout), an EDM
+    dataset .zip, an .npz (images, optional labels) or a shipped set (digits-train, digits-test); checked against the
+    teacher (resolution, channels, labels) before the run directory is touched. none: data-free."""
+
+
+class AdversarialSpec(Strict):
+    """The adversarial term on real data, on when data.source is given: SiDA's (Zhou et al., ICLR 2025; official code
+    mingyuanzhou/SiD, branch sida, commit a5510fdf). The discriminator is the online model's encoder: the channel
+    mean of its last feature map is a logit map (sida_networks.py:152), so it adds no parameters."""
+
+    online_weight: Float = Field(1.0, ge=0)
+    """Weight of the discriminator loss lambda(sigma) * (BCE(real, 1) + BCE(fake, 0)) / 2 beside the online model's
+    DSM loss, both per sample (SiDA's --lsd 1 beside --ls 1: sida_train.py:133-151, sida_training_loop.py:363-366)."""
+    generator_weight: Float = Field(1e-4, ge=0)
+    """Weight of the generator's adversarial loss BCE(clamp(logits, +-10), 1) * C*H*W / w(x) beside its SIM, SiD or
+    Diff-Instruct loss (per sample, a per-pixel sum): SiDA's --lsg_gan 0.01 over --lsg 100 (sida_training_loop.py:
+    403-413; the 0.5/0.5 mix there scales both alike)."""
+    generator_freeze_kimg: Float = Field(100.0, ge=0)
+    """The generator does not step before this many thousand images: the online model and its discriminator learn
+    first (SiDA: 100 kimg, sida_training_loop.py:425-426)."""
+    generator_start_kimg: Float = Field(200.0, ge=0)
+    """The generator's adversarial loss is added from this many thousand images on (SiDA: 200 kimg,
+    sida_training_loop.py:410)."""
+    online_grad_clip: Float | None = Field(1.0, gt=0)
+    """Clip the online model's gradient values to this bound (SiDA clips the fake score's to 1 when the adversarial
+    term is on: sida_training_loop.py:380-381); none: no clipping."""
+
+
 class RunSpec(Strict):
     """Everything that defines a distillation run; written to config.json and embedded in checkpoints."""
 
@@ -378,6 +410,10 @@ class RunSpec(Strict):
     """What in-training evaluation computes."""
     text: TextSpec = TextSpec()
     """Prompts and guidance (text-to-image teachers only)."""
+    data: DataSpec = DataSpec()
+    """Real training images (none: data-free, the paper's setting)."""
+    adversarial: AdversarialSpec = AdversarialSpec()
+    """The adversarial term, on with data.source."""
     seed: Int = Field(0, ge=0, le=SEED_MAX)
     """Seed of every random draw (0 to 2^64 - 1); iteration k reseeds from (seed, k), so resumed runs repeat exactly."""
     device: str = "auto"

@@ -693,9 +693,9 @@ class RealBatchStream:
     """Draws of real images for training: uniform with replacement (as SiDA and DMD2; no class balancing), every
     index from the generator handed in.
 
-    Hand it a micro-batch's generator (real_data_generator, or IterationStreams.begin's): a micro-batch then draws
-    the same images whichever process computes it and in whatever order, and a resumed run repeats the draws
-    exactly. The stream keeps no state of its own, so there is nothing to save in a snapshot.
+    Hand it a micro-batch's generator (IterationStreams.real_data, or IterationStreams.begin's): a micro-batch
+    then draws the same images whichever process computes it and in whatever order, and a resumed run repeats the
+    draws exactly. The stream keeps no state of its own, so there is nothing to save in a snapshot.
     """
 
     data: RealImages

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from simcli.config.spec import RunSpec
+from simcli.distill.adversarial import open_run_data, schedule_warnings
 from simcli.distill.augment import online_augmentation
 from simcli.distill.batches import BatchPlan, resolve_micro_batch, share_micro_batches
 from simcli.distill.checkpoint import draw_grids, save_checkpoint
@@ -107,6 +108,7 @@ class Distillation(RunStops):
         # encoder loaded), also before the run directory is touched: a missing or malformed prompt file or a text
         # encoder that cannot be loaded leaves it as it was. Prompts for another teacher are refused.
         self.prompts = RunPrompts.prepare(spec, teacher, self.world, self.device, self.on_event, self.stop, prompt_file)
+        self.real = open_run_data(spec, teacher)  # real images (--data): checked before the run directory too
         # The evaluator's reference and feature weights, too, are checked before the run directory is touched.
         self.evaluator = make_evaluator(spec, teacher, self.device, self.world) if make_evaluator is not None else None
         if self._stop_agreed():  # e.g. during a download (any process's signal): nothing in the run directory was touched
@@ -167,7 +169,8 @@ class Distillation(RunStops):
         self.grids = self._grids() if world.is_main else None
         if spec.online.sample_source == "generator-step":
             batch_warnings.append(GENERATOR_STEP_COST)
-        warnings = [*warnings, *batch_warnings, *augment_warnings]
+        warnings = [*warnings, *batch_warnings, *augment_warnings,
+                    *schedule_warnings(self.real, tr.total_steps * tr.batch_size)]
         self.started = RunStarted(
             self.run_dir, str(self.device), self.progress.step, tr.total_steps, tr.batch_size, self.resumed_from,
             sum(p.numel() for p in self.nets.generator.parameters()), warnings, self.progress.elapsed_s,
@@ -267,11 +270,15 @@ class Distillation(RunStops):
         reuse = spec.online.sample_source == "generator-step"
         kept: list[Samples] | None = [] if reuse else None
 
+        images_before, real = step * spec.training.batch_size, self.real
+
         def update_generator() -> tuple[float, bool]:
             return generator_update(
                 nets.generator, nets.online, nets.teacher, self.opts["generator"], self.loss_fn, ctx,
                 spec.generator.noise, grad_through_networks=spec.loss.method != "di",
                 score_dropout=spec.generator.score_dropout, scaler=self.scalers["generator"], keep_samples=kept,
+                real=real, adversarial=real is not None and real.generator_adversarial(images_before),
+                frozen=real is not None and real.generator_frozen(images_before),
             )
 
         if reuse:
@@ -281,6 +288,7 @@ class Distillation(RunStops):
             loss_online, ok = online_update(
                 nets.generator, nets.online, self.opts["online"], ctx, online_phase(j), spec.online.noise,
                 augment=self.augment, scaler=self.scalers["online"], samples=kept, weighting=spec.online.weighting,
+                real=self.real,
             )
             ok_online = ok_online and ok
         if not reuse:

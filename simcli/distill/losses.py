@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
@@ -69,3 +70,20 @@ def di_generator_loss(x0: Tensor, online_out: Tensor, teacher_out: Tensor) -> Te
     """Diff-Instruct (KL): <sg(D_psi - D_phi), x0>, gradient (D_psi - D_phi) at x0 (Luo et al. 2023): [B]."""
     direction = (online_out - teacher_out).detach()
     return _flat(direction * x0).sum(1)
+
+
+def discriminator_loss(logits_real: Tensor, logits_fake: Tensor, sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
+    """SiDA's discriminator loss lambda(sigma) (BCE(l_real, 1) + BCE(l_fake, 0)) / 2, each BCE averaged over the
+    micro-batch and the logit map (one value per micro-batch, as SiDA's per-GPU batch: sida_loss.py:118-123): [B].
+    BCE(l, 1) = softplus(-l), BCE(l, 0) = softplus(l)."""
+    real = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
+    fake = F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
+    return edm_weight(sigma, sigma_data) * 0.5 * (real + fake)
+
+
+def generator_adversarial_loss(logits_fake: Tensor, normaliser: Tensor, pixels: int, clamp: float = 10.0) -> Tensor:
+    """SiDA's generator adversarial loss BCE(clamp(l_fake, -c, c), 1), averaged over the micro-batch and the logit
+    map, divided by each sample's normaliser w(x) and scaled by the pixels C*H*W, so that it sits beside a per-pixel
+    sum (sida_loss.py:70-72, sida_training_loop.py:403-405): [B]."""
+    bce = F.binary_cross_entropy_with_logits(logits_fake.clamp(-clamp, clamp), torch.ones_like(logits_fake))
+    return bce * pixels / normaliser

@@ -26,10 +26,20 @@ import torch
 from torch import nn
 
 from simcli.config.spec import KarrasUniformNoise, LognormalNoise, LossSpec
+from simcli.distill.adversarial import RealData
 from simcli.distill.augment import AugmentPipe
 from simcli.distill.batches import BatchPlan
 from simcli.distill.distances import default_pseudo_huber_c, make_distance
-from simcli.distill.losses import di_generator_loss, edm_weight, online_dsm_loss, sid_generator_loss, sim_generator_loss
+from simcli.distill.losses import (
+    di_generator_loss,
+    discriminator_loss,
+    edm_weight,
+    generator_adversarial_loss,
+    online_dsm_loss,
+    sid_generator_loss,
+    sid_normaliser,
+    sim_generator_loss,
+)
 from simcli.distill.noise import sample_karras_uniform_sigma, sample_lognormal_sigma
 from simcli.distill.precision import LossScaler
 from simcli.distill.sharding import is_dtensor, local
@@ -146,11 +156,12 @@ def noisy_generator_batch(
 
 def finish_update(
     optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor | float, world: World,
-    scaler: LossScaler,
+    scaler: LossScaler, clip_value: float | None = None, frozen: bool = False,
 ) -> tuple[float, bool]:
     """Sum the loss and the gradients over the processes, unscale, and step when they are finite (or let the
     scaler skip an overflow); returns (the update's loss, whether the iteration counts as finite). The loss is
-    read from the device once here, not once per micro-batch."""
+    read from the device once here, not once per micro-batch. clip_value: finite gradients are clamped to
+    [-clip_value, clip_value] first (adversarial.online_grad_clip); frozen: no step (adversarial.generator_freeze_kimg)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not any(is_dtensor(g) for g in grads):  # sharded gradients were summed by FSDP's reduce-scatter
         world.all_reduce_sum_(grads)
@@ -159,7 +170,10 @@ def finish_update(
     loss_finite = math.isfinite(loss)
     scaler.unscale_(grads)
     apply, finite = scaler.update(loss_finite, loss_finite and grads_are_finite(params, world))
-    if apply:
+    if apply and clip_value is not None:
+        torch._foreach_clamp_min_(grads, -clip_value)
+        torch._foreach_clamp_max_(grads, clip_value)
+    if apply and not frozen:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss, finite
@@ -177,8 +191,10 @@ def online_update(
     scaler: LossScaler | None = None,
     samples: list[Samples] | None = None,
     weighting: str = "edm",
+    real: RealData | None = None,
 ) -> tuple[float, bool]:
-    """One update of the online model by DSM on generator samples; returns (loss, finite).
+    """One update of the online model by DSM on generator samples; returns (loss, finite). With real data, its
+    encoder is trained as SiDA's discriminator beside it (simcli.distill.adversarial).
 
     The samples are fresh (G in eval mode) unless `samples` hands over the generator update's, one per micro-batch
     of this process. With augment (EDM's pipeline, as SiD and Diff-Instruct's fake-score step), the augmented
@@ -198,12 +214,21 @@ def online_update(
             b = add_noise(samples[k].x0, samples[k].labels, noise, rng, augment)
         extra = {} if b.augment_labels is None else {"augment_labels": b.augment_labels}
         with ctx.autocast():
-            denoised = online(b.x, b.sigma, b.labels, **extra)
+            if real is None:
+                denoised = online(b.x, b.sigma, b.labels, **extra)
+            else:  # the real images noised with the fake batch's noise (sida_loss.py:87-96)
+                denoised, logits_fake = online(b.x, b.sigma, b.labels, return_logits=True, **extra)
+                real_x0, real_labels = real.draw(ctx.streams, phase, index, b.x0.shape[0], b.x0.device)
+                logits_real = online(real_x0 + (b.x - b.x0), b.sigma, real_labels, return_logits=True, decode=False)
         loss = online_dsm_loss(denoised.float(), b.x0, b.sigma, sigma_data, weighted=weighting == "edm").mean()
+        if real is not None:
+            adversarial = discriminator_loss(logits_real.float(), logits_fake.float(), b.sigma, sigma_data).mean()
+            loss = loss + real.settings.online_weight * adversarial
         loss = loss / ctx.plan.micro_batches
         (loss * scaler.factor).backward()
         total = total + loss.detach()
-    loss, finite = finish_update(optimizer, trainable_parameters(online), total, ctx.world, scaler)
+    clip = real.settings.online_grad_clip if real is not None else None
+    loss, finite = finish_update(optimizer, trainable_parameters(online), total, ctx.world, scaler, clip_value=clip)
     set_trainable(online.eval(), False)
     return loss, finite
 
@@ -226,16 +251,24 @@ def score_outputs(
     sigma: torch.Tensor,
     labels: torch.Tensor | None,
     shared_mask: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(online model's, teacher's) denoised x. With shared_mask the online model's call starts from the random
-    state the teacher's call started from, so networks of one architecture in train mode drop the same units
-    (Diff-Instruct's DI_EDMLoss.gloss: teacher first, then the RNG state restored, then the online model)."""
+    logits: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(online model's, teacher's) denoised x, and the online model's discriminator logits when asked (one pass).
+    With shared_mask the online model's call starts from the random state the teacher's call started from, so
+    networks of one architecture in train mode drop the same units (Diff-Instruct's DI_EDMLoss.gloss: teacher
+    first, then the RNG state restored, then the online model)."""
+
+    def run_online() -> tuple[torch.Tensor, torch.Tensor | None]:
+        return online(x, sigma, labels, return_logits=True) if logits else (online(x, sigma, labels), None)
+
     if not shared_mask:
-        return online(x, sigma, labels), teacher(x, sigma, labels)
+        online_out, found = run_online()
+        return online_out, teacher(x, sigma, labels), found
     state = _rng_state(x.device)
     teacher_out = teacher(x, sigma, labels)
     _set_rng_state(state, x.device)
-    return online(x, sigma, labels), teacher_out
+    online_out, found = run_online()
+    return online_out, teacher_out, found
 
 
 def generator_update(
@@ -250,8 +283,15 @@ def generator_update(
     score_dropout: str = "off",
     scaler: LossScaler | None = None,
     keep_samples: list[Samples] | None = None,
+    real: RealData | None = None,
+    adversarial: bool = False,
+    frozen: bool = False,
 ) -> tuple[float, bool]:
     """One generator update; the online model and teacher keep frozen parameters but live inputs.
+
+    adversarial: add SiDA's adversarial loss of the samples, from the online model's discriminator logits (`real`
+    gives its weight; simcli.distill.adversarial), taken with a gradient to x also for Diff-Instruct. frozen: the
+    loss is computed and reported, but the generator does not step.
 
     score_dropout 'off' runs both in eval mode (SIM, SiD); 'shared-mask' runs both in train mode with one dropout
     mask (Diff-Instruct) and puts them back in eval mode afterwards. The generator's own dropout is on.
@@ -272,11 +312,21 @@ def generator_update(
         # SIM, SiD: theta's gradient flows into both networks' inputs; Diff-Instruct: both networks are constants.
         x = b.x if grad_through_networks else b.x.detach()
         with contextlib.nullcontext() if grad_through_networks else torch.no_grad(), ctx.autocast():
-            online_out, teacher_out = score_outputs(online, teacher, x, b.sigma, b.labels, shared_mask)
-        loss = loss_fn(b.x0, online_out.float(), teacher_out.float(), b.sigma).mean() / ctx.plan.micro_batches
+            online_out, teacher_out, logits = score_outputs(online, teacher, x, b.sigma, b.labels, shared_mask,
+                                                            logits=adversarial and grad_through_networks)
+        per_sample = loss_fn(b.x0, online_out.float(), teacher_out.float(), b.sigma)
+        if adversarial and real is not None:
+            if logits is None:  # Diff-Instruct: the score passes had no graph; the discriminator's needs one
+                with ctx.autocast():
+                    logits = online(b.x, b.sigma, b.labels, return_logits=True, decode=False)
+            normaliser = sid_normaliser(b.x0, teacher_out.float())
+            pixels = b.x0[0].numel()
+            per_sample = per_sample + real.settings.generator_weight * generator_adversarial_loss(
+                logits.float(), normaliser, pixels)
+        loss = per_sample.mean() / ctx.plan.micro_batches
         (loss * scaler.factor).backward()
         total = total + loss.detach()
-    loss, finite = finish_update(optimizer, trainable_parameters(generator), total, ctx.world, scaler)
+    loss, finite = finish_update(optimizer, trainable_parameters(generator), total, ctx.world, scaler, frozen=frozen)
     generator.eval()
     online.eval()
     teacher.eval()

@@ -65,6 +65,8 @@ class Denoiser(nn.Module):
         guidance_scale: the classifier-free guidance weight (1: unguided); set with `set_guidance_scale`.
         supports_activation_checkpointing: whether `set_activation_checkpointing` is available.
         supports_dropout: whether `set_dropout` is available.
+        supports_discriminator: whether the forward takes return_logits (and decode) and then also returns the
+            logits of SiDA's discriminator, the channel mean of its encoder's last feature map (EDM's UNets).
     """
 
     sample_shape: tuple[int, ...] = ()
@@ -75,6 +77,7 @@ class Denoiser(nn.Module):
     guidance_scale: float = 1.0
     supports_activation_checkpointing: bool = False
     supports_dropout: bool = False
+    supports_discriminator: bool = False
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Any = None) -> torch.Tensor:
         raise NotImplementedError

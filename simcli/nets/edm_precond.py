@@ -65,6 +65,7 @@ class ImagePrecond(Denoiser):
 
     supports_activation_checkpointing = True
     supports_dropout = True
+    supports_discriminator = True
 
     @property
     def conditioning(self) -> Conditioning:
@@ -105,9 +106,15 @@ class ImagePrecond(Denoiser):
 
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
+        logits = None
+        if model_kwargs.get("return_logits"):  # the discriminator's logits too (supports_discriminator)
+            if not model_kwargs.get("decode", True):
+                return F_x.to(torch.float32)
+            F_x, logits = F_x[0], F_x[1].to(torch.float32)
         # Under autocast (simcli's bf16 and fp16 precisions) the trunk's dtype is autocast's, not `dtype`.
         assert F_x.dtype == dtype or torch.is_autocast_enabled(x.device.type)
-        return c_skip * x + c_out * F_x[:, : self.img_channels].to(torch.float32)
+        D_x = c_skip * x + c_out * F_x[:, : self.img_channels].to(torch.float32)
+        return D_x if logits is None else (D_x, logits)
 
 
 class EDMPrecond(ImagePrecond):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -151,7 +152,12 @@ class SongUNet(CheckpointableUNet):
         noise_labels: torch.Tensor,
         class_labels: torch.Tensor | None,
         augment_labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_logits: bool = False,
+        decode: bool = True,
+    ) -> Any:
+        """The network's output; with return_logits, (output, logits), or the logits alone when not decode: the
+        channel mean of the encoder's last feature map [N, 1, h, w], SiDA's discriminator (Zhou et al. 2025,
+        sida_networks.py, the `encoder_decoder` forward), which the decoder is then not run for."""
         emb = self.embed(noise_labels, class_labels, augment_labels, x.shape[0])
 
         # Encoder.
@@ -171,6 +177,10 @@ class SongUNet(CheckpointableUNet):
                 x = block(x)
                 skips.append(x)
 
+        logits = x.mean(dim=1, keepdim=True) if return_logits else None
+        if logits is not None and not decode:
+            return logits
+
         # Decoder.
         aux = None
         tmp = None
@@ -186,4 +196,4 @@ class SongUNet(CheckpointableUNet):
                 if x.shape[1] != block.in_channels:
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = self.run_block(block, x, emb)
-        return aux  # [N, out_channels, R, R]
+        return aux if logits is None else (aux, logits)  # [N, out_channels, R, R]

@@ -17,28 +17,14 @@ from safetensors.torch import load_file
 import simcli.distill.loop as loop
 from simcli.config.resolve import resolve_spec
 from simcli.distill.loop import run_distillation
-from simcli.distill.reports import MACHINE_KEYS
 from simcli.rundir.layout import list_generators
 from simcli.rundir.snapshots import load_latest_state
 from simcli.teachers.registry import describe_teacher_name
+from tests.helpers.records import live_status_records as status_records
+from tests.helpers.records import signal_when
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ("--teacher", "gmm-ring8", "--preset", "tiny")
-
-
-def status_records(run_dir: Path) -> list[dict]:
-    timing = set(MACHINE_KEYS)
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    out = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # being written
-            continue
-        if record.get("kind") == "status":
-            out.append({k: v for k, v in record.items() if k not in timing})
-    return out
 
 
 def stopped_line(stderr: str) -> str:
@@ -55,17 +41,14 @@ def test_sigterm_saves_the_iteration_it_arrived_in_and_the_same_command_continue
     env.pop("SIMCLI_DEBUG")
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        try:
-            deadline = time.monotonic() + 240
-            while not status_records(run_dir) and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            seen = status_records(run_dir)[-1]["step"]
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        seen: list[int] = []
+
+        def started() -> bool:
+            seen[:] = [r["step"] for r in status_records(run_dir)]
+            return bool(seen)
+
+        code = signal_when(proc, started, signal.SIGTERM)
+        seen = seen[-1]
     stderr = (tmp_path / "stderr.txt").read_text()
     assert code == 143, stderr
     line = stopped_line(stderr)

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from simcli.config.spec import RunSpec
 from simcli.rundir.snapshots import DCP_METADATA_FILE, SHARDED_HEADER_FILE
 from simcli.sampling.generator import load_generator
 from tests.helpers.processes import free_port, records, run_processes
+from tests.helpers.records import live_status_records, signal_when
 from tests.helpers.tiny_edm import tiny_edm_spec, write_tiny_edm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,16 +168,8 @@ def test_a_sharded_run_stopped_by_sigterm_resumes_on_one_process_and_on_two(runs
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(_torchrun(2) + _distill_args(runs["teacher"], stopped, steps), cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=err, env=env)
-        try:
-            deadline = time.monotonic() + 240
-            while proc.poll() is None and time.monotonic() < deadline and len(_status(stopped)) < 3:
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
-            code = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        # torchrun passes the SIGTERM on to both workers
+        code = signal_when(proc, lambda: len(live_status_records(stopped)) >= 3, signal.SIGTERM)
     stderr = (tmp_path / "stderr.txt").read_text()
     assert code != 0, stderr
     assert f'File "{REPO / "simcli"}' not in stderr, stderr  # torchrun's own traceback for its signal only
@@ -199,16 +191,3 @@ def test_a_sharded_run_stopped_by_sigterm_resumes_on_one_process_and_on_two(runs
         assert done.returncode == 0, done.stderr
         assert f"resuming from {state[0].name} at iteration {step}" in done.stderr
         assert_losses_agree(straight, run, steps, exact=processes == 2)
-
-
-def _status(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    out = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("kind") == "status":
-            out.append(record)
-    return out

@@ -135,10 +135,10 @@ def test_without_the_restore_the_masks_differ():
     online = copy.deepcopy(teacher)
     x = torch.randn(8, 16)
     torch.manual_seed(3)
-    on, te = score_outputs(online, teacher, x, torch.ones(8), None, shared_mask=False)
+    on, te, _ = score_outputs(online, teacher, x, torch.ones(8), None, shared_mask=False)
     assert not torch.equal(on, te)
     torch.manual_seed(3)
-    on_shared, te_shared = score_outputs(online, teacher, x, torch.ones(8), None, shared_mask=True)
+    on_shared, te_shared, _ = score_outputs(online, teacher, x, torch.ones(8), None, shared_mask=True)
     assert torch.equal(on_shared, te_shared)
 
 
@@ -185,7 +185,7 @@ def test_shared_mask_on_an_edm_network():
 
     x, sigma = torch.randn(4, 3, 8, 8), torch.full((4,), 0.7)
     torch.manual_seed(0)
-    on, te = score_outputs(online, teacher, x, sigma, None, shared_mask=True)
+    on, te, _ = score_outputs(online, teacher, x, sigma, None, shared_mask=True)
     assert torch.equal(on, te)
     assert not torch.equal(on, teacher.eval()(x, sigma))
 
@@ -212,7 +212,7 @@ def test_training_dropout_reaches_the_teacher_so_shared_masks_stay_shared():
     assert nets.architecture["init_kwargs"]["dropout"] == 0.05
     online = copy.deepcopy(nets.teacher)  # equal weights: a shared mask gives equal outputs
     x, sigma = torch.randn(4, 3, 8, 8), torch.full((4,), 0.7)
-    on, te = score_outputs(online.train(), nets.teacher.train(), x, sigma, None, shared_mask=True)
+    on, te, _ = score_outputs(online.train(), nets.teacher.train(), x, sigma, None, shared_mask=True)
     assert torch.equal(on, te)
 
 
@@ -225,9 +225,9 @@ def test_shared_mask_on_cuda():
     online = copy.deepcopy(teacher)
     x, sigma = torch.randn(4, 3, 8, 8, device="cuda"), torch.full((4,), 0.7, device="cuda")
     torch.manual_seed(0)
-    on, te = score_outputs(online, teacher, x, sigma, None, shared_mask=True)
+    on, te, _ = score_outputs(online, teacher, x, sigma, None, shared_mask=True)
     assert torch.equal(on, te)
-    on2, te2 = score_outputs(online, teacher, x, sigma, None, shared_mask=False)
+    on2, te2, _ = score_outputs(online, teacher, x, sigma, None, shared_mask=False)
     assert not torch.equal(on2, te2)
 
 
