@@ -16,6 +16,7 @@ import torch
 
 from simcli.config.spec import AdversarialSpec, RunSpec
 from simcli.data.real_data import RealBatchStream, check_against_teacher, open_real_images
+from simcli.distill.augment import AugmentPipe
 from simcli.distill.streams import IterationStreams
 from simcli.errors import UsageError
 from simcli.teachers.registry import Teacher
@@ -30,12 +31,17 @@ class RealData:
     """The teacher's classes: real labels are one-hot over them (None for an unconditional teacher)."""
     settings: AdversarialSpec
 
-    def draw(self, streams: IterationStreams, phase: int, micro_batch: int, n: int, device: torch.device
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """n real images [n, C, H, W] in [-1, 1] and their one-hot labels (None without classes) for a micro-batch."""
-        images, labels = self.stream.batch(streams.real_data(phase, micro_batch), n, device,
-                                           label_dim=self.label_dim or None)
-        return images, labels if self.label_dim else None
+    def draw(self, streams: IterationStreams, phase: int, micro_batch: int, n: int, device: torch.device,
+             augment: AugmentPipe | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """n real images [n, C, H, W] in [-1, 1], their one-hot labels (None without classes) and the online model's
+        extra inputs for a micro-batch: with `augment` (online.augment_p), the images augmented on their own, as
+        SiDA augments real and fake images independently (sida_loss.py:85-96), and their augment labels."""
+        rng = streams.real_data(phase, micro_batch)
+        images, labels = self.stream.batch(rng, n, device, label_dim=self.label_dim or None)
+        extra: dict[str, torch.Tensor] = {}
+        if augment is not None:
+            images, extra["augment_labels"] = augment(images, _on(rng, device))
+        return images, labels if self.label_dim else None, extra
 
     def generator_frozen(self, images_seen: int) -> bool:
         """The generator does not step yet (adversarial.generator_freeze_kimg)."""
@@ -44,6 +50,14 @@ class RealData:
     def generator_adversarial(self, images_seen: int) -> bool:
         """The generator's adversarial loss is on (adversarial.generator_start_kimg)."""
         return images_seen >= self.settings.generator_start_kimg * 1000
+
+
+def _on(rng: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on `device` seeded from the CPU stream `rng` (the augmentation draws on the images' device)."""
+    if torch.device(device).type == "cpu":
+        return rng
+    seed = int(torch.randint(2**62, (1,), generator=rng).item())
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def open_run_data(spec: RunSpec, teacher: Teacher) -> RealData | None:
@@ -60,9 +74,6 @@ def open_run_data(spec: RunSpec, teacher: Teacher) -> RealData | None:
     if not net.supports_discriminator:
         raise UsageError(f"the adversarial term of --data needs an EDM UNet teacher (its encoder is the "
                          f"discriminator); '{teacher.display_name}' has none", hint="drop --data")
-    if spec.online.augment_p > 0:
-        raise UsageError("online.augment_p with --data: the discriminator would tell augmented generator samples "
-                         "from plain real images", hint="--set online.augment_p=0")
     data = open_real_images(source)
     check_against_teacher(data, tuple(net.sample_shape), net.label_dim, teacher.display_name)
     return RealData(RealBatchStream(data), net.label_dim, spec.adversarial)

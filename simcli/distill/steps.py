@@ -218,8 +218,10 @@ def online_update(
                 denoised = online(b.x, b.sigma, b.labels, **extra)
             else:  # the real images noised with the fake batch's noise (sida_loss.py:87-96)
                 denoised, logits_fake = online(b.x, b.sigma, b.labels, return_logits=True, **extra)
-                real_x0, real_labels = real.draw(ctx.streams, phase, index, b.x0.shape[0], b.x0.device)
-                logits_real = online(real_x0 + (b.x - b.x0), b.sigma, real_labels, return_logits=True, decode=False)
+                real_x0, real_labels, real_extra = real.draw(ctx.streams, phase, index, b.x0.shape[0], b.x0.device,
+                                                             augment)
+                logits_real = online(real_x0 + (b.x - b.x0), b.sigma, real_labels, return_logits=True, decode=False,
+                                     **real_extra)
         loss = online_dsm_loss(denoised.float(), b.x0, b.sigma, sigma_data, weighted=weighting == "edm").mean()
         if real is not None:
             adversarial = discriminator_loss(logits_real.float(), logits_fake.float(), b.sigma, sigma_data).mean()
