@@ -54,6 +54,12 @@ def test_a_run_with_data_resumes_exactly_and_is_the_same_on_two_processes(tmp_pa
     assert [(r["loss_online"], r["loss_generator"]) for r in a] == [(r["loss_online"], r["loss_generator"]) for r in b]
     run_processes(2, data_spec(files, STEPS), tmp_path / "two")  # each process draws its micro-batches' images
     assert_same_losses(tmp_path / "straight", tmp_path / "two", STEPS)
+    # sharded (FSDP2): the discriminator's encoder-only pass over sharded blocks too
+    run_processes(2, data_spec(files, STEPS, "training.sharding=fsdp"), tmp_path / "sharded")
+    a, c = records(tmp_path / "straight", "status"), records(tmp_path / "sharded", "status")
+    for key in ("loss_online", "loss_generator"):
+        scale = max(abs(r[key]) for r in a)
+        assert all(abs(x[key] - y[key]) <= 1e-5 * scale for x, y in zip(a, c, strict=True)), key
 
 
 def test_a_frozen_generator_does_not_step_and_the_run_says_so(tmp_path, files):
