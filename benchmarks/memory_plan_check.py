@@ -21,6 +21,11 @@ Adam, 4 weights) is below the distillation's (9 weights), so it does not set the
 PixArt-Sigma pipeline of tests/helpers/tiny_pipelines.py whose transformer is replaced by a larger one (PIXART
 below), saved with save_pretrained into a temporary folder.
 
+glibc's malloc runs with a fixed mmap threshold (MALLOC_MMAP_THRESHOLD_, see MMAP_THRESHOLD): with its default,
+dynamic threshold, blocks of activation size freed during a pass stay in the heap and in the resident set, which
+then counts memory no tensor holds any more (benchmarks/sharding_memory.py has the numbers); the plan counts live
+tensors, as CUDA's max_memory_allocated does. `--default-malloc` measures with glibc's default instead.
+
     .venv/bin/python benchmarks/memory_plan_check.py
 """
 
@@ -40,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 GIB = 2**30
 PARTS = ("teacher", "copies", "gradients", "optimizer", "activations")
+MMAP_THRESHOLD = "65536"
+"""Allocations from 64 KiB up are mmapped, so that freeing them returns them to the system (glibc)."""
 COMMON = ["--steps", "3", "--precision", "fp32", "--device", "cpu", "--threads", "2", "--seed", "0"]
 PIXART = {"num_layers": 8, "attention_head_dim": 64, "num_attention_heads": 8, "cross_attention_dim": 512,
           "sample_size": 16}
@@ -89,7 +96,7 @@ def hwm_kib(pid: int) -> int:
 def measure(args: list[str], out: Path) -> dict:
     """Run `args` for real; the peak resident set at the end of training (VmHWM at "done 100%") and of the whole
     process (ru_maxrss), in bytes, and the wall time."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
     start = time.monotonic()
     proc = subprocess.Popen(simcli([*args, "--out", str(out), "--json"]), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
@@ -178,7 +185,8 @@ def write(results: dict, command: str) -> None:
              "Planned: the per-process total of `--dry-run --json` minus the baseline's plan; the parts as planned.",
              "Measured: VmHWM at the end of training (\"done 100%\") minus the baseline run's; the whole-process "
              "columns use ru_maxrss (also the final evaluation and the saving). Baseline: the same command with "
-             "tiny networks (module docstring of benchmarks/memory_plan_check.py).", ""]
+             "tiny networks (module docstring of benchmarks/memory_plan_check.py). Every run with "
+             f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} (freed activation-sized blocks leave the resident set).", ""]
     for name, g in results["groups"].items():
         b = g["baseline"]
         lines.append(f"- {name} baseline: `{shlex.join(b['args'])}`: training peak "
@@ -202,8 +210,8 @@ def write(results: dict, command: str) -> None:
 def main() -> None:
     which = sys.argv[1:] or ["mlp", "pixart"]
     command = shlex.join([".venv/bin/python", "benchmarks/memory_plan_check.py", *sys.argv[1:]])
-    results: dict = {"command": command, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-                     "groups": {}}
+    results: dict = {"command": command, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                                     "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}, "groups": {}}
     with tempfile.TemporaryDirectory(prefix="memory-plan-") as tmp:
         for name in which:
             results["groups"][name] = {"mlp": mlp_groups, "pixart": pixart_groups}[name](Path(tmp))
