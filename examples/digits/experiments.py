@@ -10,7 +10,11 @@
     seen through `simcli compare`;
 (c) a learning rate 10x the preset's for SIM, SiD and Diff-Instruct (the paper's Figure 2 claim: SIM stays stable
     where SiD and Diff-Instruct do not);
-(d) a sweep of the pseudo-Huber constant c, to choose simcli's default by measurement.
+(d) a sweep of the pseudo-Huber constant c, to choose simcli's default by measurement;
+(e) LoRA against full fine-tuning: the SIM pseudo-Huber run of (b) (all weights) against `--lora-rank` 8, 32 and 64
+    at the preset's learning rate and rank 32 at 10x, at equal images seen: FID, trainable parameters, sec/kimg and
+    snapshot size. `--parts e` alone merges its section and its "e" key into the existing RESULTS.md and
+    results.json and leaves the other parts' numbers as they are.
 
 Everything runs through the `simcli` command line, as a user would: `distill` with the digits preset, `eval
 --backend digits` on 10,000 samples per generator (two seed sets), `compare --plot`. Runs are kept in --out and
@@ -28,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from digits_common import lora_report, lora_section, merge_section
 
 HERE = Path(__file__).resolve().parent
 SIMCLI = [sys.executable, "-m", "simcli"]
@@ -44,6 +49,10 @@ RUNS = {  # name -> (part, extra distill flags)
     "di-lr10x": ("c", ["--method", "di", "--lr", str(10 * DEFAULT_LR)]),
     "sim-c0.1x": ("d", ["--set", "loss.pseudo_huber_c=0.000432"]),
     "sim-c10x": ("d", ["--set", "loss.pseudo_huber_c=0.0432"]),
+    "sim-lora8": ("e", ["--lora-rank", "8"]),
+    "sim-lora32": ("e", ["--lora-rank", "32"]),
+    "sim-lora64": ("e", ["--lora-rank", "64"]),
+    "sim-lora32-lr10x": ("e", ["--lora-rank", "32", "--lr", str(10 * DEFAULT_LR)]),
 }
 C_OF_RUN = {"sim-c0.1x": 0.000432, "sim-pseudo-huber": 0.00432, "sim-c10x": 0.0432}
 
@@ -92,6 +101,7 @@ def scores(source: list[str], n: int, seeds=SEED_SETS) -> dict:
     for ref, vals in rows.items():
         fids = [v["fid"] for v in vals]
         out[f"fid_{ref}"], out[f"fid_{ref}_spread"] = float(np.mean(fids)), float(np.ptp(fids) / 2)
+        out[f"fid_{ref}_per_seed"] = [float(f) for f in fids]
     out["is"] = float(np.mean([v["is"] for v in rows["train"]]))
     return out
 
@@ -176,6 +186,18 @@ def write_results(res: dict, out: Path, args) -> None:
     (HERE / "results.json").write_text(json.dumps(res, indent=2) + "\n")
 
 
+def part_e(res: dict, args) -> dict:
+    """(e): the LoRA runs and the full-weight run of (b), merged into RESULTS.md and results.json under "e"."""
+    names = ["sim-pseudo-huber", *[n for n, (p, _) in RUNS.items() if p == "e"]]
+    doc = lora_report(args.out, args.kimg, DEFAULT_LR, {n: {"scores": res["generators"][n], "flags": RUNS[n][1],
+                                                             "snapshot": snapshot_at(args.out / n, args.kimg)}
+                                                         for n in names})
+    doc.update(kimg=args.kimg, n=args.n, seed_sets=list(SEED_SETS), parallel=args.parallel)
+    simcli("compare", *[str(args.out / n) for n in names], "--plot", str(HERE / "compare-e.png"), "--json")
+    merge_section(HERE, "e", doc, lora_section(doc))
+    return doc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/digits-experiments"))
@@ -186,7 +208,7 @@ def main() -> None:
     parser.add_argument("--parity-kimg", type=float, default=100.0, help="(a): the SIM run resumed to this budget")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    wanted = {n: f for n, (p, f) in RUNS.items() if p in args.parts or (n == "sim-pseudo-huber" and {"a", "d"} & set(args.parts))}
+    wanted = {n: f for n, (p, f) in RUNS.items() if p in args.parts or (n == "sim-pseudo-huber" and {"a", "d", "e"} & set(args.parts))}
     with ThreadPoolExecutor(args.parallel) as pool:
         walls = dict(zip(wanted, pool.map(lambda item: distill(*item, args.out, args.kimg), wanted.items()), strict=True))
     res: dict = {"kimg": args.kimg, "n": args.n, "generators": {}}
@@ -200,6 +222,13 @@ def main() -> None:
                                    "best_fid": best["fid"], "best_kimg": best["kimg"],
                                    "nonfinite": status[-1]["nonfinite_total"] if status else 0}
         print(name, res["generators"][name], flush=True)
+    e_doc = part_e(res, args) if "e" in args.parts else None
+    if e_doc:
+        for name in [n for n in res["generators"] if RUNS[n][0] == "e"]:
+            del res["generators"][name]  # kept under "e" only
+    if not set(args.parts) - {"e"}:  # part e alone: merged into the existing results, the other parts untouched
+        print(f"wrote part e into {HERE / 'RESULTS.md'}")
+        return
     res["a"] = teacher_and_floor(args.out, args.n)
     if "a" in args.parts and args.parity_kimg > args.kimg:
         wall = distill("sim-pseudo-huber", [], args.out, args.parity_kimg)
@@ -213,6 +242,8 @@ def main() -> None:
         if runs:
             simcli("compare", *runs, "--plot", str(HERE / f"compare-{part}.png"), "--json")
     write_results(res, args.out, args)
+    if e_doc:  # write_results starts RESULTS.md and results.json afresh: put (e) back in
+        merge_section(HERE, "e", e_doc, lora_section(e_doc))
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 
