@@ -38,8 +38,8 @@ from simcli.world import World, environment_world
 
 FLOAT32 = 4
 """Bytes per value of the weights, their gradients, Adam's moments and the samples."""
-COPY_TENSORS, GRADIENT_TENSORS, ADAM_TENSORS = 3, 2, 4
-"""Generator, online model, EMA; the gradients of the two trained ones; Adam's two moments of each."""
+GRADIENT_TENSORS, ADAM_TENSORS = 2, 4
+"""The gradients of the two trained networks; Adam's two moments of each (the copies are counted per network)."""
 SAMPLE_TENSORS = 4
 """Sample-sized tensors of a micro-batch alive together in the generator update (x0, x0 + sigma eps, the online
 model's and the teacher's outputs)."""

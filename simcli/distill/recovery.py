@@ -43,16 +43,22 @@ def kept_after_stop(run_dir: Path, batch_size: int, in_streak: bool) -> tuple[st
     return f"no state was written yet{fit}", "run the same command again to start"
 
 
-def repair_generator(run_dir: Path, images_seen: int, ema_state: dict[str, Any], meta: dict[str, Any], source: Path) -> str | None:
-    """Rewrite the generator snapshot of the state resumed from (source) when it is missing or unreadable; says so."""
+def generator_damage(run_dir: Path, images_seen: int) -> str | None:
+    """What is wrong with the generator snapshot of the state resumed from: 'missing', 'unreadable', or None."""
     path = generator_path(run_dir, images_seen)
-    if path.is_file():
-        try:
-            load_generator_file(path)
-            return None
-        except UsageError:
-            what = "unreadable"
-    else:
-        what = "missing"
+    if not path.is_file():
+        return "missing"
+    try:
+        load_generator_file(path)
+    except UsageError:
+        return "unreadable"
+    return None
+
+
+def repair_generator(run_dir: Path, images_seen: int, ema_state: dict[str, Any], meta: dict[str, Any], source: Path,
+                     damage: str) -> str:
+    """Rewrite the generator snapshot of the state resumed from (source), `damage` as generator_damage found it;
+    says so."""
+    path = generator_path(run_dir, images_seen)
     save_generator(path, ema_state, meta)
-    return f"{path.name} was {what}; rewrote it from {source.name}"
+    return f"{path.name} was {damage}; rewrote it from {source.name}"

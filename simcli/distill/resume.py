@@ -10,7 +10,7 @@ import torch
 
 from simcli.config.spec import RunSpec
 from simcli.distill.outputs import generator_meta, generator_tensors
-from simcli.distill.recovery import repair_generator
+from simcli.distill.recovery import generator_damage, repair_generator
 from simcli.distill.setup import LoadedState, Networks
 from simcli.distill.state import Progress, restore
 from simcli.rundir.metrics import append_record, lag_warning, truncate_after
@@ -63,11 +63,14 @@ def resume(
     progress = restore(loaded[0], nets, opts) if loaded is not None else Progress()
     images_seen = progress.step * spec.training.batch_size
     warnings: list[str] = []
-    ema_state = generator_tensors(nets.ema, spec) if loaded is not None else {}  # sharded: gathered on rank 0
-    if world.is_main and loaded is not None:
-        meta = generator_meta(spec, nets.architecture, progress.step, images_seen)
-        repaired = repair_generator(run_dir, images_seen, ema_state, meta, loaded[1])
-        warnings += [repaired] if repaired else []
+    # Rank 0 looks at the snapshot; only a missing or unreadable one costs the EMA's tensors (gathered when sharded,
+    # by every process together).
+    damage = world.on_main(lambda: generator_damage(run_dir, images_seen)) if loaded is not None else None
+    if damage is not None:
+        ema_state = generator_tensors(nets.ema, spec)
+        if world.is_main:
+            meta = generator_meta(spec, nets.architecture, progress.step, images_seen)
+            warnings.append(repair_generator(run_dir, images_seen, ema_state, meta, loaded[1], damage))
     if world.is_main:
         dropped = truncate_after(run_dir, progress.step).describe(progress.step)
         warnings += [dropped] if dropped else []
