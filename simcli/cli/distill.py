@@ -26,6 +26,7 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "--precision": ("training.precision",),
     "--sharding": ("training.sharding",),
     "--lora-rank": ("generator.lora_rank", "online.lora_rank"),
+    "--generator-steps": ("generator.steps",),
     "--data": ("data.source",),
     "--lr": ("generator.optimizer.lr", "online.optimizer.lr"),
     "--eval-every": ("logging.eval_every_kimg",),
@@ -90,7 +91,7 @@ and stops with exit code 75 before its budget is spent (a job script requeues on
 def distill(
     teacher: DistillTeacherOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (created; resumed when it holds a run). Required, except with --dry-run.")] = None,
-    method: Annotated[str | None, typer.Option("--method", help="sim, sid or di (default: sim).")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="sim, sid, di or dmd2 (default: sim).")] = None,
     distance: Annotated[str | None, typer.Option("--distance", help="SIM distance: pseudo-huber, l2, l1, huber, lp, exp-lp (default: pseudo-huber).")] = None,
     kimg: Annotated[float | None, typer.Option("--kimg", help="Duration in thousands of generator images (default: the preset's; --dry-run shows it).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Duration in iterations.")] = None,
@@ -114,11 +115,12 @@ def distill(
     data: Annotated[str | None, typer.Option("--data", metavar="SOURCE", help="Real training images for an adversarial term (SiDA's, beyond the data-free paper): an image folder (labels from its dataset.json), an EDM dataset .zip, an .npz, or digits-train. Default: data-free.")] = None,
     sharding: Annotated[str | None, typer.Option("--sharding", help="Under torchrun: none (each process holds whole networks) or fsdp (the networks, gradients and Adam states sharded over the processes with FSDP2; sharded checkpoints that resume with any number of processes). Default: none.")] = None,
     lora_rank: Annotated[int | None, typer.Option("--lora-rank", metavar="R", help="Train rank-R LoRA adapters of the generator and the online model over one shared, frozen copy of the teacher's weights, instead of all their weights (default: all weights).")] = None,
+    generator_steps: Annotated[int | None, typer.Option("--generator-steps", metavar="K", help="A generator of K steps: applied at K falling noise levels with fresh noise between them, trained on its own K-step outputs (backward simulation); sample and eval use the run's K (default: 1, one step).")] = None,
     plan_processes: Annotated[int | None, typer.Option("--processes", metavar="N", help="With --dry-run: plan for a run over N processes (torchrun --nproc_per_node times nodes), e.g. to see what --sharding fsdp gives on 8 GPUs (default: the processes torchrun started, or 1).")] = None,
     gpu_memory: Annotated[float | None, typer.Option("--gpu-memory", metavar="GIB", help="With --dry-run: the memory of each process's GPU in GiB that the memory plan is checked against (default: the visible GPU's; none on a machine without one).")] = None,
     max_minutes: Annotated[float | None, typer.Option("--max-minutes", metavar="MINUTES", help="Time budget in minutes, counted from the start of this process: the run saves and exits with code 75 before it is spent, so a job script can requeue it; run the same command again to resume.")] = None,
 ) -> None:
-    """Distill a teacher into a one-step generator with SIM, SiD or Diff-Instruct."""
+    """Distill a teacher into a one-step (or few-step) generator with SIM, SiD, Diff-Instruct or DMD2."""
     with reported_errors():
         from simcli.distill.stop import StopRequest  # no torch: signal and time only
 
@@ -134,7 +136,8 @@ def distill(
             raise UsageError("--kimg and --steps both given", hint="give one duration")
         flags = flag_layer({
             "--method": method, "--distance": distance, "--kimg": kimg, "--steps": steps, "--batch-size": batch_size,
-            "--batch-gpu": batch_gpu, "--precision": precision, "--sharding": sharding, "--lora-rank": lora_rank, "--data": _absolute(data), "--lr": lr, "--eval-every": eval_every, "--fid-ref": fid_ref,
+            "--batch-gpu": batch_gpu, "--precision": precision, "--sharding": sharding, "--lora-rank": lora_rank,
+            "--generator-steps": generator_steps, "--data": _absolute(data), "--lr": lr, "--eval-every": eval_every, "--fid-ref": fid_ref,
             "--fid-n": fid_n, "--seed": seed, "--device": device,
             # absolute, so that the run resumes from any working directory
             "--prompts": str(prompts.resolve()) if prompts is not None else None,

@@ -1,9 +1,11 @@
 """Per-method defaults: what changes from the SIM paper settings when the method is SiD or Diff-Instruct.
 
 Sources: SIM (Luo et al. 2024, Table 5, Appendix B.2), SiD (Zhou et al. 2024, official CIFAR-10 runs),
-Diff-Instruct (Luo et al. 2023, official code); see shared/docs/baselines-notes.md. The baselines run as their
-authors ran them: each setting below that is not in the papers is cited to its official file and flag
-(mingyuanzhou/SiD at 01fbb13, pkulwj1994/diff_instruct at 0c37389).
+Diff-Instruct (Luo et al. 2023, official code), DMD2 (Yin et al. 2024, official code); see
+shared/docs/baselines-notes.md. The baselines run as their authors ran them: each setting below that is not in the
+papers is cited to its official file and flag (mingyuanzhou/SiD at 01fbb13, pkulwj1994/diff_instruct at 0c37389,
+tianweiy/DMD2's EDM ImageNet-64 code, main/edm/, and its run experiments/imagenet/
+imagenet_gan_classifier_genloss3e-3_diffusion1000_lr2e-6_scratch.sh, "the script" below).
 """
 
 from __future__ import annotations
@@ -41,5 +43,32 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
             "score_dropout": "shared-mask",
         },
         "online": {"noise": {"kind": "lognormal", "p_mean": -1.2, "p_std": 1.2}, "augment_p": 0.12},
+    },
+    # DMD2: the distribution-matching gradient (Diff-Instruct's direction over mean|x0 - D_teacher|, averaged over the
+    # pixels) at noise indices 20..980 of a 1000-level Karras grid (edm_guidance.py:69-70, :82-92); the fake score
+    # (online model) by DSM with EDM's weights averaged over the pixels, at indices 0..999 (:138-161), five updates per
+    # generator update (the script's --dfake_gen_update_ratio 5); the generator takes 80 z at sigma 80
+    # (train_edm.py:475, --conditioning_sigma). Both networks: AdamW lr 2e-6 (the script), betas (0.9, 0.999),
+    # weight decay 0.01 (train_edm.py:97-108), gradient norm clipped to 10 (:257, :285, :485). The warm-up: DMD2 steps
+    # both schedulers once per iteration and process (train_edm.py:111-123, :265), so its 500 warm-up steps over the
+    # script's 7 processes end after about 72 iterations: 72 fake-score updates, 14 generator updates. With --data,
+    # its GAN term (simcli.distill.dmd2): classifier loss weight 1e-2, generator GAN weight 3e-3 (the script's
+    # --cls_loss_weight, --gen_cls_loss_weight), from the first iteration, no value clipping. No augmentation, no
+    # dropout in the score networks the generator step reads (dropout 0 in DMD2's networks: edm_network.py:11-12).
+    "dmd2": {
+        "generator": {
+            "noise": {"kind": "karras-grid", "steps": 1000, "index_min": 20, "index_max": 980}, "weighting": "none",
+            "sigma_init": 80.0, "score_dropout": "off",
+            "optimizer": {"lr": 2e-6, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01, "warmup_updates": 14,
+                          "max_grad_norm": 10.0},
+        },
+        "online": {
+            "noise": {"kind": "karras-grid", "steps": 1000, "index_min": 0, "index_max": 999}, "augment_p": 0.0,
+            "updates_per_generator_update": 5,
+            "optimizer": {"lr": 2e-6, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01, "warmup_updates": 72,
+                          "max_grad_norm": 10.0},
+        },
+        "adversarial": {"online_weight": 1e-2, "generator_weight": 3e-3, "generator_freeze_kimg": 0.0,
+                        "generator_start_kimg": 0.0, "online_grad_clip": None},
     },
 }

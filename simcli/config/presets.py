@@ -148,6 +148,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training": {"batch_size": 128, "duration_kimg": 50.0},
         "logging": {"status_every_kimg": 2.0, "eval_every_kimg": 10.0, "snapshot_every_kimg": 10.0},
         "evaluation": {"backend": "digits", "num_samples": 2000, "batch_size": 500},
+        # DMD2 keeps its own two-time-scale ratio, five online updates per generator update (simcli.config.methods).
+        "by_method": {"dmd2": {"online": {"updates_per_generator_update": 5}}},
     },
     # The paper's text-to-image run, SIM-DiT-600M (Appendix B.3): Adam 5e-6, betas (0, 0.999) for both networks,
     # ln sigma ~ N(-2, 2^2) for both steps truncated to PixArt's noise range [0.01, 156.6155] (eq. B.14), both loss

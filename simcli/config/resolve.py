@@ -18,7 +18,7 @@ from simcli.config.files import MAX_DEPTH, TooComplex, check_shape, load_config_
 from simcli.config.key_errors import SpecKeyError, source_hint
 from simcli.config.methods import METHOD_DEFAULTS
 from simcli.config.presets import PRESETS
-from simcli.config.spec import KarrasUniformNoise, LognormalNoise, RunSpec
+from simcli.config.spec import KarrasGridNoise, KarrasUniformNoise, LognormalNoise, RunSpec
 from simcli.errors import UsageError
 
 _EXCLUSIVE = {("training", "duration_kimg"): ("training", "duration_steps")}
@@ -107,7 +107,7 @@ def merge_layers(layers: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, An
     return merged, provenance
 
 
-NOISE_KINDS = {"lognormal": LognormalNoise, "karras-uniform": KarrasUniformNoise}
+NOISE_KINDS = {"lognormal": LognormalNoise, "karras-uniform": KarrasUniformNoise, "karras-grid": KarrasGridNoise}
 
 
 def _format_validation_error(exc: ValidationError, provenance: dict[str, str]) -> UsageError:

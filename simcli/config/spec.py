@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 DistanceName = Literal["pseudo-huber", "l2", "l1", "huber", "lp", "exp-lp"]
-MethodName = Literal["sim", "sid", "di"]
+MethodName = Literal["sim", "sid", "di", "dmd2"]
 PrecisionName = Literal["fp32", "tf32", "bf16", "fp16"]
 FeatureBackendName = Literal["torch-fidelity", "clean-fid", "digits"]  # simcli.eval.features registers each
 
@@ -70,7 +70,41 @@ class KarrasUniformNoise(Strict):
     """Schedule curvature."""
 
 
-NoiseSpec = Annotated[LognormalNoise | KarrasUniformNoise, Field(discriminator="kind")]
+class KarrasGridNoise(Strict):
+    """DMD2's noise levels: an index uniform in [index_min, index_max] of a grid of `steps` levels on the Karras
+    schedule, index 0 the smallest (tianweiy/DMD2 main/edm/edm_guidance.py, `karras_sigmas`)."""
+
+    kind: Literal["karras-grid"] = "karras-grid"
+    steps: Int = Field(1000, ge=2, le=1_000_000)
+    """Levels of the grid (DMD2's num_train_timesteps, 1000)."""
+    index_min: Int = Field(0, ge=0)
+    """Smallest index drawn (DMD2's generator: 20, min_step_percent 0.02; its fake score and GAN terms: 0)."""
+    index_max: Int | None = Field(None, ge=0)
+    """Largest index drawn, inclusive (DMD2's generator: 980, max_step_percent 0.98); none: steps - 1."""
+    sigma_min: Float = Field(0.002, gt=0)
+    """Smallest sigma of the grid."""
+    sigma_max: Float = Field(80.0, gt=0)
+    """Largest sigma of the grid."""
+    rho: Float = Field(7.0, gt=0)
+    """Schedule curvature."""
+
+    @model_validator(mode="after")
+    def _indices(self) -> KarrasGridNoise:
+        top = self.steps - 1 if self.index_max is None else self.index_max
+        if not self.index_min <= top < self.steps:
+            raise ValueError(f"the indices must satisfy 0 <= index_min <= index_max < steps ({self.steps}), got "
+                             f"{self.index_min} and {top}")
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min ({self.sigma_min:g}) must be below sigma_max ({self.sigma_max:g})")
+        return self
+
+    @property
+    def top_index(self) -> int:
+        """The largest index drawn."""
+        return self.steps - 1 if self.index_max is None else self.index_max
+
+
+NoiseSpec = Annotated[LognormalNoise | KarrasUniformNoise | KarrasGridNoise, Field(discriminator="kind")]
 
 
 class OptimizerSpec(Strict):
@@ -84,11 +118,22 @@ class OptimizerSpec(Strict):
     """Adam beta2."""
     eps: Float = Field(1e-8, gt=0)
     """Adam epsilon."""
+    weight_decay: Float = Field(0.0, ge=0, lt=1)
+    """Decoupled weight decay (AdamW when above 0; DMD2: 0.01). 0: Adam, as SIM, SiD and Diff-Instruct."""
+    warmup_updates: Int = Field(0, ge=0)
+    """The learning rate rises linearly over this many updates of the network, from 0 (diffusers'
+    constant_with_warmup schedule, as DMD2's); 0: none."""
+    max_grad_norm: Float | None = Field(None, gt=0)
+    """Scale the gradient down to this total norm when above it (torch's clip_grad_norm_; DMD2: 10); none: never."""
 
 
 MLP_MAX_LAYERS = 64
 """The most hidden layers: simcli.nets.registry.MAX_BLOCKS, the bound its network files (generator snapshots) are read
 with, so a run never writes a generator that `sample` and `eval` refuse (a test keeps the two equal)."""
+
+
+MAX_GENERATOR_STEPS = 16
+"""The most noise levels a generator may have (generator.steps); snapshots recording more are refused."""
 
 
 class NetworkSpec(Strict):
@@ -123,7 +168,8 @@ class LossSpec(Strict):
     """Distillation method and its constants."""
 
     method: MethodName = "sim"
-    """sim (Score Implicit Matching), sid (Score identity Distillation) or di (Diff-Instruct)."""
+    """sim (Score Implicit Matching), sid (Score identity Distillation), di (Diff-Instruct) or dmd2 (DMD2: distribution
+    matching, its two-time-scale update and, with --data, its GAN term; simcli.distill.dmd2)."""
     distance: DistanceName = "pseudo-huber"
     """SIM distance d (Table 4)."""
     pseudo_huber_c: Float | None = Field(None, gt=0)
@@ -170,10 +216,33 @@ class GeneratorSpec(Strict):
     """What a LoRA generator's snapshots (generator-<kimg>.safetensors) hold: adapters (small; `sample` and `eval`
     load the teacher and add them) or merged (the teacher's weights with the adapters added in: a generator file
     like any other, which needs no teacher). May change on resume."""
+    steps: Int = Field(1, ge=1, le=MAX_GENERATOR_STEPS)
+    """Noise levels the generator is applied at (--generator-steps K): x0 = G(sigma_1 z; sigma_1), then K - 1 times
+    x0 = G(x0 + sigma_k eps; sigma_k) with fresh noise, sigma_1 = sigma_init > sigma_2 > ... (DMD2's multistep
+    generator). Trained by backward simulation: each sample trains at a level drawn uniformly, on the input the
+    generator's own earlier steps make (simcli.distill.few_step). `sample` and `eval` use the run's K. 1: SIM's
+    one-step generator."""
+    step_sigmas: list[Float] | None = None
+    """The K - 1 noise levels after sigma_init of a K-step generator, descending and below sigma_init; none: the first
+    K points of EDM's ramp (rho 7) from sigma_init to 0.002 over K intervals (simcli.nets.few_step.step_sigmas)."""
     score_dropout: Literal["off", "shared-mask"] = "off"
     """Dropout of the teacher and the online model in the generator step. off: both in eval mode (SIM; SiD's
     code). shared-mask: both in train mode, the online model's call replaying the random state of the teacher's,
     so both drop the same units (Diff-Instruct's code; the default for di). The generator's own dropout is on."""
+
+
+    @model_validator(mode="after")
+    def _step_levels(self) -> GeneratorSpec:
+        if self.step_sigmas is None:
+            return self
+        levels = [self.sigma_init, *self.step_sigmas]
+        if len(self.step_sigmas) != self.steps - 1:
+            raise ValueError(f"step_sigmas gives {len(self.step_sigmas)} noise levels after sigma_init; a generator of "
+                             f"{self.steps} steps has {self.steps - 1}")
+        if any(not 0 < b < a for a, b in zip(levels, levels[1:], strict=False)):
+            raise ValueError(f"step_sigmas must fall below sigma_init ({self.sigma_init:g}) and stay positive, got "
+                             f"{self.step_sigmas}")
+        return self
 
 
 class OnlineSpec(Strict):

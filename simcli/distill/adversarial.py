@@ -4,8 +4,9 @@ The term is SiDA's (Zhou et al., ICLR 2025; spec section `adversarial`): the onl
 discriminator (simcli.nets: `return_logits`), trained beside its DSM loss to tell noised real images from noised
 generator samples, and the generator is given the adversarial loss of its samples beside its SIM, SiD or
 Diff-Instruct loss. Real images are noised with the fake batch's noise levels and noise (sida_loss.py:87-96) and
-keep their own labels; each micro-batch draws them from its own stream (IterationStreams.real_data), so the run stays
-the same for any number of processes and on resume.
+keep their own labels. With --method dmd2 the term is DMD2's instead (simcli.distill.dmd2). Each micro-batch draws
+its real images from its own stream (IterationStreams.real_data), so the run stays the same for any number of
+processes and on resume.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from simcli.config.spec import AdversarialSpec, RunSpec
+from simcli.config.spec import AdversarialSpec, NoiseSpec, RunSpec
 from simcli.data.real_data import RealBatchStream, check_against_teacher, open_real_images
 from simcli.distill.augment import AugmentPipe
 from simcli.distill.streams import IterationStreams
@@ -30,6 +31,11 @@ class RealData:
     label_dim: int
     """The teacher's classes: real labels are one-hot over them (None for an unconditional teacher)."""
     settings: AdversarialSpec
+    style: str = "sida"
+    """sida: SiDA's term, the online model's channel-mean logits of the DSM batch (this module); dmd2: DMD2's, a
+    classifier head's logits of images noised afresh at levels of gan_noise (simcli.distill.dmd2)."""
+    gan_noise: NoiseSpec | None = None
+    """The noise levels of DMD2's GAN passes (the online step's: DMD2 draws from the whole grid)."""
 
     def draw(self, streams: IterationStreams, phase: int, micro_batch: int, n: int, device: torch.device,
              augment: AugmentPipe | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -76,14 +82,20 @@ def open_run_data(spec: RunSpec, teacher: Teacher) -> RealData | None:
                          f"discriminator); '{teacher.display_name}' has none", hint="drop --data")
     data = open_real_images(source)
     check_against_teacher(data, tuple(net.sample_shape), net.label_dim, teacher.display_name)
-    return RealData(RealBatchStream(data), net.label_dim, spec.adversarial)
+    dmd2 = spec.loss.method == "dmd2"
+    return RealData(RealBatchStream(data), net.label_dim, spec.adversarial, "dmd2" if dmd2 else "sida",
+                    spec.online.noise if dmd2 else None)
 
 
-def schedule_warnings(real: RealData | None, total_images: int) -> list[str]:
+DMD2_WITHOUT_DATA = ("--method dmd2 without --data runs without DMD2's GAN term (its ablation 'w/o GAN'); give real "
+                     "images with --data for the full method")
+
+
+def schedule_warnings(real: RealData | None, total_images: int, method: str = "sim") -> list[str]:
     """What a run with real data should know of SiDA's schedule: a generator that never steps, or never sees the
-    adversarial loss, within the run's duration."""
+    adversarial loss, within the run's duration; and a DMD2 run without data, that it has no GAN term."""
     if real is None:
-        return []
+        return [DMD2_WITHOUT_DATA] if method == "dmd2" else []
     s, kimg = real.settings, total_images / 1000
     out = []
     if s.generator_freeze_kimg >= kimg:

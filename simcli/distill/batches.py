@@ -25,10 +25,17 @@ class BatchPlan:
     indices: tuple[int, ...] | None = None
     condition_source: Conditions | None = None
     """What samples are conditioned on; None: class labels of label_dim classes (none when 0)."""
+    step_sigmas: tuple[float, ...] = ()
+    """A few-step generator's noise levels after sigma_init (generator.steps > 1; simcli.nets.few_step)."""
 
     def __post_init__(self) -> None:
         if self.micro_batch <= 0 or self.batch_size % self.micro_batch:
             raise ValueError(f"micro-batch {self.micro_batch} does not divide the batch {self.batch_size}")
+
+    @property
+    def generator_sigmas(self) -> tuple[float, ...]:
+        """The generator's noise levels, sigma_init first (one for a one-step generator)."""
+        return (self.sigma_init, *self.step_sigmas)
 
     @property
     def conditions(self) -> Conditions:

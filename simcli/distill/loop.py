@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from simcli.config.spec import RunSpec
+from simcli.config.spec import OptimizerSpec, RunSpec
 from simcli.distill.adversarial import open_run_data, schedule_warnings
 from simcli.distill.augment import online_augmentation
 from simcli.distill.batches import BatchPlan, resolve_micro_batch, share_micro_batches
@@ -34,6 +34,7 @@ from simcli.distill.events import (
     Status,
     ignore_event,
 )
+from simcli.distill.grad_clip import warmup_factor
 from simcli.distill.outputs import (
     Grids,
     ImageGrids,
@@ -55,6 +56,7 @@ from simcli.distill.streams import IterationStreams, online_phase
 from simcli.distill.teacher_probe import check_teacher_finite
 from simcli.distill.text_setup import RunPrompts, read_run_prompts
 from simcli.errors import RunFailed, Stopped
+from simcli.nets.few_step import generator_sigmas
 from simcli.nets.lora import trainable_parameters
 from simcli.peers import PeerFailed, PeerLost
 from simcli.rundir.lock import RunDirLock
@@ -147,12 +149,15 @@ class Distillation(RunStops):
         warnings += resume_warnings
         if self.prompts is not None:  # the teacher's guidance contrasts with the empty prompt
             warnings += self.prompts.attach(self.nets.teacher, self.progress, spec, self.device)
+        g = spec.generator
+        self.sigmas = generator_sigmas(g.sigma_init, g.steps, g.step_sigmas)
         micro_batch, batch_warnings = resolve_micro_batch(tr.batch_size, tr.batch_gpu, world.size, self.progress.micro_batch)
         self.progress.micro_batch = micro_batch
         sample_shape = tuple(self.nets.teacher.sample_shape)
         self.plan = BatchPlan(spec.generator.sigma_init, tr.batch_size, micro_batch, sample_shape, self.nets.teacher.label_dim,
                               self.device, share_micro_batches(tr.batch_size // micro_batch, world),
-                              self.prompts.conditions if self.prompts is not None else None)
+                              self.prompts.conditions if self.prompts is not None else None,
+                              step_sigmas=self.sigmas[1:])
         self.loss_fn = make_generator_loss(spec.loss, spec.generator.weighting, int(np.prod(sample_shape)))
         self.augment, augment_warnings = online_augmentation(spec.online.augment_p, self.nets.online)
         self.precision = Precision(tr.precision, self.device)
@@ -170,7 +175,7 @@ class Distillation(RunStops):
         if spec.online.sample_source == "generator-step":
             batch_warnings.append(GENERATOR_STEP_COST)
         warnings = [*warnings, *batch_warnings, *augment_warnings,
-                    *schedule_warnings(self.real, tr.total_steps * tr.batch_size)]
+                    *schedule_warnings(self.real, tr.total_steps * tr.batch_size, spec.loss.method)]
         self.started = RunStarted(
             self.run_dir, str(self.device), self.progress.step, tr.total_steps, tr.batch_size, self.resumed_from,
             sum(p.numel() for p in self.nets.generator.parameters()), warnings, self.progress.elapsed_s,
@@ -179,10 +184,10 @@ class Distillation(RunStops):
 
     def _grids(self) -> Grids:
         """Rank 0's grids at every snapshot: latents decoded on the run's first prompts, or image samples."""
-        n, sigma_init = self.spec.logging.grid_samples, self.spec.generator.sigma_init
+        n = self.spec.logging.grid_samples
         if self.prompts is not None:
-            return self.prompts.grids(self.run_dir, n, sigma_init, self.device, self.on_event)
-        return ImageGrids(self.run_dir, self.nets.teacher, n, sigma_init, self.device, self.on_event)
+            return self.prompts.grids(self.run_dir, n, self.sigmas, self.device, self.on_event)
+        return ImageGrids(self.run_dir, self.nets.teacher, n, self.sigmas, self.device, self.on_event)
 
     def close(self) -> None:
         """Release the run directory's lock (idempotent)."""
@@ -196,8 +201,12 @@ class Distillation(RunStops):
         self.close()
 
     @staticmethod
-    def _adam(net: nn.Module, opt) -> torch.optim.Adam:
-        return torch.optim.Adam(trainable_parameters(net), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+    def _adam(net: nn.Module, opt: OptimizerSpec) -> torch.optim.Optimizer:
+        """Adam, or AdamW with decoupled weight decay when optimizer.weight_decay is set (DMD2)."""
+        params, betas = trainable_parameters(net), (opt.beta1, opt.beta2)
+        if opt.weight_decay > 0:
+            return torch.optim.AdamW(params, lr=opt.lr, betas=betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        return torch.optim.Adam(params, lr=opt.lr, betas=betas, eps=opt.eps)
 
     @property
     def images_seen(self) -> int:
@@ -272,23 +281,27 @@ class Distillation(RunStops):
 
         images_before, real = step * spec.training.batch_size, self.real
 
+        g_opt, o_opt, updates = spec.generator.optimizer, spec.online.optimizer, spec.online.updates_per_generator_update
+
         def update_generator() -> tuple[float, bool]:
             return generator_update(
                 nets.generator, nets.online, nets.teacher, self.opts["generator"], self.loss_fn, ctx,
-                spec.generator.noise, grad_through_networks=spec.loss.method != "di",
+                spec.generator.noise, grad_through_networks=spec.loss.method not in ("di", "dmd2"),
                 score_dropout=spec.generator.score_dropout, scaler=self.scalers["generator"], keep_samples=kept,
                 real=real, adversarial=real is not None and real.generator_adversarial(images_before),
-                frozen=real is not None and real.generator_frozen(images_before),
+                frozen=real is not None and real.generator_frozen(images_before), max_grad_norm=g_opt.max_grad_norm,
+                lr_factor=warmup_factor(step, g_opt.warmup_updates),
             )
 
         if reuse:
             loss_gen, ok_gen = update_generator()
         ok_online = True
-        for j in range(spec.online.updates_per_generator_update):
+        for j in range(updates):
             loss_online, ok = online_update(
                 nets.generator, nets.online, self.opts["online"], ctx, online_phase(j), spec.online.noise,
                 augment=self.augment, scaler=self.scalers["online"], samples=kept, weighting=spec.online.weighting,
-                real=self.real,
+                real=self.real, per_pixel=spec.loss.method == "dmd2", max_grad_norm=o_opt.max_grad_norm,
+                lr_factor=warmup_factor(step * updates + j, o_opt.warmup_updates),
             )
             ok_online = ok_online and ok
         if not reuse:

@@ -87,3 +87,28 @@ def generator_adversarial_loss(logits_fake: Tensor, normaliser: Tensor, pixels: 
     sum (sida_loss.py:70-72, sida_training_loop.py:403-405): [B]."""
     bce = F.binary_cross_entropy_with_logits(logits_fake.clamp(-clamp, clamp), torch.ones_like(logits_fake))
     return bce * pixels / normaliser
+
+
+def dmd_generator_loss(x0: Tensor, online_out: Tensor, teacher_out: Tensor, floor: float = 1e-5) -> Tensor:
+    """DMD2's distribution matching loss per sample, 0.5 mean_pixels (x0_i - sg(x0_i - g_i))^2 with g = (p_real -
+    p_fake) / mean|p_real|, p_real = x0 - D_phi (teacher), p_fake = x0 - D_psi (online), NaN/inf zeroed: its batch
+    mean is DMD2's 0.5 mse(x0, sg(x0 - g)) over batch and pixels, value and gradient g_i / (B C H W)
+    (main/edm/edm_guidance.py:102-111). The normaliser is floored at `floor` (DMD2 has none; sid_normaliser): [B]."""
+    with torch.no_grad():
+        p_real = x0 - teacher_out  # [B, C, H, W]
+        p_fake = x0 - online_out
+        normaliser = sid_normaliser(x0, teacher_out, floor).reshape(-1, *([1] * (x0.dim() - 1)))  # [B, 1, 1, 1]
+        grad = torch.nan_to_num((p_real - p_fake) / normaliser)  # = (D_psi - D_phi) / w
+    target = (x0 - grad).detach()
+    return 0.5 * _flat(x0 - target).pow(2).mean(1)
+
+
+def dmd_discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """DMD2's classifier loss softplus(l_fake).mean() + softplus(-l_real).mean() (BCE against fake 0 / real 1),
+    each averaged over the batch and the logit map (main/edm/edm_guidance.py:209, :217): scalar."""
+    return F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+
+
+def dmd_generator_gan_loss(logits_fake: Tensor) -> Tensor:
+    """DMD2's generator GAN loss softplus(-l_fake).mean() (BCE against real 1; main/edm/edm_guidance.py:199): scalar."""
+    return F.softplus(-logits_fake).mean()

@@ -45,6 +45,7 @@ from torch.utils._pytree import tree_map
 from simcli.config.spec import RunSpec
 from simcli.distill.memory_estimate import micro_batch, size_text
 from simcli.nets.denoiser import Denoiser
+from simcli.nets.discriminator_head import head_parameter_count
 from simcli.nets.lora import lora_parameter_count, set_trainable
 from simcli.nets.registry import meta_network
 from simcli.nets.text_condition import TextCondition
@@ -53,8 +54,9 @@ FLOAT32 = 4
 """Bytes per value of the weights, the gradients and Adam's moments in every precision."""
 ADAM_MOMENTS = 2
 """Adam's exp_avg and exp_avg_sq."""
-FROZEN_PASSES_WITH_GRAD = {"sim": 2, "sid": 2, "di": 0}
-"""Score passes (online model, teacher) of the generator update whose graphs stay alive, by loss.method."""
+FROZEN_PASSES_WITH_GRAD = {"sim": 2, "sid": 2, "di": 0, "dmd2": 0}
+"""Score passes (online model, teacher) of the generator update whose graphs stay alive, by loss.method; with real
+data, Diff-Instruct and DMD2 add one, the discriminator's pass of the samples (simcli.distill.steps)."""
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_TEXT_TOKENS = 77
 """Prompt tokens a text-conditioned network is traced with when the caller gives none (the CLIP length)."""
@@ -240,12 +242,15 @@ class MemoryPlan:
 
 
 def weight_parts(parameters: int, buffers: int, shards: int = 1,
-                 adapters: tuple[int | None, int | None] = (None, None)) -> dict[str, int]:
+                 adapters: tuple[int | None, int | None] = (None, None), head: int = 0) -> dict[str, int]:
     """teacher, copies, gradients and optimizer bytes, divided over `shards` processes (FSDP). `adapters`: the LoRA
-    parameters of the generator (and so its EMA) and of the online model; None: that network trains all weights."""
+    parameters of the generator (and so its EMA) and of the online model; None: that network trains all weights.
+    `head`: the parameters of DMD2's classifier head, which the online model trains beside its own."""
     state = parameters + buffers
     copy = [FLOAT32 * (state if a is None else a) for a in adapters]
+    copy[1] += FLOAT32 * head
     trained = [parameters if a is None else a for a in adapters]
+    trained[1] += head
     parts = {"teacher": FLOAT32 * state, "copies": 2 * copy[0] + copy[1], "gradients": FLOAT32 * max(trained),
              "optimizer": ADAM_MOMENTS * FLOAT32 * sum(trained)}
     return {k: math.ceil(v / shards) for k, v in parts.items()}
@@ -299,12 +304,15 @@ def plan_memory(architecture: dict[str, Any], spec: RunSpec, processes: int, dev
     batch, _ = micro_batch(spec, processes)
     tr = spec.training
     checkpointing = tr.activation_checkpointing and net.supports_activation_checkpointing
-    frozen = FROZEN_PASSES_WITH_GRAD.get(spec.loss.method, 2)
+    frozen = FROZEN_PASSES_WITH_GRAD[spec.loss.method]
+    if spec.data.source is not None and frozen == 0:
+        frozen = 1
+    head = discriminator_head_parameters(architecture) if spec.loss.method == "dmd2" and spec.data.source else 0
     ranks = (spec.generator.lora_rank, spec.online.lora_rank)
     acts = activation_model(net, tr.precision, checkpointing, frozen, text_tokens, ranks)
     adapters = tuple(None if r is None else lora_parameter_count(net, r) for r in ranks)
     sharded = tr.sharding == "fsdp" and processes > 1 and ranks == (None, None)
-    parts = weight_parts(parameters, buffers, processes if sharded else 1, adapters)
+    parts = weight_parts(parameters, buffers, processes if sharded else 1, adapters, head)
     parts["gathered"] = gathered_bytes(net, tr.precision) if sharded else 0
     suggestions: list[str] = []
     if device_bytes is not None and sum(parts.values()) + acts.at(batch) > device_bytes:
@@ -316,7 +324,7 @@ def plan_memory(architecture: dict[str, Any], spec: RunSpec, processes: int, dev
         def weights(n: int) -> int:  # over n processes (LoRA runs are not sharded)
             if n > 1 and ranks != (None, None):
                 return 2**62
-            return sum(weight_parts(parameters, buffers, n, adapters).values()) + (extra if n > 1 else 0)
+            return sum(weight_parts(parameters, buffers, n, adapters, head).values()) + (extra if n > 1 else 0)
 
         suggestions = _suggest(weights, acts, checkpointed, batch, processes, device_bytes)
         if ranks == (None, None):
@@ -328,6 +336,18 @@ def plan_memory(architecture: dict[str, Any], spec: RunSpec, processes: int, dev
     return MemoryPlan(parameters, buffers, batch, processes, 1 + frozen, tr.precision, checkpointing,
                       activations=acts.at(batch), device_bytes=device_bytes, suggestions=tuple(suggestions),
                       sharded=sharded, lora_ranks=ranks, **parts)
+
+
+def discriminator_head_parameters(architecture: dict[str, Any]) -> int:
+    """The parameters of DMD2's classifier head on an EDM UNet's encoder (simcli.nets.discriminator_head): its last
+    feature map has model_channels * channel_mult[-1] channels at the resolution halved once per level; 0 for networks
+    without that record (no head: the run refuses them)."""
+    kwargs = architecture.get("init_kwargs") or {}
+    model = kwargs.get("model_kwargs") or kwargs
+    mult, channels, resolution = model.get("channel_mult"), model.get("model_channels"), kwargs.get("img_resolution")
+    if not (isinstance(mult, list | tuple) and mult and isinstance(channels, int) and isinstance(resolution, int)):
+        return 0
+    return head_parameter_count(channels * mult[-1], max(1, resolution >> (len(mult) - 1)))
 
 
 def shipped_architecture(name: str) -> tuple[dict[str, Any], int] | None:

@@ -14,6 +14,7 @@ from simcli.config.spec import RunSpec
 from simcli.distill.events import EventHandler, GridSaved
 from simcli.distill.sharding import full_state_dict
 from simcli.nets.denoiser import Denoiser
+from simcli.nets.few_step import generator_sigmas
 from simcli.nets.lora import is_lora, lora_record, lora_state_dict, merged_state_dict
 from simcli.rundir.layout import (
     BEST_GENERATOR_FILE,
@@ -34,9 +35,11 @@ GRID_SEED = 0
 
 def generator_meta(spec: RunSpec, architecture: dict[str, Any], step: int, images_seen: int) -> dict[str, Any]:
     """The metadata every generator file carries: what `simcli sample` and `simcli eval` need to use it."""
-    meta = {"spec": spec.model_dump(mode="json"), "architecture": architecture, "sigma_init": spec.generator.sigma_init,
-            "step": step, "images_seen": images_seen}
     g = spec.generator
+    meta = {"spec": spec.model_dump(mode="json"), "architecture": architecture, "sigma_init": g.sigma_init,
+            "step": step, "images_seen": images_seen}
+    if g.steps > 1:  # a one-step generator's file stays as it was
+        meta["generator_sigmas"] = list(generator_sigmas(g.sigma_init, g.steps, g.step_sigmas))
     if g.lora_rank is not None and g.lora_snapshots == "adapters":  # the adapters alone: the teacher gives the rest
         meta.update(lora_record(g.lora_rank, g.lora_alpha))
     return meta
@@ -65,9 +68,9 @@ class ImageGrids:
     """Image teachers: a grid of the EMA generator (grid-<kimg>.png) and, once per run, of the teacher's sampler;
     nothing for vector teachers or n = 0. (Text-to-image runs decode latents: simcli.distill.text_setup.TextGrid.)"""
 
-    def __init__(self, run_dir: Path, teacher: Denoiser, n: int, sigma_init: float, device: torch.device,
+    def __init__(self, run_dir: Path, teacher: Denoiser, n: int, sigmas: tuple[float, ...], device: torch.device,
                  on_event: EventHandler):
-        self.run_dir, self.teacher, self.sigma_init, self.device, self.on_event = run_dir, teacher, sigma_init, device, on_event
+        self.run_dir, self.teacher, self.sigmas, self.device, self.on_event = run_dir, teacher, sigmas, device, on_event
         self.n = n if len(teacher.sample_shape) == 3 else 0
 
     def needs_teacher(self) -> bool:
@@ -83,9 +86,9 @@ class ImageGrids:
             self.on_event(GridSaved(teacher_path, f"the teacher, {TEACHER_GRID_STEPS} Heun steps "
                                                   f"({heun_num_evals(TEACHER_GRID_STEPS)} NFE)"))
         path = grid_path(self.run_dir, images_seen)
-        images, columns = grid_images(ema, self.n, GRID_SEED, self.device, sigma_init=self.sigma_init)
+        images, columns = grid_images(ema, self.n, GRID_SEED, self.device, sigmas=self.sigmas)
         save_grid(images, path, columns)
-        self.on_event(GridSaved(path, f"the EMA generator at {images_seen / 1000:g} kimg, 1 NFE"))
+        self.on_event(GridSaved(path, f"the EMA generator at {images_seen / 1000:g} kimg, {len(self.sigmas)} NFE"))
 
 
 def write_snapshot(

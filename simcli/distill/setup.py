@@ -14,6 +14,7 @@ import torch
 
 from simcli.config.resolve import spec_differences
 from simcli.config.spec import RESUMABLE_CHANGES, RunSpec
+from simcli.distill.dmd2 import attach_head
 from simcli.distill.events import EventHandler
 from simcli.distill.memory_estimate import check_memory
 from simcli.distill.stop import StopRequest
@@ -171,6 +172,9 @@ def check_network_settings(spec: RunSpec, teacher: Teacher) -> None:
     if spec.training.activation_checkpointing and (fitted or not teacher.denoiser.supports_activation_checkpointing):
         raise UsageError(f"training.activation_checkpointing needs an EDM or diffusers network, not {what}",
                          hint="unset it")
+    if spec.loss.method == "dmd2" and spec.data.source is not None and spec.online.lora_rank is not None:
+        raise UsageError("DMD2's classifier head trains whole, beside an online model with LoRA adapters: not supported",
+                         hint="drop --lora-rank (online.lora_rank), or --data for DMD2 without its GAN term")
     if fitted and (spec.generator.lora_rank is not None or spec.online.lora_rank is not None):
         raise UsageError(f"LoRA adapts a teacher's network, and {what} is small enough to train whole",
                          hint="drop --lora-rank (generator.lora_rank, online.lora_rank)")
@@ -204,13 +208,15 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
     if spec.generator.lora_rank is not None or spec.online.lora_rank is not None:
         generator, online, ema = _lora_copies(source, spec, device)
     elif shard is not None:  # each copy sharded before the next is made (FSDP modules cannot be deep-copied)
-        generator, online, ema = [_sharded(copy.deepcopy(source), shard, role) for role in ("trained", "trained", "ema")]
+        generator = _sharded(copy.deepcopy(source), shard, "trained")
+        online = _sharded(_with_head(copy.deepcopy(source), spec), shard, "trained")
+        ema = _sharded(copy.deepcopy(source), shard, "ema")
         generator.requires_grad_(True)
         online.requires_grad_(False)
         ema.requires_grad_(False)
     else:
         base = copy.deepcopy(source) if source is teacher else source  # a fitted MLP is the base itself
-        online = copy.deepcopy(base).requires_grad_(False)
+        online = _with_head(copy.deepcopy(base), spec).requires_grad_(False)
         ema = copy.deepcopy(base).requires_grad_(False)
         generator = base.requires_grad_(True)  # the copy itself: no fourth copy alive during the set-up
     if shard is not None:
@@ -223,6 +229,13 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
         for net in (teacher, generator, online):
             net.set_activation_checkpointing(True)
     return Networks(teacher, generator, online, ema, architecture)
+
+
+def _with_head(online: Denoiser, spec: RunSpec) -> Denoiser:
+    """The online model, given DMD2's classifier head when the run has one (--method dmd2 with --data)."""
+    if spec.loss.method == "dmd2" and spec.data.source is not None:
+        attach_head(online, spec.seed)
+    return online
 
 
 def _sharded(net: Denoiser, shard: Callable[[Denoiser, str], None], role: str) -> Denoiser:

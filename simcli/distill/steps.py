@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -25,14 +25,18 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from simcli.config.spec import KarrasUniformNoise, LognormalNoise, LossSpec
+from simcli.config.spec import LossSpec, NoiseSpec
 from simcli.distill.adversarial import RealData
 from simcli.distill.augment import AugmentPipe
 from simcli.distill.batches import BatchPlan
 from simcli.distill.distances import default_pseudo_huber_c, make_distance
+from simcli.distill.dmd2 import discriminator_loss_of, generator_gan_loss_of
+from simcli.distill.few_step import simulate_generator
+from simcli.distill.grad_clip import grad_sq_norm, scale_to_norm_
 from simcli.distill.losses import (
     di_generator_loss,
     discriminator_loss,
+    dmd_generator_loss,
     edm_weight,
     generator_adversarial_loss,
     online_dsm_loss,
@@ -40,22 +44,14 @@ from simcli.distill.losses import (
     sid_normaliser,
     sim_generator_loss,
 )
-from simcli.distill.noise import sample_karras_uniform_sigma, sample_lognormal_sigma
+from simcli.distill.noise import draw_sigma
 from simcli.distill.precision import LossScaler
 from simcli.distill.sharding import is_dtensor, local
 from simcli.distill.streams import GENERATOR_PHASE, IterationStreams
-from simcli.nets.denoiser import generate
 from simcli.nets.lora import set_trainable, trainable_parameters
 from simcli.world import World
 
 GeneratorLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def draw_sigma(noise: LognormalNoise | KarrasUniformNoise, n: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Noise levels [n] from a noise spec."""
-    if isinstance(noise, LognormalNoise):
-        return sample_lognormal_sigma(n, noise.p_mean, noise.p_std, rng, device, noise.sigma_min, noise.sigma_max)
-    return sample_karras_uniform_sigma(n, noise.t_max, noise.sigma_min, noise.sigma_max, noise.rho, rng, device)
 
 
 def make_generator_loss(loss: LossSpec, weighting: str, sample_dim: int, sigma_data: float = 0.5) -> GeneratorLoss:
@@ -64,6 +60,8 @@ def make_generator_loss(loss: LossSpec, weighting: str, sample_dim: int, sigma_d
         return lambda x0, on, te, sigma: sid_generator_loss(x0, on, te, alpha=loss.sid_alpha)
     if loss.method == "di":
         return lambda x0, on, te, sigma: di_generator_loss(x0, on, te)
+    if loss.method == "dmd2":
+        return lambda x0, on, te, sigma: dmd_generator_loss(x0, on, te)
     c = loss.pseudo_huber_c if loss.pseudo_huber_c is not None else default_pseudo_huber_c(sample_dim)
     distance = make_distance(
         loss.distance,
@@ -123,7 +121,7 @@ class Samples(NamedTuple):
 
 
 def add_noise(
-    x0: torch.Tensor, labels: torch.Tensor | None, noise: LognormalNoise | KarrasUniformNoise, rng: torch.Generator,
+    x0: torch.Tensor, labels: torch.Tensor | None, noise: NoiseSpec, rng: torch.Generator,
     augment: AugmentPipe | None = None,
 ) -> NoisyBatch:
     """Draw sigma, the augmentation (if any) and eps from rng in that order (EDM's loss order); with augment, the
@@ -140,28 +138,33 @@ def add_noise(
 def noisy_generator_batch(
     generator: nn.Module,
     plan: BatchPlan,
-    noise: LognormalNoise | KarrasUniformNoise,
+    noise: NoiseSpec,
     rng: torch.Generator,
     augment: AugmentPipe | None = None,
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
 ) -> NoisyBatch:
-    """Draw z and labels from rng, generate x0 = G(z) (float32; with a graph when G has one), then add_noise."""
+    """Draw z and labels from rng, generate x0 = G(z) (float32; with a graph when G has one; a few-step generator at a
+    level drawn per sample, by backward simulation: simcli.distill.few_step), then add_noise."""
     n, dev = plan.micro_batch, plan.device
     z = torch.randn((n, *plan.sample_shape), generator=rng, device=dev)
     labels = plan.conditions.draw(n, rng, dev)
     with autocast():
-        x0 = generate(generator, z, plan.sigma_init, labels)
+        x0 = simulate_generator(generator, z, plan.generator_sigmas, labels, rng)
     return add_noise(x0.float(), labels, noise, rng, augment)
 
 
 def finish_update(
     optimizer: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor | float, world: World,
-    scaler: LossScaler, clip_value: float | None = None, frozen: bool = False,
+    scaler: LossScaler, clip_value: float | None = None, frozen: bool = False, max_grad_norm: float | None = None,
+    lr_factor: float = 1.0,
 ) -> tuple[float, bool]:
     """Sum the loss and the gradients over the processes, unscale, and step when they are finite (or let the
     scaler skip an overflow); returns (the update's loss, whether the iteration counts as finite). The loss is
     read from the device once here, not once per micro-batch. clip_value: finite gradients are clamped to
-    [-clip_value, clip_value] first (adversarial.online_grad_clip); frozen: no step (adversarial.generator_freeze_kimg)."""
+    [-clip_value, clip_value] first (adversarial.online_grad_clip); max_grad_norm: then scaled down to that total norm
+    (optimizer.max_grad_norm; over every process's shards when sharded); frozen: no step
+    (adversarial.generator_freeze_kimg); lr_factor: the step is taken at this fraction of the learning rate (a
+    warm-up), which the optimiser keeps as it was for its state."""
     grads = [p.grad for p in params if p.grad is not None]
     if not any(is_dtensor(g) for g in grads):  # sharded gradients were summed by FSDP's reduce-scatter
         world.all_reduce_sum_(grads)
@@ -173,10 +176,37 @@ def finish_update(
     if apply and clip_value is not None:
         torch._foreach_clamp_min_(grads, -clip_value)
         torch._foreach_clamp_max_(grads, clip_value)
+    if apply and max_grad_norm is not None:
+        scale_to_norm_(grads, total_grad_norm(grads, params, world), max_grad_norm)
     if apply and not frozen:
-        optimizer.step()
+        with scaled_learning_rate(optimizer, lr_factor):
+            optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss, finite
+
+
+@contextlib.contextmanager
+def scaled_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]:
+    """The optimiser's learning rates times `factor` inside the block, as they were after it."""
+    if factor == 1.0:
+        yield
+        return
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr
+
+
+def total_grad_norm(grads: list[torch.Tensor], params: list[nn.Parameter], world: World) -> float:
+    """The gradient's total norm: of the local gradients, or of every process's shards when they are sharded."""
+    squares = float(grad_sq_norm(grads))
+    if any(is_dtensor(p.grad) for p in params if p.grad is not None):
+        (squares,) = world.sum_floats([squares], grads[0].device)
+    return math.sqrt(squares)
 
 
 def online_update(
@@ -185,16 +215,21 @@ def online_update(
     optimizer: torch.optim.Optimizer,
     ctx: Context,
     phase: int,
-    noise: LognormalNoise | KarrasUniformNoise,
+    noise: NoiseSpec,
     sigma_data: float = 0.5,
     augment: AugmentPipe | None = None,
     scaler: LossScaler | None = None,
     samples: list[Samples] | None = None,
     weighting: str = "edm",
     real: RealData | None = None,
+    per_pixel: bool = False,
+    max_grad_norm: float | None = None,
+    lr_factor: float = 1.0,
 ) -> tuple[float, bool]:
     """One update of the online model by DSM on generator samples; returns (loss, finite). With real data, its
-    encoder is trained as SiDA's discriminator beside it (simcli.distill.adversarial).
+    encoder is trained as SiDA's discriminator beside it (simcli.distill.adversarial), or its classifier head and
+    encoder as DMD2's (real.style 'dmd2': simcli.distill.dmd2). per_pixel: the DSM loss is averaged over the pixels
+    instead of summed (DMD2's, edm_guidance.py:152-161). max_grad_norm, lr_factor: finish_update's.
 
     The samples are fresh (G in eval mode) unless `samples` hands over the generator update's, one per micro-batch
     of this process. With augment (EDM's pipeline, as SiD and Diff-Instruct's fake-score step), the augmented
@@ -213,8 +248,9 @@ def online_update(
         else:
             b = add_noise(samples[k].x0, samples[k].labels, noise, rng, augment)
         extra = {} if b.augment_labels is None else {"augment_labels": b.augment_labels}
+        sida = real is not None and real.style == "sida"
         with ctx.autocast():
-            if real is None:
+            if not sida:
                 denoised = online(b.x, b.sigma, b.labels, **extra)
             else:  # the real images noised with the fake batch's noise (sida_loss.py:87-96)
                 denoised, logits_fake = online(b.x, b.sigma, b.labels, return_logits=True, **extra)
@@ -223,14 +259,21 @@ def online_update(
                 logits_real = online(real_x0 + (b.x - b.x0), b.sigma, real_labels, return_logits=True, decode=False,
                                      **real_extra)
         loss = online_dsm_loss(denoised.float(), b.x0, b.sigma, sigma_data, weighted=weighting == "edm").mean()
-        if real is not None:
+        if per_pixel:
+            loss = loss / b.x0[0].numel()
+        if sida:
             adversarial = discriminator_loss(logits_real.float(), logits_fake.float(), b.sigma, sigma_data).mean()
+            loss = loss + real.settings.online_weight * adversarial
+        elif real is not None:
+            adversarial = discriminator_loss_of(online, b.x0, b.labels, real, ctx.streams, phase, index, noise, rng,
+                                                ctx.autocast)
             loss = loss + real.settings.online_weight * adversarial
         loss = loss / ctx.plan.micro_batches
         (loss * scaler.factor).backward()
         total = total + loss.detach()
     clip = real.settings.online_grad_clip if real is not None else None
-    loss, finite = finish_update(optimizer, trainable_parameters(online), total, ctx.world, scaler, clip_value=clip)
+    loss, finite = finish_update(optimizer, trainable_parameters(online), total, ctx.world, scaler, clip_value=clip,
+                                 max_grad_norm=max_grad_norm, lr_factor=lr_factor)
     set_trainable(online.eval(), False)
     return loss, finite
 
@@ -280,7 +323,7 @@ def generator_update(
     optimizer: torch.optim.Optimizer,
     loss_fn: GeneratorLoss,
     ctx: Context,
-    noise: LognormalNoise | KarrasUniformNoise,
+    noise: NoiseSpec,
     grad_through_networks: bool = True,
     score_dropout: str = "off",
     scaler: LossScaler | None = None,
@@ -288,12 +331,15 @@ def generator_update(
     real: RealData | None = None,
     adversarial: bool = False,
     frozen: bool = False,
+    max_grad_norm: float | None = None,
+    lr_factor: float = 1.0,
 ) -> tuple[float, bool]:
     """One generator update; the online model and teacher keep frozen parameters but live inputs.
 
     adversarial: add SiDA's adversarial loss of the samples, from the online model's discriminator logits (`real`
-    gives its weight; simcli.distill.adversarial), taken with a gradient to x also for Diff-Instruct. frozen: the
-    loss is computed and reported, but the generator does not step.
+    gives its weight; simcli.distill.adversarial), taken with a gradient to x also for Diff-Instruct; or DMD2's GAN
+    loss (real.style 'dmd2', on the samples noised afresh: simcli.distill.dmd2). frozen: the loss is computed and
+    reported, but the generator does not step. max_grad_norm, lr_factor: finish_update's.
 
     score_dropout 'off' runs both in eval mode (SIM, SiD); 'shared-mask' runs both in train mode with one dropout
     mask (Diff-Instruct) and puts them back in eval mode afterwards. The generator's own dropout is on.
@@ -317,7 +363,10 @@ def generator_update(
             online_out, teacher_out, logits = score_outputs(online, teacher, x, b.sigma, b.labels, shared_mask,
                                                             logits=adversarial and grad_through_networks)
         per_sample = loss_fn(b.x0, online_out.float(), teacher_out.float(), b.sigma)
-        if adversarial and real is not None:
+        if adversarial and real is not None and real.style == "dmd2":
+            gan = generator_gan_loss_of(online, b.x0, b.labels, real.gan_noise, rng, ctx.autocast)
+            per_sample = per_sample + real.settings.generator_weight * gan
+        elif adversarial and real is not None:
             if logits is None:  # Diff-Instruct: the score passes had no graph; the discriminator's needs one
                 with ctx.autocast():
                     logits = online(b.x, b.sigma, b.labels, return_logits=True, decode=False)
@@ -328,7 +377,8 @@ def generator_update(
         loss = per_sample.mean() / ctx.plan.micro_batches
         (loss * scaler.factor).backward()
         total = total + loss.detach()
-    loss, finite = finish_update(optimizer, trainable_parameters(generator), total, ctx.world, scaler, frozen=frozen)
+    loss, finite = finish_update(optimizer, trainable_parameters(generator), total, ctx.world, scaler, frozen=frozen,
+                                 max_grad_norm=max_grad_norm, lr_factor=lr_factor)
     generator.eval()
     online.eval()
     teacher.eval()

@@ -23,10 +23,14 @@ PROBE_SEED = 0
 
 def median_sigma(noise: NoiseSpec) -> float:
     """The median noise level of a noise distribution: exp(p_mean) (clipped as the spec clips), or the Karras
-    schedule at the middle of u's range."""
+    schedule at the middle of u's range or of the grid's indices."""
     if noise.kind == "lognormal":
         sigma = math.exp(noise.p_mean)
         return min(max(sigma, noise.sigma_min or sigma), noise.sigma_max or sigma)
+    if noise.kind == "karras-grid":  # index 0 is the smallest level
+        middle = (noise.index_min + noise.top_index) / 2
+        frac = torch.tensor(1 - middle / (noise.steps - 1), dtype=torch.float64)
+        return float(karras_sigma(frac, noise.sigma_min, noise.sigma_max, noise.rho))
     frac = torch.tensor(1 - noise.t_max / 2000, dtype=torch.float64)
     return float(karras_sigma(frac, noise.sigma_min, noise.sigma_max, noise.rho))
 

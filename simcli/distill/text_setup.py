@@ -21,11 +21,12 @@ from simcli.distill.events import EmbeddingProgress, EmbeddingStoreReady, Embedd
 from simcli.distill.state import Progress
 from simcli.distill.stop import StopRequest
 from simcli.errors import Stopped, UsageError
-from simcli.nets.denoiser import Denoiser, generate
+from simcli.nets.denoiser import Denoiser
+from simcli.nets.few_step import generate_steps
 from simcli.nets.text_condition import TextCondition
 from simcli.rundir.layout import grid_path
 from simcli.sampling.images import save_grid
-from simcli.sampling.seeds import per_seed_randn
+from simcli.sampling.seeds import SeedRNG, seed_noise
 from simcli.store.cache import cache_dir
 from simcli.teachers.pipeline_source import DiffusersPipelineSource
 from simcli.teachers.prompt_encoders import PromptEncoder
@@ -194,8 +195,9 @@ class RunPrompts:
         return [f"the prompt file {spec.text.prompts} changed since the run's last state "
                 f"(sha256 {before[:12]} -> {self.sha256[:12]}): the run goes on with the new prompts"]
 
-    def grids(self, run_dir: Path, n: int, sigma_init: float, device: torch.device, on_event: EventHandler) -> TextGrid:
-        return TextGrid(run_dir, self.conditions, self.pipeline, n, sigma_init, device, on_event)
+    def grids(self, run_dir: Path, n: int, sigmas: tuple[float, ...], device: torch.device,
+              on_event: EventHandler) -> TextGrid:
+        return TextGrid(run_dir, self.conditions, self.pipeline, n, sigmas, device, on_event)
 
 
 class TextGrid:
@@ -203,9 +205,9 @@ class TextGrid:
     by the pipeline's VAE (loaded at the first grid); nothing when n is 0."""
 
     def __init__(self, run_dir: Path, conditions: StoredPrompts | LivePrompts, pipeline: DiffusersPipelineSource, n: int,
-                 sigma_init: float, device: torch.device, on_event: EventHandler):
+                 sigmas: tuple[float, ...], device: torch.device, on_event: EventHandler):
         self.run_dir, self.conditions, self.pipeline, self.n = run_dir, conditions, pipeline, n
-        self.sigma_init, self.device, self.on_event = sigma_init, device, on_event
+        self.sigmas, self.device, self.on_event = sigmas, device, on_event
         self.decode = None
 
     def needs_teacher(self) -> bool:
@@ -217,10 +219,12 @@ class TextGrid:
         if self.decode is None:
             self.decode = self.pipeline.decoder(self.device)
         condition = self.conditions.rows([i % len(self.conditions) for i in range(self.n)], self.device)
-        z = per_seed_randn(list(range(self.n)), tuple(ema.sample_shape), self.device)
+        rng = SeedRNG(range(self.n))
+        z = rng.randn(tuple(ema.sample_shape)).to(self.device)
         with torch.no_grad():
-            images = self.decode(generate(ema, z, self.sigma_init, condition)).cpu().numpy()
+            latents = generate_steps(ema, z, self.sigmas, condition, seed_noise(rng, self.device))
+            images = self.decode(latents).cpu().numpy()
         path = save_grid(images.transpose(0, 2, 3, 1), grid_path(self.run_dir, images_seen),
                          columns=math.ceil(math.sqrt(self.n)))
         self.on_event(GridSaved(path, f"the EMA generator at {images_seen / 1000:g} kimg on the first {self.n} prompts, "
-                                      "1 NFE"))
+                                      f"{len(self.sigmas)} NFE"))

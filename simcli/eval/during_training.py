@@ -23,6 +23,7 @@ from simcli.eval.gmm_metrics import gmm_report
 from simcli.eval.image_eval import score_features
 from simcli.eval.image_inputs import to_rgb_nchw
 from simcli.eval.stats import compute_features, resolve_reference
+from simcli.nets.few_step import generator_sigmas
 from simcli.sampling.images import to_uint8
 from simcli.sampling.run import generator_batches
 from simcli.teachers.registry import Teacher
@@ -40,10 +41,11 @@ def make_evaluator(spec: RunSpec, teacher: Teacher, device: torch.device, world:
     if spec.logging.eval_every_kimg is None:
         return None
     world = world if world is not None else World()
-    ev, sigma_init = spec.evaluation, spec.generator.sigma_init
+    ev, g = spec.evaluation, spec.generator
+    sigmas = generator_sigmas(g.sigma_init, g.steps, g.step_sigmas)
 
     def samples(net: nn.Module):
-        return generator_batches(net, sigma_init, ev.num_samples, ev.seed, ev.batch_size, device,
+        return generator_batches(net, sigmas, ev.num_samples, ev.seed, ev.batch_size, device,
                                  shard=(world.rank, world.size))
 
     def scored(share: Any, score: Any) -> Evaluation:

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from simcli.data.real_data import SHIPPED_SETS, open_real_images
 from simcli.errors import UsageError
 from simcli.rundir.layout import list_generators
 from simcli.runtime import resolve_device
 from simcli.sampling.finite import GENERATOR_HINT, check_finite
-from simcli.sampling.generator import generator_choice, load_generator
+from simcli.sampling.generator import generator_choice, load_generator, snapshot_sigmas
 from simcli.sampling.images import to_uint8
 from simcli.sampling.run import generator_batches
 
@@ -159,9 +160,20 @@ class NpzImages(ImageSource):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
             raise UsageError(f"'{NPZ_IMAGES_KEY}' in {self.path} is {images.dtype} {tuple(images.shape)}",
                              hint="expected uint8 [N, H, W, C] with C = 1, 3 or 4")
-        self.images = images[: _apply_limit(len(images), limit, str(self.path))]
+        self._keep(images, str(self.path), limit)
+
+    def _keep(self, images: np.ndarray, name: str, limit: int | None) -> None:
+        self.images = images[: _apply_limit(len(images), limit, name)]
         h, w = self.images.shape[1:3]
-        self.description = f"{self.path} ({len(self.images)} images, {w}x{h})"
+        self.description = f"{name} ({len(self.images)} images, {w}x{h})"
+
+    @classmethod
+    def of(cls, images: np.ndarray, name: str, limit: int | None = None) -> NpzImages:
+        """Images held in memory, uint8 [N, H, W, C], named `name`."""
+        source = cls.__new__(cls)
+        source.path = Path(name)
+        source._keep(images, name, limit)
+        return source
 
     def __len__(self) -> int:
         return len(self.images)
@@ -170,6 +182,12 @@ class NpzImages(ImageSource):
         step = batch_size or self.default_batch_size
         for start in range(0, len(self.images), step):
             yield to_rgb_nchw(self.images[start : start + step])
+
+
+def shipped_images(name: str, limit: int | None = None) -> NpzImages:
+    """A shipped real set (simcli.data.real_data.SHIPPED_SETS) as uint8 images, as `simcli sample` would write them."""
+    data = open_real_images(name)
+    return NpzImages.of(to_uint8(data.images(np.arange(data.num_images))), name, limit)
 
 
 # ---------------------------------------------------------------------------------------------- generator
@@ -186,6 +204,7 @@ class GeneratorImages(ImageSource):
             raise UsageError(f"the number of images must be >= 1, got {n}")
         self.device = resolve_device(device)
         self.net, self.meta, self.file = load_generator(generator, self.device)
+        self.sigmas = snapshot_sigmas(self.meta, self.file)
         if len(self.net.sample_shape) != 3 or self.net.sample_shape[0] not in (1, RGB):
             raise UsageError(f"{self.file} generates {tuple(self.net.sample_shape)} samples, not images")
         self.n, self.seed, self.class_label = n, seed, class_label
@@ -198,7 +217,7 @@ class GeneratorImages(ImageSource):
     def batches(self, batch_size: int | None = None) -> Iterator[torch.Tensor]:
         step = batch_size or self.default_batch_size
         first = self.seed
-        for x, _ in generator_batches(self.net, self.meta["sigma_init"], self.n, self.seed, step, self.device,
+        for x, _ in generator_batches(self.net, self.sigmas, self.n, self.seed, step, self.device,
                                       self.class_label):
             check_finite(x, range(first, first + len(x)), f"generator {self.file}", "nothing was scored", GENERATOR_HINT)
             first += len(x)
@@ -218,6 +237,8 @@ def open_images(
     path: str | Path, *, limit: int | None = None, seed: int = 0, device: str = "auto", class_label: int | None = None
 ) -> ImageSource:
     """The image source at `path`: generator (needs `limit` images), .npz samples, or a folder of image files."""
+    if str(path) in SHIPPED_SETS:  # digits-train, digits-test: the digits teacher's own images
+        return shipped_images(str(path), limit)
     path = Path(path)
     if not path.exists():
         raise UsageError(f"not found: {path}", hint="pass a folder of images, a samples .npz or a generator")

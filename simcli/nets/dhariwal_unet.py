@@ -121,7 +121,8 @@ class DhariwalUNet(CheckpointableUNet):
     ) -> Any:
         """The network's output; with return_logits, (output, logits), or the logits alone when not decode: the
         channel mean of the encoder's last feature map [N, 1, h, w], SiDA's discriminator (Zhou et al. 2025,
-        sida_networks.py, the `encoder_decoder` forward), which the decoder is then not run for."""
+        sida_networks.py, the `encoder_decoder` forward), or an attached head's of that map (CheckpointableUNet.discriminate);
+        the decoder is then not run."""
         emb = self.embed(noise_labels, class_labels, augment_labels, x.shape[0])
 
         # Encoder.
@@ -130,7 +131,7 @@ class DhariwalUNet(CheckpointableUNet):
             x = self.run_block(block, x, emb) if isinstance(block, UNetBlock) else block(x)
             skips.append(x)
 
-        logits = x.mean(dim=1, keepdim=True) if return_logits else None
+        logits = self.discriminate(x) if return_logits else None
         if logits is not None and not decode:
             return logits
 

@@ -10,6 +10,7 @@ pickles (edm-spec 2.1), so a loader can call `EDMPrecond(**init_kwargs)`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -80,6 +81,19 @@ class ImagePrecond(Denoiser):
         for block in self.modules():
             if isinstance(block, UNetBlock):
                 block.dropout = float(p)
+
+    def attach_discriminator_head(self, make_head: Callable[[int, int], nn.Module]) -> nn.Module:
+        """Give the UNet a discriminator head (DMD2's classifier branch, simcli.nets.discriminator_head) on its encoder's
+        last feature map: make_head(channels, resolution) builds it for that map, found by one encoder pass on zeros.
+        The head becomes the submodule model.discriminator_head (in the state dict); returns it."""
+        self.model.discriminator_head = nn.Identity()
+        with torch.no_grad():
+            probe = torch.zeros((1, self.img_channels, self.img_resolution, self.img_resolution))
+            features = self(probe.to(next(self.parameters()).device), torch.ones(1), None, return_logits=True,
+                            decode=False)  # [1, C, h, w]
+        head = make_head(features.shape[1], features.shape[-1])
+        self.model.discriminator_head = head.to(features.device)
+        return head
 
     def set_activation_checkpointing(self, enabled: bool = True) -> None:
         """Checkpoint every UNetBlock of the wrapped UNet (see CheckpointableUNet)."""

@@ -108,6 +108,12 @@ class CheckpointableUNet(nn.Module):
         """Recompute each UNetBlock's activations in backward instead of storing them (off by default)."""
         self.activation_checkpointing = bool(enabled)
 
+    def discriminate(self, features: torch.Tensor) -> torch.Tensor:
+        """Discriminator logits from the encoder's last feature map [N, C, h, w]: SiDA's channel mean [N, 1, h, w]
+        (sida_networks.py), or the attached head's (DMD2's classifier branch: ImagePrecond.attach_discriminator_head)."""
+        head = self._modules.get("discriminator_head")
+        return features.mean(dim=1, keepdim=True) if head is None else head(features)
+
     def run_block(self, block: UNetBlock, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """block(x, emb), checkpointed when enabled and gradients are being recorded."""
         if self.activation_checkpointing and torch.is_grad_enabled():

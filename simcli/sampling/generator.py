@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from simcli.config.spec import MAX_GENERATOR_STEPS
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
 from simcli.nets.registry import NATIVE_DTYPE_HINT, network_with_weights
 from simcli.rundir.layout import BEST_GENERATOR_FILE
+from simcli.rundir.network_file import short_repr
 from simcli.rundir.snapshots import read_generator
 
 
@@ -70,3 +73,20 @@ def generator_choice(given: str | Path, file: Path) -> dict[str, Any]:
     best = Path(given) / BEST_GENERATOR_FILE if newest else None
     return {"generator": str(file), "generator_chosen": "the newest snapshot" if newest else "the file given",
             "best_generator": str(best) if best is not None and best.is_file() else None}
+
+
+def snapshot_sigmas(meta: dict[str, Any], file: Path) -> tuple[float, ...]:
+    """The noise levels a generator snapshot samples at: its `generator_sigmas` record (a few-step generator,
+    simcli.nets.few_step), or its sigma_init alone. A record that is not a falling list of positive numbers starting at
+    sigma_init, or longer than generator.steps allows, is refused in one line naming the file."""
+    levels = meta.get("generator_sigmas")
+    if levels is None:
+        return (float(meta["sigma_init"]),)
+    ok = (isinstance(levels, list) and 1 <= len(levels) <= MAX_GENERATOR_STEPS
+          and all(type(v) in (int, float) and math.isfinite(v) for v in levels)
+          and levels[0] == meta["sigma_init"] and all(0 < b < a for a, b in zip(levels, levels[1:], strict=False)))
+    if not ok:
+        raise UsageError(f"{file}: metadata generator_sigmas must be falling positive noise levels from sigma_init, at "
+                         f"most {MAX_GENERATOR_STEPS}, got {short_repr(levels)}",
+                         hint="the file is damaged or was edited by hand")
+    return tuple(float(v) for v in levels)

@@ -8,6 +8,7 @@ successive grids of a run differ only by the generator.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ import torch
 from simcli.nets.denoiser import Denoiser
 from simcli.sampling.heun import edm_heun_sample, one_step_generate
 from simcli.sampling.images import to_uint8
-from simcli.sampling.seeds import SeedRNG
+from simcli.sampling.seeds import SeedRNG, seed_noise
 
 
 def grid_layout(n: int, label_dim: int) -> tuple[int, torch.Tensor | None]:
@@ -28,10 +29,11 @@ def grid_layout(n: int, label_dim: int) -> tuple[int, torch.Tensor | None]:
 
 
 @torch.no_grad()
-def grid_images(net: Denoiser, n: int, seed: int, device: torch.device, *, sigma_init: float | None = None,
+def grid_images(net: Denoiser, n: int, seed: int, device: torch.device, *, sigmas: Sequence[float] | None = None,
                 heun_steps: int = 18) -> tuple[np.ndarray, int]:
-    """uint8 images [n', H, W, C] and the column count: one-step samples when sigma_init is given, else the
-    teacher's Heun sampler with heun_steps steps (2 * heun_steps - 1 evaluations)."""
+    """uint8 images [n', H, W, C] and the column count: the generator's samples at its noise levels when sigmas is
+    given (sigma_init first; simcli.nets.few_step), else the teacher's Heun sampler with heun_steps steps
+    (2 * heun_steps - 1 evaluations)."""
     columns, labels = grid_layout(n, net.label_dim)
     count = n if labels is None else labels.shape[0]
     rng = SeedRNG(range(seed, seed + count))  # on the CPU, so a grid is the same on any device
@@ -39,8 +41,8 @@ def grid_images(net: Denoiser, n: int, seed: int, device: torch.device, *, sigma
     labels = None if labels is None else labels.to(device)
     was_training = net.training
     net.eval()
-    if sigma_init is not None:
-        x = one_step_generate(net, latents, sigma_init=sigma_init, class_labels=labels)
+    if sigmas is not None:
+        x = one_step_generate(net, latents, sigmas=sigmas, class_labels=labels, renoise=seed_noise(rng, device))
     else:
         x = edm_heun_sample(net, latents, class_labels=labels, num_steps=heun_steps)
     net.train(was_training)

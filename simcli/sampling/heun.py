@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from simcli.errors import UsageError
-from simcli.nets.denoiser import Denoiser, generate
+from simcli.nets.denoiser import Denoiser
+from simcli.nets.few_step import Renoise, generate_steps
 from simcli.nets.schedule import karras_sigma
 
 Tensor = torch.Tensor
@@ -179,8 +180,12 @@ def one_step_generate(
     class_labels: Tensor | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    sigmas: Sequence[float] | None = None,
+    renoise: Renoise | None = None,
 ) -> Tensor:
-    """One-step samples G(z) = D(sigma_init * z; sigma_init) (SIM eq. B.4), float32 [B, ...].
+    """One-step samples G(z) = D(sigma_init * z; sigma_init) (SIM eq. B.4), float32 [B, ...]; with `sigmas`, a
+    few-step generator's at those levels (sigma_init is then sigmas[0]), renoise drawing the noise between its steps
+    (simcli.nets.few_step.generate_steps).
 
     sigma reaches the denoiser as a [b] tensor in the latents' dtype. Runs in chunks of batch_size (all at
     once when None) under no_grad. When device is given each chunk
@@ -196,7 +201,7 @@ def one_step_generate(
     for start in range(0, n, max(step, 1)):
         z = latents[start : start + step].to(run_device)  # [b, ...]
         labels = None if class_labels is None else class_labels[start : start + step].to(run_device)
-        x0 = generate(generator_denoiser, z, sigma_init, labels)  # [b, ...]
+        x0 = generate_steps(generator_denoiser, z, (sigma_init,) if sigmas is None else sigmas, labels, renoise)
         outputs.append(x0.to(device=latents.device, dtype=torch.float32))
     if not outputs:
         return torch.empty(latents.shape, dtype=torch.float32, device=latents.device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,11 @@ from simcli.nets.denoiser import Denoiser
 from simcli.rundir.atomic import check_png_path, write_bytes_atomic
 from simcli.runtime import resolve_device
 from simcli.sampling.finite import GENERATOR_HINT, TEACHER_HINT, check_finite
-from simcli.sampling.generator import generator_choice, load_generator
+from simcli.sampling.generator import generator_choice, load_generator, snapshot_sigmas
 from simcli.sampling.heun import HeunSettings, edm_heun_sample, one_step_generate
 from simcli.sampling.images import save_grid, save_pngs, to_uint8
 from simcli.sampling.plots import MAX_POINTS, TEACHER_COLOUR, PlotSource, write_vector_plot
-from simcli.sampling.seeds import SeedRNG
+from simcli.sampling.seeds import SeedRNG, seed_noise
 from simcli.teachers.edm_catalog import EDM_TEACHERS
 from simcli.teachers.registry import Teacher, load_teacher, teacher_kind
 
@@ -54,10 +54,12 @@ def _chunks(seed: int, n: int, batch_size: int) -> list[list[int]]:
 
 
 def generator_batches(
-    net: Denoiser, sigma_init: float, n: int, seed: int, batch_size: int, device: torch.device,
+    net: Denoiser, sigmas: Sequence[float], n: int, seed: int, batch_size: int, device: torch.device,
     class_label: int | None = None, shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """One-step samples [b, ...] (float32, on the CPU) and their class indices (or None), batch by batch.
+    """Generator samples [b, ...] (float32, on the CPU) at the generator's noise levels `sigmas` (one for a one-step
+    generator) and their class indices (or None), batch by batch. Each seed draws its latent, its class, then the
+    noise between a few-step generator's steps.
 
     shard (index, count): only the index-th of count contiguous runs of batches, so that count processes
     concatenating their shares in index order get exactly the samples one process would."""
@@ -67,7 +69,7 @@ def generator_batches(
         rng = SeedRNG(seeds)  # on the CPU, so samples are the same on any device
         latents = rng.randn(tuple(net.sample_shape)).to(device)
         onehot = _labels(rng, net.label_dim, class_label, device)
-        x = one_step_generate(net, latents, sigma_init=sigma_init, class_labels=onehot).cpu()
+        x = one_step_generate(net, latents, sigmas=sigmas, class_labels=onehot, renoise=seed_noise(rng, device)).cpu()
         yield x, (None if onehot is None else onehot.argmax(1).cpu())
 
 
@@ -81,13 +83,14 @@ def generator_samples(
     net, meta, file = load_generator(generator, dev)
     _refuse_text_to_image(net)
     xs, labels = [], []
-    for x, classes in generator_batches(net, meta["sigma_init"], n, seed, batch_size, dev, class_label):
+    sigmas = snapshot_sigmas(meta, file)
+    for x, classes in generator_batches(net, sigmas, n, seed, batch_size, dev, class_label):
         xs.append(x)
         labels.append(classes)
     x = torch.cat(xs)
     check_finite(x, range(seed, seed + n), f"generator {file}", "nothing was written", GENERATOR_HINT)
     info = {"source": "generator", **generator_choice(generator, file), "teacher": meta.get("spec", {}).get("teacher"),
-            "images_seen": meta.get("images_seen"), "nfe": 1}
+            "images_seen": meta.get("images_seen"), "nfe": len(sigmas)}
     return x, (torch.cat(labels) if labels[0] is not None else None), info
 
 

@@ -7,7 +7,7 @@ then its class label, then the sampler's churn noise. Each draw is per sample an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -76,3 +76,9 @@ class SeedRNG:
             return torch.empty((0, *size), dtype=torch.int64, device=self.device)
         draws = [torch.randint(high, size, generator=g, device=self.device) for g in self.generators]
         return torch.stack(draws)
+
+
+def seed_noise(rng: SeedRNG, device: torch.device | str) -> Callable[[Tensor], Tensor]:
+    """A few-step generator's noise between its steps (simcli.nets.few_step.Renoise): each seed's next draws, made
+    where the seeds' generators are and moved to `device`, so samples are the same on any device."""
+    return lambda x: rng.randn(x.shape[1:], dtype=torch.float32).to(device=device, dtype=x.dtype)

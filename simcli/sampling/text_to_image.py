@@ -22,14 +22,14 @@ import torch
 
 from simcli.data.prompts import read_prompts
 from simcli.errors import UsageError
-from simcli.nets.denoiser import generate
+from simcli.nets.few_step import generate_steps
 from simcli.rundir.atomic import check_png_path, write_bytes_atomic
 from simcli.runtime import resolve_device
 from simcli.sampling.finite import GENERATOR_HINT, TEACHER_HINT, check_finite
-from simcli.sampling.generator import generator_choice, load_generator
+from simcli.sampling.generator import generator_choice, load_generator, snapshot_sigmas
 from simcli.sampling.images import save_grid, save_pngs
 from simcli.sampling.run import check_sample_out, write_npz
-from simcli.sampling.seeds import per_seed_randn, seed_generators
+from simcli.sampling.seeds import SeedRNG, seed_generators, seed_noise
 from simcli.teachers.diffusers_teacher import latent_multiple
 from simcli.teachers.hf_loading import require_t2i_packages
 from simcli.teachers.pipeline_families import PipelineFamily
@@ -72,17 +72,19 @@ def generator_text_images(
     # the encoder as the run's embedding store used it: bfloat16 on GPUs (simcli.distill.text_setup)
     encode = source.encoder(device, torch.bfloat16 if device.type == "cuda" else None)
     decode = source.decoder(device)
+    sigmas = snapshot_sigmas(meta, file)
     images = []
     for part in _chunks(len(prompts), batch_size):
         seeds = [seed + i for i in part]
-        z = per_seed_randn(seeds, tuple(net.sample_shape), device)
+        rng = SeedRNG(seeds)
+        z = rng.randn(tuple(net.sample_shape)).to(device)
         with torch.no_grad():
             condition = encode([prompts[i] for i in part]).to(device)
-            latents = generate(net, z, meta["sigma_init"], condition)
+            latents = generate_steps(net, z, sigmas, condition, seed_noise(rng, device))
             check_finite(latents, seeds, f"generator {file}", "nothing was written", GENERATOR_HINT)  # before the VAE
             images.append(decode(latents).cpu())
     info = {"source": "generator", **generator_choice(generator, file), "teacher": teacher,
-            "images_seen": meta.get("images_seen"), "nfe": 1}
+            "images_seen": meta.get("images_seen"), "nfe": len(sigmas)}
     return torch.cat(images).numpy(), info
 
 

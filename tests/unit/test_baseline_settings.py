@@ -255,7 +255,7 @@ def test_augmented_images_are_the_target_and_labels_reach_the_online_model():
     rng = streams.begin(online_phase(0), 0)  # replay the draws: z, sigma, augmentation, eps
     z = torch.randn((6, 3, 8, 8), generator=rng)
     sigma = LognormalNoise()
-    from simcli.distill.steps import draw_sigma
+    from simcli.distill.noise import draw_sigma
 
     sig = draw_sigma(sigma, 6, rng, torch.device("cpu"))
     with torch.no_grad():
