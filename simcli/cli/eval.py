@@ -48,6 +48,7 @@ def eval_command(
     inception_score: Annotated[bool, typer.Option("--is", help="Inception Score (10 splits; torch-fidelity or digits).")] = False,
     kid: Annotated[bool, typer.Option("--kid", help="Kernel Inception Distance against --ref images.")] = False,
     prc: Annotated[bool, typer.Option("--prc", help="Precision and recall against --ref images.")] = False,
+    nearest: Annotated[bool, typer.Option("--nearest", help="Memorisation check: the median (and 1st percentile) pixel distance of each image to its nearest --ref image, in [-1, 1] units (--ref: a folder or .npz of images, e.g. the training set).")] = False,
     ref: Annotated[str | None, typer.Option("--ref", help="Reference: a name, a statistics .npz or a folder of images.")] = None,
     backend: Annotated[str, typer.Option("--backend", help="Feature backend: torch-fidelity, clean-fid, or digits (8x8 digits).")] = "torch-fidelity",
     mode: Annotated[str, typer.Option("--mode", help="clean-fid resize mode: legacy_tensorflow, clean, legacy_pytorch.")] = "legacy_tensorflow",
@@ -82,11 +83,12 @@ def eval_command(
         from simcli.eval.image_eval import evaluate_images
         from simcli.runtime import resolve_device
 
-        metrics = {name for name, on in (("fid", fid), ("is", inception_score), ("kid", kid), ("prc", prc)) if on}
+        metrics = {name for name, on in (("fid", fid), ("is", inception_score), ("kid", kid), ("prc", prc),
+                                         ("nearest", nearest)) if on}
         if not metrics and save_stats is None and not text_metrics:
             metrics = {"fid", "is"} if backend == "torch-fidelity" else {"fid"}
         if ref is not None and not metrics:
-            raise UsageError("--ref given, but no metric uses it", hint="add --fid, --is, --kid or --prc")
+            raise UsageError("--ref given, but no metric uses it", hint="add --fid, --is, --kid, --prc or --nearest")
         if save_stats is not None and save_stats.suffix != ".npz":
             raise UsageError(f"--save-stats must name an .npz file, got {save_stats.name}")
         source = generator if generator is not None else samples
@@ -156,11 +158,14 @@ def _print_text_lines(report: dict) -> None:
 
 
 def _print_image_report(report: dict) -> None:
-    table = Table(title=f"{report['source']}: {report['n']} images, {report['extractor']}")
+    extractor = f", {report['extractor']}" if "extractor" in report else ""
+    table = Table(title=f"{report['source']}: {report['n']} images{extractor}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [("FID", "fid", "{:.4f}"), ("IS", "is_mean", "{:.4f}"), ("KID", "kid_mean", "{:.6f}"),
-            ("precision", "precision", "{:.4f}"), ("recall", "recall", "{:.4f}")]
+            ("precision", "precision", "{:.4f}"), ("recall", "recall", "{:.4f}"),
+            ("nearest --ref image, median distance", "nearest_median", "{:.4f}"),
+            ("nearest --ref image, 1st percentile", "nearest_p01", "{:.4f}")]
     spreads = {"is_mean": "is_std", "kid_mean": "kid_std"}
     for label, key, fmt in rows:
         if key in report:

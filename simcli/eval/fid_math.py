@@ -215,3 +215,17 @@ def precision_recall(
     precision = coverage(fake, real, knn_radii(real, k, chunk_rows), chunk_rows)
     recall = coverage(real, fake, knn_radii(fake, k, chunk_rows), chunk_rows)
     return precision, recall
+
+
+def nearest_distances(queries: np.ndarray, reference: np.ndarray, chunk_rows: int = PRC_CHUNK_ROWS) -> np.ndarray:
+    """Euclidean distance from each query row to its nearest reference row [len(queries)], float64, chunked: a
+    memorisation check (samples copied from the training set sit at distance ~0 from it)."""
+    if len(reference) == 0:
+        raise UsageError("the nearest-image distance needs at least one reference image")
+    r_sq = (reference * reference).sum(axis=1)
+    out = np.empty(len(queries), dtype=FLOAT)
+    for start in range(0, len(queries), chunk_rows):
+        d = _squared_distances(queries[start : start + chunk_rows], reference, r_sq)
+        out[start : start + chunk_rows] = np.sqrt(d.min(axis=1))
+    return out
+

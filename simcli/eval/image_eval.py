@@ -11,24 +11,60 @@ from typing import Any
 import numpy as np
 import torch
 
+from simcli.data.real_data import SHIPPED_SETS
 from simcli.errors import UsageError
 from simcli.eval.features import FeatureExtractor, get_extractor
-from simcli.eval.fid_math import frechet_distance, inception_score, kid, precision_recall
+from simcli.eval.fid_math import frechet_distance, inception_score, kid, nearest_distances, precision_recall
 from simcli.eval.image_inputs import GeneratorImages, open_images
 from simcli.eval.stats import FeatureStats, ImageProgressFn, compute_features, resolve_reference
 
-METRICS = ("fid", "is", "kid", "prc")
+METRICS = ("fid", "is", "kid", "prc", "nearest")
+PIXEL_SCALE = 127.5
+"""uint8 pixels to [-1, 1] units (simcli.sampling.images.to_uint8's inverse, up to its offset)."""
 
 
 
 def _reference_features(ref: str, extractor: FeatureExtractor, batch_size: int, on_progress: ImageProgressFn | None) -> np.ndarray:
     """Features of a folder (or npz) of reference images, for KID and precision/recall."""
-    path = Path(ref)
-    if not (path.is_dir() or (path.is_file() and path.suffix == ".npz" and _holds_images(path))):
+    if not _image_reference(ref):
         raise UsageError("--kid and --prc need reference images (a folder or a samples .npz), not statistics",
                          hint="pass --ref DIR")
-    feats, _ = compute_features(open_images(path).batches(batch_size), extractor, on_progress=on_progress)
+    feats, _ = compute_features(open_images(ref).batches(batch_size), extractor, on_progress=on_progress)
     return feats
+
+
+def _pixels(batches: Iterable[torch.Tensor]) -> np.ndarray:
+    """Images as float64 rows [N, C*H*W] in [-1, 1] units (from the uint8 RGB batches of an image source)."""
+    rows = [b.reshape(b.shape[0], -1).numpy().astype(np.float64) / PIXEL_SCALE for b in batches]
+    return np.concatenate(rows) if rows else np.zeros((0, 0))
+
+
+def nearest_image_distances(images: Iterable[torch.Tensor], ref: str, batch_size: int) -> dict[str, float]:
+    """The memorisation check: each image's Euclidean pixel distance (in [-1, 1] units) to its nearest --ref image,
+    their median and 1st percentile. Grayscale images (equal channels on both sides) count their channel once."""
+    if not _image_reference(ref):
+        raise UsageError("--nearest needs reference images (a folder, an .npz of images or digits-train), not statistics",
+                         hint="pass --ref DIR or --ref IMAGES.npz (e.g. the training images)")
+    queries, reference = _pixels(images), _pixels(open_images(ref).batches(batch_size))
+    if queries.shape[1] != reference.shape[1]:
+        raise UsageError(f"--nearest compares images of one size: {queries.shape[1] // 3} pixels against "
+                         f"{reference.shape[1] // 3} in {ref}", hint="give reference images of the samples' size")
+    distances = nearest_distances(queries, reference)
+    if _gray(queries) and _gray(reference):
+        distances = distances / np.sqrt(3)
+    return {"nearest_median": float(np.median(distances)), "nearest_p01": float(np.percentile(distances, 1))}
+
+
+def _gray(rows: np.ndarray) -> bool:
+    """Every image's three channels are equal (rows are [N, 3*H*W], channel first)."""
+    channels = rows.reshape(len(rows), 3, -1)
+    return bool((channels == channels[:, :1]).all())
+
+
+def _image_reference(ref: str) -> bool:
+    """--ref names images: a folder, an .npz holding an 'images' array, or a shipped set (digits-train)."""
+    path = Path(ref)
+    return ref in SHIPPED_SETS or path.is_dir() or (path.is_file() and path.suffix == ".npz" and _holds_images(path))
 
 
 def _holds_images(path: Path) -> bool:
@@ -83,19 +119,27 @@ def evaluate_images(
     if unknown or (not metrics and save_stats is None):
         raise UsageError(f"choose metrics among {', '.join(METRICS)}", hint="for example --fid --is")
     images = open_images(source, limit=n, seed=seed, device=str(device))  # bad input fails before any download
+    needs_ref = metrics & {"fid", "kid", "prc", "nearest"}
+    if needs_ref and ref is None:
+        raise UsageError("FID, KID, precision/recall and --nearest need a reference", hint="pass --ref NAME|STATS.npz|DIR")
+    if metrics == {"nearest"} and save_stats is None:  # pixels only: no feature network
+        kept = list(images.batches(batch_size))
+        result = {"n": sum(len(b) for b in kept), "source": images.description, "reference": str(ref),
+                  **nearest_image_distances(kept, str(ref), batch_size)}
+        if isinstance(images, GeneratorImages):
+            result.update(images.choice)
+        return result
     extractor = get_extractor(backend, feature_weights=feature_weights, device=device, mode=mode)
     if "is" in metrics and not extractor.has_logits:
         raise UsageError(f"the Inception Score needs class logits, which backend '{backend}' does not give",
                          hint="use --backend torch-fidelity for --is")
-    needs_ref = metrics & {"fid", "kid", "prc"}
-    if needs_ref and ref is None:
-        raise UsageError("FID, KID and precision/recall need a reference", hint="pass --ref NAME|STATS.npz|DIR")
     reference = resolve_reference(ref, extractor, batch_size=batch_size) if "fid" in metrics else None
     reference_features = (
         _reference_features(ref, extractor, batch_size, None) if metrics & {"kid", "prc"} else None
     )
-    feats, logits = compute_features(images.batches(batch_size), extractor, want_logits="is" in metrics,
-                                     on_progress=on_progress)
+    kept: list[torch.Tensor] = []  # the images themselves, for --nearest (the source is read once)
+    batches = (kept.append(b) or b for b in images.batches(batch_size)) if "nearest" in metrics else images.batches(batch_size)
+    feats, logits = compute_features(batches, extractor, want_logits="is" in metrics, on_progress=on_progress)
     result = {
         "n": int(len(feats)),
         "source": images.description,
@@ -105,6 +149,8 @@ def evaluate_images(
         "reference": None if ref is None else str(ref),
         **score_features(feats, logits, metrics, reference, reference_features),
     }
+    if "nearest" in metrics:
+        result.update(nearest_image_distances(kept, str(ref), batch_size))
     if isinstance(images, GeneratorImages):  # which file a run directory's newest snapshot was
         result.update(images.choice)
     if reference is not None and reference.note:
