@@ -19,6 +19,7 @@ from simcli.rundir.snapshots import read_generator
 from simcli.sampling.generator import load_generator
 from simcli.sampling.images import to_uint8
 from simcli.sampling.seeds import SeedRNG
+from simcli.teachers.registry import load_teacher
 from tests.helpers.processes import assert_same_losses, records, run_processes
 from tests.helpers.tiny_edm import tiny_edm_spec, write_tiny_edm
 
@@ -113,3 +114,19 @@ def test_k_steps_with_lora_and_sharded_with_data(tmp_path, teacher):
     for key in ("loss_online", "loss_generator"):
         scale = max(abs(r[key]) for r in a)
         assert all(abs(x[key] - y[key]) <= 1e-5 * scale for x, y in zip(a, c, strict=True)), key
+
+
+@pytest.mark.parametrize("method", ["sid", "di", "dmd2"])
+def test_every_method_trains_a_few_step_generator(tmp_path, teacher, method):
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "real.npz", images=images, labels=np.arange(16) % 3)
+    spec = spec_of(teacher, 2, f"loss.method={method}", f"data.source={tmp_path / 'real.npz'}",
+                   "adversarial.generator_freeze_kimg=0", "adversarial.generator_start_kimg=0",
+                   "generator.optimizer.warmup_updates=0", "online.updates_per_generator_update=1")
+    run_distillation(spec, tmp_path / "run")
+    rows = records(tmp_path / "run", "status")
+    assert len(rows) == 2 and all(np.isfinite(r["loss_generator"]) and np.isfinite(r["loss_online"]) for r in rows)
+    net, meta, _ = load_generator(tmp_path / "run")
+    assert len(meta["generator_sigmas"]) == 3 and meta["generator_sigmas"][0] == spec.generator.sigma_init
+    teacher_net = load_teacher(str(teacher)).denoiser
+    assert any(not torch.equal(p, q) for p, q in zip(net.parameters(), teacher_net.parameters(), strict=True))
