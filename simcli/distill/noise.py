@@ -48,12 +48,6 @@ def karras_grid(steps: int = 1000, sigma_min: float = 0.002, sigma_max: float = 
     return karras_sigma(ramp, sigma_min, sigma_max, rho).flip(0)
 
 
-def percent_index_range(steps: int = 1000, min_percent: float = 0.02, max_percent: float = 0.98) -> tuple[int, int]:
-    """DMD2's distribution-matching index range [int(min% steps), min(int(max% steps), steps - 1)], inclusive:
-    [20, 980] for its defaults (main/edm/edm_guidance.py:69-70, :82-88; main/edm/train_edm.py:470-471)."""
-    return int(min_percent * steps), min(int(max_percent * steps), steps - 1)
-
-
 def sample_karras_grid_sigma(
     n: int,
     steps: int = 1000,

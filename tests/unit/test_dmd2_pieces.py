@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from simcli.distill.grad_clip import grad_sq_norm, scale_to_norm_, warmup_factor
 from simcli.distill.losses import dmd_discriminator_loss, dmd_generator_gan_loss, dmd_generator_loss
-from simcli.distill.noise import karras_grid, percent_index_range, sample_karras_grid_sigma
+from simcli.distill.noise import karras_grid, sample_karras_grid_sigma
 from simcli.nets.discriminator_head import DiscriminatorHead, head_geometry, head_parameter_count, norm_groups
 
 
@@ -157,9 +157,12 @@ def test_the_small_grid_by_hand():
     torch.testing.assert_close(grid, torch.tensor([1.0, 6.25, 16.0]))
 
 
-def test_dmd2s_dm_index_range():
-    assert percent_index_range(1000) == (20, 980)
-    assert percent_index_range(1000, 0.0, 1.0) == (0, 999)
+def test_dmd2s_dm_index_range_is_the_method_default():
+    """DMD2's [int(0.02 * 1000), int(0.98 * 1000)] (edm_guidance.py:69-70), as config/methods.py writes it."""
+    from simcli.config.methods import METHOD_DEFAULTS
+
+    noise = METHOD_DEFAULTS["dmd2"]["generator"]["noise"]
+    assert (noise["index_min"], noise["index_max"]) == (int(0.02 * 1000), int(0.98 * 1000)) == (20, 980)
 
 
 def test_sampled_sigmas_lie_on_the_grid_and_hit_both_bounds():
