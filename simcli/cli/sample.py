@@ -1,4 +1,4 @@
-"""`simcli sample`: one-step samples from a generator, or the teacher's EDM Heun sampler for comparison."""
+"""`simcli sample`: samples from a one-step (or few-step) generator, or the teacher's EDM Heun sampler for comparison."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def sample(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write samples of a one-step generator (--generator) or of the teacher's EDM Heun sampler (--teacher) to an
+    """Write samples of a one-step or few-step generator (--generator) or of the teacher's EDM Heun sampler (--teacher) to an
     .npz file or a directory of PNGs; give exactly one of --generator and --teacher."""
     with reported_errors():
         if (generator is None) == (teacher is None):  # before torch is imported (seconds on a busy machine)
@@ -132,7 +132,7 @@ def sample(
         sampler_options = (steps, churn, s_min, s_max, s_noise)
         if generator is not None and (paper or any(v is not None for v in sampler_options)):
             raise UsageError(f"{', '.join(SAMPLER_FLAGS)} and --paper apply to --teacher only",
-                             hint="a one-step generator takes one evaluation per sample")
+                             hint="a generator samples at the noise levels its run trained (one evaluation each)")
         if teacher is not None:
             sampler = resolve_heun_settings(teacher, paper=paper, steps=steps, churn=churn, s_min=s_min,
                                             s_max=s_max, s_noise=s_noise)
