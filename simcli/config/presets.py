@@ -177,3 +177,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 PRESETS.update(T2I_PRESETS)  # the text-to-image families beyond PixArt-alpha: sd3, flux-dev, flux-schnell, sana, sd15, sdxl
+
+
+def _layered(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """base with extra's leaves put over it (mappings merged key by key, other values replaced), both left as they are."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _layered(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+# The digits teacher with real data (--data; `auto` picks it then, simcli.config.resolve): the digits preset with
+# SiDA's adversarial term set for runs of this length. SiDA's schedule (the generator still for 100 kimg, its
+# adversarial loss from 200 kimg) outlasts a digits run, so both start at once; with them on from the start the
+# discriminator must learn faster than the generator moves, hence online_weight 10, and the generator's loss, which
+# SiD's normaliser w(x) makes large at SIM's small noise levels, at 1e-3 (1e-2 broke the run, 1e-4 gained less).
+# Measured in examples/digits/RESULTS.md, part (f). DMD2 keeps its own weights and ratio (simcli.config.methods).
+DIGITS_DATA_KIMG = 150.0
+"""The digits-data preset's duration: within 30 minutes on 2 CPU cores (README, "Beating the teacher")."""
+_SIDA_DIGITS = {"adversarial": {"online_weight": 10.0, "generator_weight": 1e-3}}
+PRESETS["digits-data"] = _layered(PRESETS["digits"], {
+    "training": {"duration_kimg": DIGITS_DATA_KIMG},
+    "adversarial": {"generator_freeze_kimg": 0.0, "generator_start_kimg": 0.0},
+    "by_method": {"sim": _SIDA_DIGITS, "sid": _SIDA_DIGITS, "di": _SIDA_DIGITS},
+})

@@ -144,6 +144,18 @@ def _known_keys_hint(parent: str) -> str:
     return f"known keys {where}: {', '.join(model.model_fields)}"
 
 
+DATA_PRESET_SUFFIX = "-data"
+"""`auto` picks a teacher's preset for runs with real data, <preset>-data, when there is one (digits-data)."""
+
+
+def _with_data(preset: str, given: dict[str, Any]) -> str:
+    """The preset `auto` stands for: the teacher's, or its -data variant when the command gives data.source."""
+    data = given.get("data")
+    if isinstance(data, dict) and data.get("source") is not None and preset + DATA_PRESET_SUFFIX in PRESETS:
+        return preset + DATA_PRESET_SUFFIX
+    return preset
+
+
 TeacherNames = Callable[[str], tuple[str, str]]
 """Maps a teacher name to (the name as stored in the spec, the preset `auto` stands for); supplied by the
 caller (the CLI passes `simcli.teachers.registry.describe_teacher_name`), so config knows no teacher kinds."""
@@ -182,7 +194,7 @@ def resolve_spec(
     preset_name = preset or file_layer.get("preset") or "auto"
     file_layer.pop("preset", None)
     if preset_name == "auto":
-        preset_name = auto_preset
+        preset_name = _with_data(auto_preset, merged_upper)
     if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise UsageError(f"unknown preset {shown(preset_name)}", hint=f"known presets: auto, {', '.join(PRESETS)}")
     preset_layer = {k: v for k, v in PRESETS[preset_name].items() if k != "by_method"}
