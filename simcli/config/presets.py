@@ -193,7 +193,7 @@ def _layered(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 # discriminator must learn faster than the generator moves, hence online_weight 10, and the generator's loss, which
 # SiD's normaliser w(x) makes large at SIM's small noise levels, at 1e-3 (1e-2 broke the run, 1e-4 gained less).
 # Measured in examples/digits/RESULTS.md, part (f). DMD2 keeps its own weights and ratio (simcli.config.methods).
-DIGITS_DATA_KIMG = 150.0
+DIGITS_DATA_KIMG = 120.0
 """The digits-data preset's duration: within 30 minutes on 2 CPU cores (README, "Beating the teacher")."""
 _SIDA_DIGITS = {"adversarial": {"online_weight": 10.0, "generator_weight": 1e-3}}
 PRESETS["digits-data"] = _layered(PRESETS["digits"], {
