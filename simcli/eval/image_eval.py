@@ -127,7 +127,7 @@ def evaluate_images(
         result = {"n": sum(len(b) for b in kept), "source": images.description, "reference": str(ref),
                   **nearest_image_distances(kept, str(ref), batch_size)}
         if isinstance(images, GeneratorImages):
-            result.update(images.choice)
+            result.update(images.choice, nfe=len(images.sigmas))
         return result
     extractor = get_extractor(backend, feature_weights=feature_weights, device=device, mode=mode)
     if "is" in metrics and not extractor.has_logits:
@@ -152,7 +152,7 @@ def evaluate_images(
     if "nearest" in metrics:
         result.update(nearest_image_distances(kept, str(ref), batch_size))
     if isinstance(images, GeneratorImages):  # which file a run directory's newest snapshot was
-        result.update(images.choice)
+        result.update(images.choice, nfe=len(images.sigmas))
     if reference is not None and reference.note:
         result["note"] = reference.note
     if save_stats is not None:

@@ -54,6 +54,10 @@ def test_sample_makes_the_k_step_samples_the_run_trained(tmp_path, teacher):
     with torch.no_grad():
         expected = generate_steps(net, z, meta["generator_sigmas"], labels, lambda x: rng.randn(x.shape[1:]))
     assert np.array_equal(np.load(out)["images"], to_uint8(expected))
+    scored = CliRunner().invoke(app, ["eval", "--generator", str(snapshot), "--nearest", "--ref", str(out), "--n", "6",
+                                      "--seed", "5", "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["nfe"] == 3
     # one step of the same network is another image: the steps matter
     assert not np.array_equal(to_uint8(expected), to_uint8(generate_steps(net, z, (2.5,), labels)))
 
