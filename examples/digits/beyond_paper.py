@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from digits_common import load_classifier, merge_section  # noqa: E402
 from experiments import SEED_SETS, simcli, snapshot_at  # noqa: E402
+from experiments import distill as run_once  # noqa: E402
 
 RUNS = {  # name -> extra distill flags
     "sim": [],
@@ -56,18 +56,9 @@ def run_dir(out: Path, name: str) -> Path:
 
 
 def distill(name: str, out: Path, kimg: float) -> float:
-    """One run to `kimg` (kept when it is there: its summary-<kimg>.json); returns its distillation wall time in
-    seconds."""
-    run = run_dir(out, name)
-    summary = run / f"summary-{kimg:g}.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())["wall_time_s"]
-    t0 = time.perf_counter()
-    doc = simcli("distill", "--teacher", "digits", "--out", str(run), "--kimg", str(kimg), "--threads", "1", "--json",
-                 *RUNS[name], log=out / f"{name}.log")
-    summary.write_text(doc)
-    print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    return json.loads(doc)["wall_time_s"]
+    """One run to `kimg` (kept when its summary-<kimg>.json is there; experiments.py's runner, in the run's
+    directory); returns its distillation wall time in seconds."""
+    return run_once(run_dir(out, name).name, RUNS[name], out, kimg)
 
 
 def sample(source: list[str], out: Path, n: int, seed: int) -> Path:
