@@ -20,16 +20,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
+from simcli.nets.edm2_precond import EDM2Precond
 from simcli.nets.edm_precond import EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
 from simcli.nets.mlp import MLPDenoiser
 from simcli.rundir.network_file import short_repr
 
-# Preconditioner class names as recorded in the official EDM pickles (`class_name` of the `ema` object).
+# Preconditioner class names as recorded in the official EDM and EDM2 pickles (`class_name` of the `ema` object).
 EDM_CLASSES: dict[str, type[Denoiser]] = {
     "EDMPrecond": EDMPrecond,
     "VPPrecond": VPPrecond,
     "VEPrecond": VEPrecond,
     "iDDPMPrecond": iDDPMPrecond,
+    "Precond": EDM2Precond,  # EDM2 (NVlabs/edm2 training/networks_edm2.py)
 }
 
 

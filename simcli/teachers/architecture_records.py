@@ -1,7 +1,7 @@
 """The architecture record of a teacher's network found without loading its weights, for `distill --dry-run`.
 
-- official EDM names: the record simcli builds once the checkpoint is loaded, from the catalog
-  (simcli.teachers.edm_catalog.edm_network_record), so nothing is downloaded;
+- official EDM and EDM2 names: the record simcli builds once the checkpoint is loaded, from the catalog
+  (simcli.teachers.edm_catalog.edm_network_record, edm2_catalog.edm2_network_record), so nothing is downloaded;
 - simcli teacher files (`digits`, `PATH.safetensors`): the `architecture` in the safetensors metadata, read from the
   file's header alone (no tensor data).
 
@@ -18,6 +18,7 @@ from typing import Any
 
 from simcli.errors import UsageError
 from simcli.rundir.network_file import TEACHER_FORMAT, check_metadata, short_repr
+from simcli.teachers.edm2_catalog import edm2_network_record, get_edm2_network, is_edm2_name
 from simcli.teachers.edm_catalog import EDM_TEACHERS, edm_network_record
 
 
@@ -55,6 +56,8 @@ def teacher_architecture_record(name: str) -> dict[str, Any] | None:
     for local EDM pickles (module docstring) and for names of other kinds."""
     if name in EDM_TEACHERS:
         return edm_network_record(EDM_TEACHERS[name])
+    if is_edm2_name(name):
+        return edm2_network_record(get_edm2_network(name))
     from simcli.teachers.registry import DIGITS_FILE, DIGITS_TEACHER
 
     if name == DIGITS_TEACHER:

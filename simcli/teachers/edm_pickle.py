@@ -1,10 +1,15 @@
-"""Load the official NVIDIA EDM network pickles (`edm-*.pkl`) without running any code from them.
+"""Load the official NVIDIA EDM and EDM2 network pickles (`edm-*.pkl`, `edm2-*.pkl`) without running any code from them.
 
 simcli.teachers.edm_unpickler reads the file into inert records (no code from it runs). Here the network's
 record becomes simcli's architecture record: the preconditioner chosen by `class_name`, built from the recorded
 `_init_kwargs` (edm-spec 1.7, 3.8). Its weights, flattened from the record's module tree, load through the
 registry's one checked load (simcli.nets.registry.network_with_weights): checked on the meta device first,
 then built and loaded strictly.
+
+EDM2 snapshots (NVlabs/edm2; Karras et al. 2024) pickle a dnnlib EasyDict whose `ema` is a `Precond` stored in
+float16 (reconstruct_phema.py), beside the `encoder` that maps its latents to pixels (simcli.teachers.edm2_latents)
+and its `loss_fn`. Their weights are cast to float32 exactly (every float16 value is a float32 value; EDM2's own
+layers cast them to float32 before use), and the encoder's latent space goes into the architecture record.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from torch import nn
 
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
+from simcli.nets.edm2_precond import UPSTREAM_CLASS_NAMES
 from simcli.nets.registry import listing, network_with_weights
+from simcli.teachers.edm2_latents import latents_from_encoder
 from simcli.teachers.edm_unpickler import (
     PERSISTENCE_VERSION,
     ModuleDictRecord,
@@ -26,6 +33,9 @@ from simcli.teachers.edm_unpickler import (
     bad_file,
     unpickle_edm,
 )
+
+EDM2_CLASS = "Precond"  # the class name of EDM2's preconditioner in its snapshots (training/networks_edm2.py)
+EDM2_WEIGHT_DTYPES = (torch.float16, torch.float32)  # post-hoc EMA snapshots are float16, training ones float32
 
 # Root attributes cross-checked between the pickle's state and the rebuilt network (edm-spec 1.4, 1.7 step 8).
 CROSS_CHECKED = ("img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_data", "sigma_min", "sigma_max",
@@ -79,8 +89,9 @@ def flat_state_dict(record: Record, prefix: str = "", out: dict[str, torch.Tenso
 def _class_mismatches(record: Record, module: nn.Module, path: str = "") -> list[str]:
     """Where the recorded module tree and simcli's differ in class names or children."""
     label = path or "<root>"
-    if record.class_name != type(module).__name__:
-        return [f"{label} is {record.class_name} in the file but {type(module).__name__} here"]
+    ours_name = UPSTREAM_CLASS_NAMES.get(type(module), type(module).__name__)  # EDM2's classes go by other names here
+    if record.class_name != ours_name:
+        return [f"{label} is {record.class_name} in the file but {ours_name} here"]
     found, ours = _children(record), dict(module.named_children())
     problems = [f"{path}{n} only in the file" for n in found if n not in ours]
     problems += [f"{path}{n} only here" for n in ours if n not in found]
@@ -103,14 +114,15 @@ def _cross_check(net: nn.Module, state: dict[str, Any], source: str) -> None:
 
 
 def load_edm_pickle(path: str | Path, key: str = "ema") -> tuple[Denoiser, dict[str, Any]]:
-    """The network stored under `key` of an official EDM pickle, as a simcli Denoiser (eval mode, frozen).
+    """The network stored under `key` of an official EDM or EDM2 pickle, as a simcli Denoiser (eval mode, frozen).
 
-    Returns (network, metadata); metadata holds class_name, init_kwargs, the pickle's keys, the file size,
-    the sha256 of the embedded module source and tensor counts. No code from the file is run.
+    Returns (network, metadata); metadata holds class_name, init_kwargs, the architecture record (with an EDM2
+    latent network's `latents`), the pickle's keys, the file size, the sha256 of the embedded module source and
+    tensor counts. No code from the file is run.
     """
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"EDM pickle not found: {path}", hint="pass the path of an edm-*.pkl file")
+        raise UsageError(f"EDM pickle not found: {path}", hint="pass the path of an edm-*.pkl or edm2-*.pkl file")
     source = str(path)
     with path.open("rb") as f:
         data = unpickle_edm(f, source)
@@ -131,6 +143,12 @@ def load_edm_pickle(path: str | Path, key: str = "ema") -> tuple[Denoiser, dict[
     # sanity bounds and the file's own tensors (names, shapes, dtypes, module tree, root attributes) before it
     # builds anything for real (edm-spec 1.7).
     tensors = flat_state_dict(record)
+    architecture: dict[str, Any] = {"kind": "edm", "class_name": record.class_name, "init_kwargs": dict(init_kwargs)}
+    if record.class_name == EDM2_CLASS:
+        tensors = {name: t.float() if t.dtype in EDM2_WEIGHT_DTYPES else t for name, t in tensors.items()}
+        latents = _edm2_latents(data.get("encoder"), source)
+        if latents is not None:
+            architecture["latents"] = latents.record()
 
     def check(skeleton: nn.Module) -> list[str]:
         classes = _class_mismatches(record, skeleton)
@@ -139,22 +157,30 @@ def load_edm_pickle(path: str | Path, key: str = "ema") -> tuple[Denoiser, dict[
         _cross_check(skeleton, record.state, source)
         return []
 
-    architecture = {"kind": "edm", "class_name": record.class_name, "init_kwargs": dict(init_kwargs)}
     net = network_with_weights(architecture, tensors, source, what=f"{record.class_name} architecture", dtypes=True,
                                hint="the file's _init_kwargs and tensors disagree, or simcli's defaults differ from "
                                     "upstream's", check=check)
     net.eval().requires_grad_(False)
 
-    model = _children(record).get("model")
+    model = _children(record).get("model") or _children(record).get("unet")
     extra = {k: v for k, v in data.items() if k != key}
     dataset_kwargs = extra.get("dataset_kwargs")
     metadata = {
         "path": source, "file_size": path.stat().st_size, "key": key, "keys": keys,
         "class_name": record.class_name, "model_class_name": model.class_name if model is not None else None,
-        "init_kwargs": dict(init_kwargs), "persistence_version": PERSISTENCE_VERSION,
+        "init_kwargs": dict(init_kwargs), "architecture": architecture, "persistence_version": PERSISTENCE_VERSION,
         "module_src_sha256": record.module_src_sha256, "num_tensors": len(tensors),
         "num_parameters": sum(p.numel() for p in net.parameters()),
         "dataset_kwargs": dataset_kwargs if isinstance(dataset_kwargs, dict) else None,
         "other_objects": {str(k): getattr(v, "class_name", type(v).__name__) for k, v in extra.items()},
     }
     return net, metadata
+
+
+def _edm2_latents(encoder: Any, source: str):
+    """The latent space of an EDM2 snapshot's `encoder` record (None: a pixel network, or a file without one)."""
+    if encoder is None:
+        return None
+    if not isinstance(encoder, PersistentRecord):
+        raise bad_file(f"{source}: 'encoder' is a {type(encoder).__name__}, not a persistent encoder object")
+    return latents_from_encoder(encoder.class_name, encoder.state, source)

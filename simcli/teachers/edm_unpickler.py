@@ -25,7 +25,8 @@ from simcli.errors import UsageError
 PERSISTENCE_VERSION = 6
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a legacy (non-zip) torch.save stream
 LEGACY_PROTOCOL = 1001
-HINT = "only NVIDIA EDM network snapshots (torch_utils.persistence version 6 pickles, e.g. edm-*.pkl) can be loaded"
+HINT = ("only NVIDIA EDM and EDM2 network snapshots (torch_utils.persistence version 6 pickles, e.g. edm-*.pkl, "
+        "edm2-*.pkl) can be loaded")
 
 # torch.<name>Storage -> dtype; the inner (legacy torch.save) allow-list. EDM only uses FloatStorage.
 STORAGE_DTYPES: dict[str, torch.dtype] = {
@@ -67,6 +68,56 @@ class ModuleDictRecord:
         if not isinstance(state, dict):
             raise bad_file(f"malformed ModuleDict state of type {type(state).__name__}")
         self.state = state
+
+
+class EasyDictRecord(dict):
+    """Stand-in for dnnlib.util.EasyDict, the root of EDM2 snapshots: a plain dict (NEWOBJ, then SETITEMS)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if state not in (None, {}):
+            raise bad_file("malformed EasyDict: it carries instance state besides its items")
+
+
+class _ArrayRecord:
+    """Stand-in for numpy.core.multiarray._reconstruct(ndarray, (0,), b'b') + BUILD(state): `array` is a plain
+    numeric numpy array built from the state's raw bytes (EDM2's encoder stores its latent scale and bias so)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        ok = isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and isinstance(state[1], tuple)
+        if not ok or not isinstance(state[2], _DTypeRecord) or state[3] not in (False, True):
+            raise bad_file("malformed numpy array state")
+        shape, dtype, raw = state[1], state[2], state[4]
+        if not all(isinstance(n, int) and 0 <= n <= 2**31 for n in shape) or len(shape) > 8:
+            raise bad_file(f"malformed numpy array shape {shape!r}")
+        if isinstance(raw, str):  # protocol-2 writers store the raw bytes as a latin-1 str
+            raw = raw.encode("latin-1")
+        np_dtype = np.dtype(dtype.spec).newbyteorder(dtype.byteorder if dtype.byteorder != "|" else "=")
+        if not isinstance(raw, (bytes, bytearray)) or len(raw) != math.prod(shape) * np_dtype.itemsize:
+            raise bad_file(f"malformed numpy array: {len(raw) if isinstance(raw, (bytes, bytearray)) else 'no'} "
+                           f"bytes for shape {list(shape)} of {dtype.spec}")
+        self.array = np.frombuffer(bytes(raw), dtype=np_dtype).reshape(shape, order="F" if state[3] else "C").copy()
+
+
+_NDARRAY = object()  # what the numpy.ndarray global stands for: only _reconstruct may take it
+
+
+def _reconstruct_array(cls: Any, shape: Any, typecode: Any) -> _ArrayRecord:
+    """numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b') as numpy's pickles call it; nothing else."""
+    if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
+        raise bad_file("malformed numpy array: _reconstruct called with other arguments than numpy's own")
+    return _ArrayRecord()
+
+
+def _array_from_buffer(raw: Any, dtype: Any, shape: Any, order: Any = "C") -> _ArrayRecord:
+    """numpy.core.numeric._frombuffer(bytes, dtype, shape, order): numpy's protocol-5 spelling of an array."""
+    record = _ArrayRecord()
+    record.__setstate__((1, tuple(shape) if isinstance(shape, (tuple, list)) else shape, dtype, order == "F", raw))
+    return record
 
 
 class _StorageData:
@@ -287,6 +338,12 @@ class _OuterUnpickler(pickle.Unpickler):
             ("numpy.core.multiarray", "scalar"): _numpy_scalar,  # written with numpy 1.x
             ("numpy._core.multiarray", "scalar"): _numpy_scalar,  # written with numpy >= 2
             ("numpy", "dtype"): lambda spec, align=False, copy=False: _DTypeRecord(spec),
+            ("numpy.core.multiarray", "_reconstruct"): _reconstruct_array,  # EDM2's encoder constants
+            ("numpy._core.multiarray", "_reconstruct"): _reconstruct_array,
+            ("numpy", "ndarray"): _NDARRAY,
+            ("numpy.core.numeric", "_frombuffer"): _array_from_buffer,  # protocol 5
+            ("numpy._core.numeric", "_frombuffer"): _array_from_buffer,
+            ("dnnlib.util", "EasyDict"): EasyDictRecord,  # the root of EDM2 snapshots
             ("builtins", "set"): set,  # protocol <= 3 writers (defensive; protocol 4 uses EMPTY_SET)
             ("builtins", "frozenset"): frozenset,
         }
@@ -295,8 +352,10 @@ class _OuterUnpickler(pickle.Unpickler):
         target = self.allowed.get((module, name))
         if target is None:
             raise _ForbiddenGlobal(f"{module}.{name}")
-        if target is ModuleDictRecord:
-            return ModuleDictRecord  # NEWOBJ needs a real class; it only stores its BUILD state
+        if target in (ModuleDictRecord, EasyDictRecord):
+            return target  # NEWOBJ needs a real class; it only stores its items and BUILD state
+        if target is _NDARRAY:
+            return _NDARRAY  # inert: only _reconstruct_array accepts it
         if target in (collections.OrderedDict, set, frozenset):
             return target  # immutable built-in types: calling them builds plain containers
         return _StandIn(f"{module}.{name}", target)

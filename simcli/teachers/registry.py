@@ -5,8 +5,9 @@ absolute (file-backed names, so a run resumes from any working directory), the p
 check that needs no network or download, and the loader. A new kind of teacher is added there and nowhere else.
 
 - analytic mixtures: `gmm-ring8`, `gmm-grid25`, `gmm:PATH.json` (exact denoiser, exact samples);
-- official EDM checkpoints by name (`edm-cifar10`, ...; see edm_catalog.py), downloaded into the cache, and
-  local EDM snapshots: any path ending in `.pkl`, loaded without running code from it;
+- official EDM checkpoints by name (`edm-cifar10`, ...; see edm_catalog.py) and EDM2 ones (`edm2-img512-xs`, any
+  official file stem; see edm2_catalog.py), downloaded into the cache, and local EDM or EDM2 snapshots: any path
+  ending in `.pkl`, loaded without running code from it;
 - `digits`: the small class-conditional EDM teacher that ships inside simcli (8x8 handwritten digits), and any
   network in simcli's native format: a path ending in `.safetensors` (simcli/teachers/native.py);
 - text-to-image diffusers pipelines: official names (`pixart-alpha-512`, `pixart-sigma-512`, `sd35-medium`,
@@ -34,7 +35,8 @@ from simcli.teachers.diffusers_teacher import (
     diffusers_preset,
     is_diffusers_name,
 )
-from simcli.teachers.edm_catalog import EDM_TEACHERS
+from simcli.teachers.edm2_catalog import EDM2_NETWORKS, NAME_PATTERNS, Edm2Network, get_edm2_network, is_edm2_name
+from simcli.teachers.edm_catalog import EDM_TEACHERS, EdmTeacher
 from simcli.teachers.hub_teachers import HUB_TEACHERS
 
 if TYPE_CHECKING:  # the loaders import torch when they run; naming teachers needs no torch
@@ -130,17 +132,35 @@ def _check_mixture(name: str) -> None:
 # ---------------------------------------------------------------------------------------------- EDM networks
 
 
+def _catalog_entry(name: str) -> EdmTeacher | Edm2Network | None:
+    """The official EDM or EDM2 network a name refers to: by catalog name, or a local pickle by its official file name
+    (a copy of edm-ffhq-64x64-uncond-vp.pkl counts as edm-ffhq64); None for any other pickle."""
+    if name in EDM_TEACHERS:
+        return EDM_TEACHERS[name]
+    if is_edm2_name(name):
+        return get_edm2_network(name)
+    file_name = Path(name).name
+    found = next((t for t in EDM_TEACHERS.values() if t.file_name == file_name), None)
+    if found is None and file_name.endswith(".pkl") and is_edm2_name(file_name.removesuffix(".pkl")):
+        found = get_edm2_network(file_name.removesuffix(".pkl"))
+    return found
+
+
+def _official(name: str) -> bool:
+    return name in EDM_TEACHERS or is_edm2_name(name)
+
+
 def _is_edm(name: str) -> bool:
-    return name in EDM_TEACHERS or name.endswith(".pkl")
+    return _official(name) or name.endswith(".pkl")
 
 
 def _check_edm(name: str) -> None:
-    if name not in EDM_TEACHERS and not Path(name).is_file():
-        raise UsageError(f"EDM pickle not found: {name}", hint="pass the path of an edm-*.pkl file")
+    if not _official(name) and not Path(name).is_file():
+        raise UsageError(f"EDM pickle not found: {name}", hint="pass the path of an edm-*.pkl or edm2-*.pkl file")
 
 
 def _absolute_pickle(name: str) -> str:
-    return name if name in EDM_TEACHERS else str(Path(name).expanduser().resolve())
+    return name if _official(name) else str(Path(name).expanduser().resolve())
 
 
 # The preset `auto` stands for with an official EDM teacher, by its catalog dataset (simcli/config/presets.py).
@@ -148,22 +168,26 @@ EDM_DATASET_PRESETS = {"cifar10": "cifar10", "ffhq": "ffhq64", "afhqv2": "afhq64
 
 
 def edm_preset(name: str) -> str:
-    """The preset of an EDM teacher's dataset: a catalog name by its entry, a local pickle by an official file name
-    (a copy of edm-ffhq-64x64-uncond-vp.pkl counts as edm-ffhq64); cifar10 for any other pickle."""
-    entry = EDM_TEACHERS.get(name) or next((t for t in EDM_TEACHERS.values() if t.file_name == Path(name).name), None)
+    """The preset of an EDM or EDM2 teacher's dataset (a local pickle by its official file name); cifar10 for any
+    other pickle."""
+    entry = _catalog_entry(name)
+    if isinstance(entry, Edm2Network):
+        return entry.preset
     return EDM_DATASET_PRESETS.get(entry.dataset, "cifar10") if entry is not None else "cifar10"
 
 
-def _load_edm(name: str, on_download: DownloadProgressFn | None) -> Teacher:
+def load_edm_network(name: str, on_download: DownloadProgressFn | None = None) -> Teacher:
+    """An official EDM or EDM2 network by name (downloaded into the cache if needed) or a local pickle, as a Teacher
+    (teachers, and EDM2's guide networks: simcli.distill.guidance)."""
     from simcli.teachers.edm_files import ensure_teacher_file
     from simcli.teachers.edm_pickle import load_edm_pickle
 
-    entry = EDM_TEACHERS.get(name)
-    path = ensure_teacher_file(name, on_progress=on_download) if entry is not None else Path(name)
+    path = ensure_teacher_file(name, on_progress=on_download) if _official(name) else Path(name)
     net, meta = load_edm_pickle(path)
-    architecture = {"kind": "edm", "class_name": meta["class_name"], "init_kwargs": meta["init_kwargs"]}
-    display = name if entry is not None else Path(name).name
-    return Teacher(name, "edm", display, net, architecture, fid_reference=entry.fid_reference if entry else None)
+    entry = _catalog_entry(name)
+    display = name if _official(name) else Path(name).name
+    return Teacher(name, "edm", display, net, meta["architecture"],
+                   fid_reference=entry.fid_reference if entry is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------- native files
@@ -220,7 +244,8 @@ TEACHER_KINDS: tuple[TeacherKind, ...] = (
         "mixture", (*NAMED_MIXTURES, "gmm:PATH.json"), lambda n: n in NAMED_MIXTURES or n.startswith(MIXTURE_FILE_PREFIX),
         _check_mixture, _load_mixture, preset="gmm", normalise=_absolute_mixture_file,
     ),
-    TeacherKind("edm", (*EDM_TEACHERS, "PATH.pkl"), _is_edm, _check_edm, _load_edm, preset=edm_preset, normalise=_absolute_pickle),
+    TeacherKind("edm", (*EDM_TEACHERS, *NAME_PATTERNS, "PATH.pkl"), _is_edm, _check_edm, load_edm_network,
+                preset=edm_preset, normalise=_absolute_pickle),
 )
 
 
@@ -243,7 +268,7 @@ def teacher_kind(name: str) -> TeacherKind:
 
 def similar_teachers(name: str, limit: int = 3) -> list[str]:
     """Known teacher names (not patterns) that a mistyped name may have meant: those it begins, then difflib's closest."""
-    names = [n for n in known_teachers() if "PATH" not in n]
+    names = [n for n in known_teachers() if "PATH" not in n and "{" not in n] + list(EDM2_NETWORKS)
     typed = name.strip().lower()[:200]
     starts = [n for n in names if typed and n.startswith(typed)]
     close = difflib.get_close_matches(typed, names, n=limit, cutoff=0.6)

@@ -68,6 +68,13 @@ class NewObj:
         self.cls, self.state = cls, state
 
 
+class NewDict:
+    """cls EMPTY_TUPLE NEWOBJ, then its items by SETITEMS (how a dict subclass such as dnnlib's EasyDict is pickled)."""
+
+    def __init__(self, cls: Global, items: dict):
+        self.cls, self.items = cls, items
+
+
 class PersId:
     """BINPERSID of a tuple (the storage record inside a legacy torch.save blob)."""
 
@@ -104,6 +111,13 @@ class _NodePickler(pickle._Pickler):  # the pure-Python pickler: its dispatch ta
         self.save(obj.state)
         self.write(pickle.BUILD)
 
+    def save_node_newdict(self, obj: NewDict) -> None:
+        self.save(obj.cls)
+        self.save(())
+        self.write(pickle.NEWOBJ)
+        self.memoize(obj)
+        self._batch_setitems(iter(obj.items.items()))
+
     def save_node_persid(self, obj: PersId) -> None:
         self.save(obj.pid)
         self.write(pickle.BINPERSID)
@@ -111,6 +125,7 @@ class _NodePickler(pickle._Pickler):  # the pure-Python pickler: its dispatch ta
     dispatch[Global] = save_node_global
     dispatch[Reduce] = save_node_reduce
     dispatch[NewObj] = save_node_newobj
+    dispatch[NewDict] = save_node_newdict
     dispatch[PersId] = save_node_persid
 
 
@@ -175,17 +190,25 @@ class EdmWriter:
     """Turns a simcli module tree into the node tree of an EDM snapshot."""
 
     def __init__(self, module_src: str = FAKE_MODULE_SRC, numpy_spelling: str = NUMPY1, version: int = 6,
-                 ordered_dicts: bool = False, torch_tensors: bool = False):
+                 ordered_dicts: bool = False, torch_tensors: bool = False, class_names: dict | None = None,
+                 dtype: torch.dtype | None = None):
         self.module_src = module_src  # one str object for every module: memoised once, like upstream
+        self.class_names = class_names or {}  # module class -> the upstream class name to record (EDM2's)
+        self.dtype = dtype  # cast floating tensors (EDM2's post-hoc snapshots are float16)
         self.numpy_spelling = numpy_spelling
         self.version = version
         self.mapping = collections.OrderedDict if ordered_dicts else dict  # torch 1.12 vs torch 2.x writers
         self.torch_tensors = torch_tensors  # True: put real tensors in the tree and let torch's own reducers write them
 
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
+
     def parameter(self, p: torch.Tensor) -> Any:
+        p = self._cast(p)
         return nn.Parameter(p.detach().clone(), requires_grad=False) if self.torch_tensors else parameter_node(p)
 
     def buffer(self, b: torch.Tensor) -> Any:
+        b = self._cast(b)
         return b.detach().clone() if self.torch_tensors else tensor_node(b)
 
     def module_state(self, module: nn.Module, init_kwargs: dict) -> dict:
@@ -219,8 +242,8 @@ class EdmWriter:
         if init_kwargs is None:  # children: record something numpy-flavoured, like UNetBlock's init_attn
             skip = module.__dict__.get("skip_scale")
             init_kwargs = {"skip_scale": numpy_float64(skip, self.numpy_spelling)} if isinstance(skip, float) else {}
-        return persistent_obj(type(module).__name__, self.module_state(module, init_kwargs), self.module_src,
-                              self.version)
+        name = self.class_names.get(type(module), type(module).__name__)
+        return persistent_obj(name, self.module_state(module, init_kwargs), self.module_src, self.version)
 
 
 def snapshot_tree(net: nn.Module, init_kwargs: dict, *, class_name: str | None = None, key: str = "ema",

@@ -11,6 +11,7 @@ import torch
 
 from simcli.errors import UsageError
 from simcli.nets.registry import build_network
+from simcli.teachers.edm2_catalog import NAME_PATTERNS as EDM2_NAME_PATTERNS
 from simcli.teachers.edm_catalog import EDM_TEACHERS
 from simcli.teachers.hub_teachers import HUB_TEACHERS
 from simcli.teachers.registry import (
@@ -32,14 +33,14 @@ PRESET_OF_EDM_DATASET = {"cifar10": "cifar10", "ffhq": "ffhq64", "afhqv2": "afhq
 
 def plain_names() -> list[str]:
     """Known teacher names that are not patterns (gmm:PATH.json, PATH.pkl, PATH.safetensors)."""
-    return [n for n in known_teachers() if "PATH" not in n]
+    return [n for n in known_teachers() if "PATH" not in n and "{" not in n]
 
 
 def test_known_teachers_lists_every_kind_once():
     names = known_teachers()
     assert len(names) == len(set(names))
     assert {"digits", "PATH.safetensors", "gmm-ring8", "gmm-grid25", "gmm:PATH.json", "PATH.pkl", *EDM_TEACHERS,
-            *HUB_TEACHERS, "diffusers:PATH"} == set(names)
+            *EDM2_NAME_PATTERNS, *HUB_TEACHERS, "diffusers:PATH"} == set(names)
     assert {k.name for k in TEACHER_KINDS} == set(PRESET_OF_KIND)
 
 
