@@ -28,6 +28,8 @@ FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "--lora-rank": ("generator.lora_rank", "online.lora_rank"),
     "--generator-steps": ("generator.steps",),
     "--data": ("data.source",),
+    "--guide": ("guide.network",),
+    "--guidance": ("guide.weight",),
     "--lr": ("generator.optimizer.lr", "online.optimizer.lr"),
     "--eval-every": ("logging.eval_every_kimg",),
     "--fid-ref": ("evaluation.reference",),
@@ -115,6 +117,8 @@ def distill(
     data: Annotated[str | None, typer.Option("--data", metavar="SOURCE", help="Real training images for an adversarial term (SiDA's, beyond the data-free paper): an image folder (labels from its dataset.json), an EDM dataset .zip, an .npz, or digits-train. Default: data-free.")] = None,
     sharding: Annotated[str | None, typer.Option("--sharding", help="Under torchrun: none (each process holds whole networks) or fsdp (the networks, gradients and Adam states sharded over the processes with FSDP2; sharded checkpoints that resume with any number of processes). Default: none.")] = None,
     lora_rank: Annotated[int | None, typer.Option("--lora-rank", metavar="R", help="Train rank-R LoRA adapters of the generator and the online model over one shared, frozen copy of the teacher's weights, instead of all their weights (default: all weights).")] = None,
+    guide: Annotated[str | None, typer.Option("--guide", metavar="NAME", help="EDM/EDM2 teachers: guide the teacher with a second network, D_guide + w (D - D_guide): an unconditional EDM2 network (classifier-free guidance) or a smaller conditional one (autoguidance), by official name or file stem, or a local .pkl. Default: unguided.")] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance", metavar="W", help="The guidance weight w with --guide (1: unguided; EDM2's presets use 1.2 to 2.9).")] = None,
     generator_steps: Annotated[int | None, typer.Option("--generator-steps", metavar="K", help="A generator of K steps: applied at K falling noise levels with fresh noise between them, trained on its own K-step outputs (backward simulation); sample and eval use the run's K (default: 1, one step).")] = None,
     plan_processes: Annotated[int | None, typer.Option("--processes", metavar="N", help="With --dry-run: plan for a run over N processes (torchrun --nproc_per_node times nodes), e.g. to see what --sharding fsdp gives on 8 GPUs (default: the processes torchrun started, or 1).")] = None,
     gpu_memory: Annotated[float | None, typer.Option("--gpu-memory", metavar="GIB", help="With --dry-run: the memory of each process's GPU in GiB that the memory plan is checked against (default: the visible GPU's; none on a machine without one).")] = None,
@@ -137,7 +141,7 @@ def distill(
         flags = flag_layer({
             "--method": method, "--distance": distance, "--kimg": kimg, "--steps": steps, "--batch-size": batch_size,
             "--batch-gpu": batch_gpu, "--precision": precision, "--sharding": sharding, "--lora-rank": lora_rank,
-            "--generator-steps": generator_steps, "--data": _absolute(data), "--lr": lr, "--eval-every": eval_every, "--fid-ref": fid_ref,
+            "--generator-steps": generator_steps, "--data": _absolute(data), "--guide": guide, "--guidance": guidance, "--lr": lr, "--eval-every": eval_every, "--fid-ref": fid_ref,
             "--fid-n": fid_n, "--seed": seed, "--device": device,
             # absolute, so that the run resumes from any working directory
             "--prompts": str(prompts.resolve()) if prompts is not None else None,

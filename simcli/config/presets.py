@@ -4,8 +4,9 @@
 simcli/teachers/registry.py): `gmm` for analytic mixtures, `digits` for the shipped digits teacher, for diffusers
 text-to-image teachers their family's (`pixart` for PixArt-alpha and -Sigma; `sd3`, `flux-dev`, `flux-schnell`,
 `sana`, `sd15`, `sdxl` from simcli.config.t2i_presets); for the official EDM teachers the preset of their dataset, `cifar10`, `ffhq64`
-(edm-ffhq64, edm-ffhq64-ve), `afhq64` (edm-afhqv2-64, edm-afhqv2-64-ve) or `imagenet64` (edm-imagenet64), also for a
-local pickle under an official file name; `cifar10` for any other network.
+(edm-ffhq64, edm-ffhq64-ve), `afhq64` (edm-afhqv2-64, edm-afhqv2-64-ve) or `imagenet64` (edm-imagenet64), and for
+EDM2's `edm2-img512` (ImageNet-512 latents) or `edm2-img64`, also for a local pickle under an official file name;
+`cifar10` for any other network.
 
 A preset's `by_method` entry holds settings that apply only to one method (layered right above the preset). The
 dataset presets follow the authors' own runs of that dataset, each value cited to its file and line: settings of
@@ -113,6 +114,39 @@ PRESETS: dict[str, dict[str, Any]] = {
             "di": {"generator": {"optimizer": {"lr": 4e-6}}, "online": {"optimizer": {"lr": 4e-6}}},
         },
     },
+    # EDM2 ImageNet-512 in latent space (edm2-img512-xs ... -xxl): SiDA's EDM2 runs, mingyuanzhou/SiD@a5510fdf (branch
+    # sida) run_sida_edm2.sh:56-95 ("imagenet512-xs"; the other sizes repeat it). Every method: batch 2048 (--batch
+    # 2048, :71) in micro-batches of 32 (--batch-gpu: 64 for XS and S, :72 and :110; 32 for M and L, :146 and :182; 16
+    # for XL, :218; 2 for XXL, :254: give --batch-gpu for the large sizes, or --sharding fsdp); fp16 (--fp16 1, :84;
+    # simcli's fp16 is autocast with loss scaling); EMA half-life 2000 kimg (--ema 2 Mimg, :89) with ramp-up 0.05
+    # (sida_training_edm2/sida_training_loop_edm2.py:251); 200 Mimg (--duration 200, :87; XXL 100, :269); a status line
+    # every 10 kimg and a snapshot every 50 ticks, 500 kimg (--tick 10, --snap 50, :79-80); no augmentation (--augment
+    # 0, :88); the online model's noise ln sigma ~ N(-0.4, 1.0), EDM2's own training distribution (sida_edm2_train.py:
+    # 222-224 for every EDM2 size; edm2/train_edm2.py:27-32). Dropout is the
+    # pickle's (0 for XS and S, 0.1 above), as SiDA sets it per size (sida_edm2_train.py:222-262). No guidance: SiDA
+    # distills the unguided teacher.
+    # SiD (by_method.sid): lr 5e-5 for both networks (--lr, --glr, :82-83), Adam betas (0, 0.999) and eps 1e-6 with
+    # fp16 (sida_edm2_train.py:199-200), alpha 1 (--alpha 1, :68); sigma_init 2.5 and t_max 800 (--init_sigma 2.5,
+    # --tmax 800, :69-70) are the method's defaults.
+    # SIM and Diff-Instruct: SiD's lr 5e-5 for the dataset, their own betas and noise (see ffhq64), eps 1e-6 (fp16).
+    # Not reproduced: SiDA's EDM2 runs weight the fake-score loss and the generator loss by the networks' learned
+    # uncertainty (--return_logvar 1, :66; sida_loss_edm2.py:197-198 and :276-277); simcli trains the online model with
+    # EDM's weighting and leaves the uncertainty output untrained.
+    "edm2-img512": {
+        "online": {"augment_p": 0.0, "noise": {"kind": "lognormal", "p_mean": -0.4, "p_std": 1.0}},
+        "ema": {"halflife_kimg": 2000.0, "rampup_ratio": 0.05},
+        "training": {"batch_size": 2048, "batch_gpu": 32, "duration_kimg": 200_000.0, "precision": "fp16"},
+        "logging": {"status_every_kimg": 10.0, "snapshot_every_kimg": 500.0},
+        "by_method": {
+            "sid": {
+                "generator": {"optimizer": {"lr": 5e-5, "beta1": 0.0, "eps": 1e-6}},
+                "online": {"optimizer": {"lr": 5e-5, "eps": 1e-6}},
+                "loss": {"sid_alpha": 1.0},
+            },
+            "sim": {"generator": {"optimizer": {"lr": 5e-5, "eps": 1e-6}}, "online": {"optimizer": {"lr": 5e-5, "eps": 1e-6}}},
+            "di": {"generator": {"optimizer": {"lr": 5e-5, "eps": 1e-6}}, "online": {"optimizer": {"lr": 5e-5, "eps": 1e-6}}},
+        },
+    },
     # Analytic mixtures on CPU: small MLPs learn in minutes at a larger learning rate and a short EMA; two
     # online updates per generator update (the ratio of the paper's listing) track the generator more closely.
     "gmm": {
@@ -201,3 +235,9 @@ PRESETS["digits-data"] = _layered(PRESETS["digits"], {
     "adversarial": {"generator_freeze_kimg": 0.0, "generator_start_kimg": 0.0},
     "by_method": {"sim": _SIDA_DIGITS, "sid": _SIDA_DIGITS, "di": _SIDA_DIGITS},
 })
+
+# EDM2 ImageNet-64 (pixels; edm2-img64-*): no distillation run of these networks is published. They take the
+# ImageNet-512 run's settings, with the online model's noise from EDM2's own ImageNet-64 training, ln sigma ~
+# N(-0.8, 1.6) (edm2/train_edm2.py:33-37).
+PRESETS["edm2-img64"] = _layered(PRESETS["edm2-img512"], {"online": {"noise": {"kind": "lognormal", "p_mean": -0.8,
+                                                                               "p_std": 1.6}}})

@@ -211,6 +211,7 @@ def resolve_spec(
     ]
     merged, provenance = merge_layers(lower + upper)
     merged["teacher"] = teacher_name
+    _name_guide(merged, describe_teacher)
     adapt_micro_batch(merged, provenance, processes)
     if method != "sim" and "loss.distance" in provenance:
         raise UsageError(
@@ -224,6 +225,14 @@ def resolve_spec(
     if recorded is not None and not preset_given:
         return keep_recorded(spec, provenance, recorded, lower, upper, teacher_name)
     return spec, provenance
+
+
+def _name_guide(merged: dict[str, Any], describe_teacher: TeacherNames) -> None:
+    """guide.network as stored in the spec (a local pickle's absolute path), named like a teacher; unknown names
+    are refused by describe_teacher."""
+    guide = merged.get("guide")
+    if isinstance(guide, dict) and isinstance(guide.get("network"), str):
+        guide["network"] = describe_teacher(guide["network"])[0]
 
 
 RECORDED = "run"

@@ -420,6 +420,19 @@ class TextSpec(Strict):
     SDXL 1024, SD1.5 512, ...)."""
 
 
+class GuideSpec(Strict):
+    """EDM and EDM2 teachers: guidance by a second network (EDM2's autoguidance and classifier-free guidance), the
+    teacher's denoiser becoming D_guide + w (D - D_guide) (simcli.nets.guided). Off by default: SiDA's EDM2 runs
+    distill the unguided teacher (teacher-families.md section 9)."""
+
+    network: str | None = None
+    """--guide: the guide network, an official EDM2 name or file stem (edm2-img512-xs-uncond-2147483-0.045: an
+    unconditional network for CFG; a smaller, shorter-trained conditional one for autoguidance) or a local .pkl; it
+    must take the teacher's samples (shape and latent space). None: unguided."""
+    weight: Float = Field(1.0, ge=1.0, le=100.0)
+    """--guidance: the guidance weight w (1: the teacher alone; EDM2's presets use 1.2 to 2.9)."""
+
+
 class DataSpec(Strict):
     """Real training images (beyond the paper: SIM is data-free; with data, an adversarial term is added)."""
 
@@ -479,6 +492,8 @@ class RunSpec(Strict):
     """What in-training evaluation computes."""
     text: TextSpec = TextSpec()
     """Prompts and guidance (text-to-image teachers only)."""
+    guide: GuideSpec = GuideSpec()
+    """Guidance of an EDM or EDM2 teacher by a second network (off by default)."""
     data: DataSpec = DataSpec()
     """Real training images (none: data-free, the paper's setting)."""
     adversarial: AdversarialSpec = AdversarialSpec()

@@ -35,6 +35,7 @@ from simcli.distill.events import (
     ignore_event,
 )
 from simcli.distill.grad_clip import warmup_factor
+from simcli.distill.guidance import guided_teacher
 from simcli.distill.outputs import (
     Grids,
     ImageGrids,
@@ -61,6 +62,7 @@ from simcli.nets.lora import trainable_parameters
 from simcli.peers import PeerFailed, PeerLost
 from simcli.rundir.lock import RunDirLock
 from simcli.rundir.metrics import append_record
+from simcli.sampling.decode import image_decoder
 from simcli.teachers.registry import Teacher, at_resolution, load_teacher
 from simcli.world import World
 
@@ -124,10 +126,14 @@ class Distillation(RunStops):
             raise
 
     def _teacher(self) -> Teacher:
-        """Load the teacher; rank 0 first (it downloads it), then the others (from the cache)."""
+        """Load the teacher (guided by its guide network when spec.guide names one); rank 0 first (it downloads
+        them), then the others (from the cache)."""
+
+        def on_download(done: int, total: int | None) -> None:
+            self.on_event(DownloadProgress(done, total))
+
         return self.world.main_first(
-            lambda: load_teacher(self.spec.teacher, on_download=lambda done, total: self.on_event(DownloadProgress(done, total)))
-        )
+            lambda: guided_teacher(self.spec, load_teacher(self.spec.teacher, on_download=on_download), on_download))
 
     def _set_up(self, teacher: Teacher, restart: bool) -> None:
         """The stages of a run's set-up: the state it goes on from, the networks, the optimisers, resuming, the
@@ -187,7 +193,8 @@ class Distillation(RunStops):
         n = self.spec.logging.grid_samples
         if self.prompts is not None:
             return self.prompts.grids(self.run_dir, n, self.sigmas, self.device, self.on_event)
-        return ImageGrids(self.run_dir, self.nets.teacher, n, self.sigmas, self.device, self.on_event)
+        decode = image_decoder(self.nets.architecture, self.device)  # latents: the VAE loads at the first grid
+        return ImageGrids(self.run_dir, self.nets.teacher, n, self.sigmas, self.device, self.on_event, decode)
 
     def close(self) -> None:
         """Release the run directory's lock (idempotent)."""

@@ -25,9 +25,10 @@ from simcli.rundir.layout import (
     list_grids,
 )
 from simcli.rundir.snapshots import prune_generators, prune_states, save_generator
+from simcli.sampling.decode import ImageDecode
 from simcli.sampling.grids import grid_images
 from simcli.sampling.heun import heun_num_evals
-from simcli.sampling.images import save_grid
+from simcli.sampling.images import save_grid, to_uint8
 
 TEACHER_GRID_STEPS = 18
 GRID_SEED = 0
@@ -69,8 +70,9 @@ class ImageGrids:
     nothing for vector teachers or n = 0. (Text-to-image runs decode latents: simcli.distill.text_setup.TextGrid.)"""
 
     def __init__(self, run_dir: Path, teacher: Denoiser, n: int, sigmas: tuple[float, ...], device: torch.device,
-                 on_event: EventHandler):
+                 on_event: EventHandler, decode: ImageDecode = to_uint8):
         self.run_dir, self.teacher, self.sigmas, self.device, self.on_event = run_dir, teacher, sigmas, device, on_event
+        self.decode = decode  # latents through their VAE (simcli.sampling.decode), pixels as generate.py converts them
         self.n = n if len(teacher.sample_shape) == 3 else 0
 
     def needs_teacher(self) -> bool:
@@ -81,12 +83,13 @@ class ImageGrids:
             return
         teacher_path = self.run_dir / TEACHER_GRID_FILE
         if not teacher_path.exists():
-            images, columns = grid_images(self.teacher, self.n, GRID_SEED, self.device, heun_steps=TEACHER_GRID_STEPS)
+            images, columns = grid_images(self.teacher, self.n, GRID_SEED, self.device, heun_steps=TEACHER_GRID_STEPS,
+                                          decode=self.decode)
             save_grid(images, teacher_path, columns)
             self.on_event(GridSaved(teacher_path, f"the teacher, {TEACHER_GRID_STEPS} Heun steps "
                                                   f"({heun_num_evals(TEACHER_GRID_STEPS)} NFE)"))
         path = grid_path(self.run_dir, images_seen)
-        images, columns = grid_images(ema, self.n, GRID_SEED, self.device, sigmas=self.sigmas)
+        images, columns = grid_images(ema, self.n, GRID_SEED, self.device, sigmas=self.sigmas, decode=self.decode)
         save_grid(images, path, columns)
         self.on_event(GridSaved(path, f"the EMA generator at {images_seen / 1000:g} kimg, {len(self.sigmas)} NFE"))
 

@@ -16,6 +16,7 @@ from simcli.config.resolve import spec_differences
 from simcli.config.spec import RESUMABLE_CHANGES, RunSpec
 from simcli.distill.dmd2 import attach_head
 from simcli.distill.events import EventHandler
+from simcli.distill.guidance import teacher_network
 from simcli.distill.memory_estimate import check_memory
 from simcli.distill.stop import StopRequest
 from simcli.distill.teacher_fit import fitted_teacher_network
@@ -197,10 +198,11 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
     made, and the teacher last, so that no more than two whole networks are alive at once.
     """
     teacher = loaded.denoiser.to(device)
-    if loaded.architecture is None:
+    fitted = loaded.architecture is None
+    if fitted:
         source, architecture = fitted_teacher_network(teacher, spec, run_dir, device, on_event, stop)
-    else:
-        source, architecture = teacher, loaded.architecture
+    else:  # a guided teacher's own network (simcli.distill.guidance), never its guide
+        source, architecture = teacher_network(teacher), loaded.architecture
         if spec.training.dropout is not None:  # the teacher too, for shared-mask score dropout (it runs in train mode)
             teacher.set_dropout(spec.training.dropout)
             architecture = with_dropout(architecture, spec.training.dropout)
@@ -215,7 +217,7 @@ def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.
         online.requires_grad_(False)
         ema.requires_grad_(False)
     else:
-        base = copy.deepcopy(source) if source is teacher else source  # a fitted MLP is the base itself
+        base = source if fitted else copy.deepcopy(source)  # a fitted MLP is the base itself
         online = _with_head(copy.deepcopy(base), spec).requires_grad_(False)
         ema = copy.deepcopy(base).requires_grad_(False)
         generator = base.requires_grad_(True)  # the copy itself: no fourth copy alive during the set-up

@@ -21,10 +21,11 @@ from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
 from simcli.rundir.atomic import check_png_path, write_bytes_atomic
 from simcli.runtime import resolve_device
+from simcli.sampling.decode import image_decoder, latent_space
 from simcli.sampling.finite import GENERATOR_HINT, TEACHER_HINT, check_finite
 from simcli.sampling.generator import generator_choice, load_generator, snapshot_sigmas
 from simcli.sampling.heun import HeunSettings, edm_heun_sample, one_step_generate
-from simcli.sampling.images import save_grid, save_pngs, to_uint8
+from simcli.sampling.images import save_grid, save_pngs
 from simcli.sampling.plots import MAX_POINTS, TEACHER_COLOUR, PlotSource, write_vector_plot
 from simcli.sampling.seeds import SeedRNG, seed_noise
 from simcli.teachers.edm_catalog import EDM_TEACHERS
@@ -90,8 +91,14 @@ def generator_samples(
     x = torch.cat(xs)
     check_finite(x, range(seed, seed + n), f"generator {file}", "nothing was written", GENERATOR_HINT)
     info = {"source": "generator", **generator_choice(generator, file), "teacher": meta.get("spec", {}).get("teacher"),
-            "images_seen": meta.get("images_seen"), "nfe": len(sigmas)}
+            "images_seen": meta.get("images_seen"), "nfe": len(sigmas), **_latents_info(meta["architecture"], str(file))}
     return x, (torch.cat(labels) if labels[0] is not None else None), info
+
+
+def _latents_info(architecture: Any, source: str) -> dict[str, Any]:
+    """{'latents': record} for a latent network (what decodes its samples: simcli.sampling.decode), else {}."""
+    latents = latent_space(architecture, source)
+    return {} if latents is None else {"latents": latents.record()}
 
 
 SAMPLER_FLAGS = ("--steps", "--churn", "--s-min", "--s-max", "--s-noise")
@@ -137,7 +144,8 @@ def teacher_samples(
         raise UsageError(f"'{teacher}' is a text-to-image teacher: its samples need prompts",
                          hint="pass --prompt TEXT or --prompts FILE (its pipeline samples with DPM-Solver)")
     dev = resolve_device(device)
-    net = (load_teacher(teacher).denoiser if isinstance(teacher, str) else teacher).to(dev).eval()
+    loaded = load_teacher(teacher) if isinstance(teacher, str) else None
+    net = (loaded.denoiser if loaded is not None else teacher).to(dev).eval()
     _refuse_text_to_image(net)
     xs, labels = [], []
     for seeds in _chunks(seed, n, batch_size):
@@ -150,7 +158,7 @@ def teacher_samples(
     x = torch.cat(xs)
     check_finite(x, range(seed, seed + n), f"teacher {name}", "nothing was written", TEACHER_HINT)
     info = {"source": "teacher", "teacher": name, "heun_steps": settings.num_steps, "nfe": settings.nfe,
-            "sampler": settings.summary()}
+            "sampler": settings.summary(), **(_latents_info(loaded.architecture, name) if loaded is not None else {})}
     return x, (torch.cat(labels) if labels[0] is not None else None), info
 
 
@@ -249,9 +257,10 @@ def sample_to_file(
     if plot is not None and x.shape[1] < 2:
         raise UsageError("--plot needs samples with at least 2 dimensions")
     seeds = np.arange(seed, seed + n, dtype=np.int64)
-    summary = {"out": str(out), "n": n, "first_seed": seed, **info}
+    latents = info.pop("latents", None)  # latent samples: decoded through their VAE, which the summary names
+    summary = {"out": str(out), "n": n, "first_seed": seed, **info, **({"vae": latents["vae"]} if latents else {})}
     if is_image:
-        images = to_uint8(x)
+        images = image_decoder({"latents": latents}, resolve_device(device))(x)
         label_array = labels.numpy() if labels is not None else np.full(n, -1, np.int64)
         if out.suffix == ".npz":
             write_npz(out, images=images, labels=label_array, seeds=seeds)
