@@ -1,5 +1,5 @@
-"""`simcli eval`: FID, IS, KID and precision/recall of images, CLIP and aesthetic scores of text-to-image samples,
-or exact metrics against a mixture teacher."""
+"""`simcli eval`: FID, FD-DINOv2, IS, KID and precision/recall of images, CLIP and aesthetic scores of text-to-image
+samples, or exact metrics against a mixture teacher."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ EPILOG = """Examples:
 
   simcli eval --samples samples/ --fid --ref ref-images/ --backend clean-fid
 
+  simcli eval --samples imagenet512-samples/ --fid --fd-dinov2 --ref img512 --backend clean-fid
+
   simcli eval --samples ref-images/ --save-stats cifar10-ref.npz
 
   simcli eval --teacher gmm-ring8 --generator runs/ring8-sim --json
@@ -30,6 +32,13 @@ Images: a folder (searched recursively), an npz from 'simcli sample', or a gener
 (seeds 0..N-1). References: a name (cifar10-train, ffhq64, afhqv2-64, imagenet64; digits-train, digits-test
 with --backend digits), a statistics npz or a folder of images (its statistics are computed once and cached).
 Offline, give --feature-weights PATH for Inception.
+
+FD-DINOv2 (--fd-dinov2) is EDM2's: DINOv2 ViT-L/14 (dinov2_vitl14_pretrain.pth: --dinov2-weights FILE, or
+--feature-weights FILE when no Inception metric runs, else torch hub's cache $TORCH_HOME/hub/checkpoints, else
+simcli's cache, downloaded once) on images resized to 224 (--dinov2-resize torch|pil). Its references: EDM2's img512
+or img64 (their 'fd_dinov2' statistics; with --fid, their 'fid' ones), a folder or .npz of images, or statistics saved
+by --fd-dinov2 --save-stats FILE (FILE itself, or FILE-dinov2.npz beside it when Inception statistics are saved too;
+no --ref is needed then).
 
 Text-to-image: --clip-score (openai/clip-vit-large-patch14 from the Hugging Face cache, or --clip-model DIR) needs
 one prompt per image in sample order (--prompts FILE, else the npz's 'prompts' array); --aesthetic is the LAION
@@ -45,6 +54,7 @@ def eval_command(
     samples: Annotated[Path | None, typer.Option("--samples", help="Images: a folder or an .npz from 'simcli sample'. Required: this or --generator.")] = None,
     generator: Annotated[Path | None, typer.Option("--generator", help="Run directory or generator snapshot (sampled in memory). Required: this or --samples.")] = None,
     fid: Annotated[bool, typer.Option("--fid", help="Frechet Inception Distance against --ref.")] = False,
+    fd_dinov2: Annotated[bool, typer.Option("--fd-dinov2", help="Frechet distance of DINOv2 ViT-L/14 features against --ref, as EDM2 computes it.")] = False,
     inception_score: Annotated[bool, typer.Option("--is", help="Inception Score (10 splits; torch-fidelity or digits).")] = False,
     kid: Annotated[bool, typer.Option("--kid", help="Kernel Inception Distance against --ref images.")] = False,
     prc: Annotated[bool, typer.Option("--prc", help="Precision and recall against --ref images.")] = False,
@@ -52,7 +62,9 @@ def eval_command(
     ref: Annotated[str | None, typer.Option("--ref", help="Reference: a name, a statistics .npz or a folder of images.")] = None,
     backend: Annotated[str, typer.Option("--backend", help="Feature backend: torch-fidelity, clean-fid, or digits (8x8 digits).")] = "torch-fidelity",
     mode: Annotated[str, typer.Option("--mode", help="clean-fid resize mode: legacy_tensorflow, clean, legacy_pytorch.")] = "legacy_tensorflow",
-    feature_weights: Annotated[Path | None, typer.Option("--feature-weights", help="Local feature-network weights (Inception offline; another digits classifier).")] = None,
+    feature_weights: Annotated[Path | None, typer.Option("--feature-weights", help="Local feature-network weights (Inception offline; another digits classifier; DINOv2's when --fd-dinov2 is the only feature metric).")] = None,
+    dinov2_weights: Annotated[Path | None, typer.Option("--dinov2-weights", metavar="FILE", help="Local dinov2_vitl14_pretrain.pth for --fd-dinov2 (default: torch hub's cache, else simcli's, downloaded once).")] = None,
+    dinov2_resize: Annotated[str, typer.Option("--dinov2-resize", metavar="MODE", help="FD-DINOv2 resize to 224: torch (bicubic, antialias; EDM2's default) or pil (PIL bicubic).")] = "torch",
     save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Also write the images' feature statistics to this .npz.")] = None,
     clip_score: Annotated[bool, typer.Option("--clip-score", help="CLIP score of each image against its prompt: 100 * max(cos, 0), averaged (torchmetrics' definition). Needs the prompts.")] = False,
     aesthetic: Annotated[bool, typer.Option("--aesthetic", help="LAION aesthetic score (improved-aesthetic-predictor head on CLIP ViT-L/14).")] = False,
@@ -68,8 +80,8 @@ def eval_command(
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
-    """Score images (FID, IS, KID, precision/recall; CLIP and aesthetic scores) or, with --teacher gmm-..., samples
-    against the exact mixture."""
+    """Score images (FID, FD-DINOv2, IS, KID, precision/recall; CLIP and aesthetic scores) or, with --teacher gmm-...,
+    samples against the exact mixture."""
     with reported_errors():
         from simcli.runtime import set_cpu_threads
 
@@ -84,11 +96,13 @@ def eval_command(
         from simcli.runtime import resolve_device
 
         metrics = {name for name, on in (("fid", fid), ("is", inception_score), ("kid", kid), ("prc", prc),
-                                         ("nearest", nearest)) if on}
+                                         ("nearest", nearest), ("fd_dinov2", fd_dinov2)) if on}
+        if not fd_dinov2 and (dinov2_weights is not None or dinov2_resize != "torch"):
+            raise UsageError("--dinov2-weights and --dinov2-resize are options of --fd-dinov2", hint="add --fd-dinov2")
         if not metrics and save_stats is None and not text_metrics:
             metrics = {"fid", "is"} if backend == "torch-fidelity" else {"fid"}
         if ref is not None and not metrics:
-            raise UsageError("--ref given, but no metric uses it", hint="add --fid, --is, --kid, --prc or --nearest")
+            raise UsageError("--ref given, but no metric uses it", hint="add --fid, --fd-dinov2, --kid, --prc or --nearest")
         if save_stats is not None and save_stats.suffix != ".npz":
             raise UsageError(f"--save-stats must name an .npz file, got {save_stats.name}")
         source = generator if generator is not None else samples
@@ -109,6 +123,7 @@ def eval_command(
             source,
             ref=ref, metrics=metrics, backend=backend, mode=mode, feature_weights=feature_weights,
             n=count, seed=seed, batch_size=batch_size, device=resolve_device(device), save_stats=save_stats,
+            dinov2_weights=dinov2_weights, dinov2_resize=dinov2_resize,
         )
         if text_report is not None:
             report.update({key: text_report[key] for key in ("prompts", *TEXT_KEYS) if key in text_report})
@@ -162,7 +177,8 @@ def _print_image_report(report: dict) -> None:
     table = Table(title=f"{report['source']}: {report['n']} images{extractor}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = [("FID", "fid", "{:.4f}"), ("IS", "is_mean", "{:.4f}"), ("KID", "kid_mean", "{:.6f}"),
+    rows = [("FID", "fid", "{:.4f}"), ("FD-DINOv2", "fd_dinov2", "{:.4f}"), ("IS", "is_mean", "{:.4f}"),
+            ("KID", "kid_mean", "{:.6f}"),
             ("precision", "precision", "{:.4f}"), ("recall", "recall", "{:.4f}"),
             ("nearest --ref image, median distance", "nearest_median", "{:.4f}"),
             ("nearest --ref image, 1st percentile", "nearest_p01", "{:.4f}")]
@@ -180,6 +196,8 @@ def _print_image_report(report: dict) -> None:
         stderr_console().print(f"note: {report['note']}")
     if report.get("saved_stats"):
         stderr_console().print(f"statistics written to {report['saved_stats']}")
+    if report.get("saved_stats_fd_dinov2") not in (None, report.get("saved_stats")):
+        stderr_console().print(f"FD-DINOv2 statistics written to {report['saved_stats_fd_dinov2']}")
 
 
 def _exact(teacher, samples, generator, n, seed, mmd_bandwidth, device, json_out) -> None:

@@ -20,11 +20,11 @@ from simcli.config.spec import RunSpec
 from simcli.errors import UsageError
 from simcli.eval.features import get_extractor
 from simcli.eval.gmm_metrics import gmm_report
-from simcli.eval.image_eval import score_features
+from simcli.eval.image_eval import fid_reference, score_features
 from simcli.eval.image_inputs import to_rgb_nchw
-from simcli.eval.stats import compute_features, resolve_reference
+from simcli.eval.stats import compute_features
 from simcli.nets.few_step import generator_sigmas
-from simcli.sampling.images import to_uint8
+from simcli.sampling.decode import image_decoder
 from simcli.sampling.run import generator_batches
 from simcli.teachers.registry import Teacher
 from simcli.world import World
@@ -81,11 +81,12 @@ def make_evaluator(spec: RunSpec, teacher: Teacher, device: torch.device, world:
             f"in-training FID for teacher '{teacher.display_name}' needs a reference",
             hint="set --fid-ref (evaluation.reference) to a statistics .npz, a folder of images or a known name",
         )
-    reference = resolve_reference(ref_name, extractor, batch_size=ev.batch_size)
+    reference = fid_reference(ref_name, extractor, batch_size=ev.batch_size)  # EDM2's img512/img64 too
     metrics = {"fid", "is"} if want_is else {"fid"}
+    decode = image_decoder(teacher.architecture, device)  # an EDM2 teacher's latents: through its VAE
 
     def fid(net: nn.Module, images_seen: int) -> Evaluation:
-        batches = [to_rgb_nchw(to_uint8(x)) for x, _ in samples(net)]
+        batches = [to_rgb_nchw(decode(x)) for x, _ in samples(net)]
         share = compute_features(batches, extractor, want_logits=want_is) if batches else None
 
         def score(shares: list[tuple[np.ndarray, np.ndarray | None] | None]) -> Evaluation:

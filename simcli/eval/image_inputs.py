@@ -26,6 +26,7 @@ from simcli.data.real_data import SHIPPED_SETS, open_real_images
 from simcli.errors import UsageError
 from simcli.rundir.layout import list_generators
 from simcli.runtime import resolve_device
+from simcli.sampling.decode import image_decoder, latent_space
 from simcli.sampling.finite import GENERATOR_HINT, check_finite
 from simcli.sampling.generator import generator_choice, load_generator, snapshot_sigmas
 from simcli.sampling.images import to_uint8
@@ -205,7 +206,9 @@ class GeneratorImages(ImageSource):
         self.device = resolve_device(device)
         self.net, self.meta, self.file = load_generator(generator, self.device)
         self.sigmas = snapshot_sigmas(self.meta, self.file)
-        if len(self.net.sample_shape) != 3 or self.net.sample_shape[0] not in (1, RGB):
+        latents = latent_space(self.meta["architecture"], str(self.file))
+        self.decode = image_decoder(self.meta["architecture"], self.device, str(self.file))  # latents: through the VAE
+        if len(self.net.sample_shape) != 3 or (latents is None and self.net.sample_shape[0] not in (1, RGB)):
             raise UsageError(f"{self.file} generates {tuple(self.net.sample_shape)} samples, not images")
         self.n, self.seed, self.class_label = n, seed, class_label
         self.description = f"generator {self.file} (seeds {seed}..{seed + n - 1})"
@@ -221,7 +224,7 @@ class GeneratorImages(ImageSource):
                                       self.class_label):
             check_finite(x, range(first, first + len(x)), f"generator {self.file}", "nothing was scored", GENERATOR_HINT)
             first += len(x)
-            yield to_rgb_nchw(to_uint8(x))
+            yield to_rgb_nchw(self.decode(x))
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
