@@ -14,7 +14,7 @@ Guidance networks of the presets (EDM2's autoguidance and CFG: generate_images.p
 
 `approx_size_bytes` are the sizes of pickles emulated from the official code (float16 network, encoder, loss and
 dataset records as reconstruct_phema.py writes them), not of the CDN files, which could not be fetched: treat them as
-+-`SIZE_TOLERANCE`. The reference statistics of each dataset (`img512`, `img64`) are simcli.eval's.
++-`SIZE_TOLERANCE`. Architectures without an emulated size (none of EDM2's published files) are not size-checked. The reference statistics of each dataset (`img512`, `img64`) are simcli.eval's.
 """
 
 from __future__ import annotations
@@ -35,7 +35,25 @@ STEM = re.compile(r"^edm2-(img512|img64)-(xs|s|m|l|xl|xxl)(-uncond)?-(\d{7})-(\d
 # pickle size in bytes.
 CHANNELS = {"xs": 128, "s": 192, "m": 256, "l": 320, "xl": 384, "xxl": 448}
 DROPOUT = {"xs": 0.0, "s": 0.0, "m": 0.1, "l": 0.1, "xl": 0.1, "xxl": 0.1}
-APPROX_SIZE_BYTES: dict[tuple[str, str, bool], int] = {}
+# Emulated with the official code (training_loop.py's snapshot, reconstruct_phema.py's float16 copy, pickled through
+# torch_utils.persistence with the release's module sources, torch 2.3, protocol 4): 2 bytes per element (parameters
+# and buffers) plus about 140 KB of records and module sources. Element counts are exact; the sizes could differ
+# from the CDN's by the length of NVIDIA's internal sources and dataset paths (hence SIZE_TOLERANCE).
+APPROX_SIZE_BYTES: dict[tuple[str, str, bool], int] = {
+    ("img512", "xs", True): 249_567_122,
+    ("img512", "s", True): 560_566_556,
+    ("img512", "m", True): 995_756_847,
+    ("img512", "l", True): 1_555_137_711,
+    ("img512", "xl", True): 2_238_709_295,
+    ("img512", "xxl", True): 3_046_471_599,
+    ("img512", "xs", False): 248_542_554,
+    ("img512", "s", False): 559_029_988,
+    ("img64", "xs", True): 249_562_142,
+    ("img64", "s", True): 560_559_272,
+    ("img64", "m", True): 995_747_259,
+    ("img64", "l", True): 1_555_125_819,
+    ("img64", "xl", True): 2_238_695_099,
+}
 
 # The latent space of the ImageNet-512 networks: StabilityVAEEncoder's defaults (edm2/training/encoders.py).
 SD_VAE = "stabilityai/sd-vae-ft-mse"
