@@ -79,7 +79,7 @@ ResolutionOpt = Annotated[
 ]
 PaperOpt = Annotated[
     bool,
-    typer.Option("--paper", help="Use the --teacher's published sampler settings (official edm-* teachers only); "
+    typer.Option("--paper", help="Use the --teacher's published sampler settings (official edm-* teachers; edm2-*: EDM2's 32 Heun steps); "
                  "--steps, --churn, --s-min, --s-max, --s-noise override them."),
 ]
 

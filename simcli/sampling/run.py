@@ -28,6 +28,7 @@ from simcli.sampling.heun import HeunSettings, edm_heun_sample, one_step_generat
 from simcli.sampling.images import save_grid, save_pngs
 from simcli.sampling.plots import MAX_POINTS, TEACHER_COLOUR, PlotSource, write_vector_plot
 from simcli.sampling.seeds import SeedRNG, seed_noise
+from simcli.teachers.edm2_catalog import EDM2_SAMPLER_STEPS, is_edm2_name
 from simcli.teachers.edm_catalog import EDM_TEACHERS
 from simcli.teachers.registry import Teacher, load_teacher, teacher_kind
 
@@ -112,12 +113,14 @@ def resolve_heun_settings(
     default; with paper, the published settings of an official EDM teacher (edm_catalog SamplerPreset);
     options that are given (not None) override either. paper for any other teacher is a UsageError."""
     base = HeunSettings()
-    if paper:
+    if paper and isinstance(teacher, str) and is_edm2_name(teacher):  # EDM2's deterministic sampler
+        base = HeunSettings(EDM2_SAMPLER_STEPS, preset="paper")
+    elif paper:
         entry = EDM_TEACHERS.get(teacher) if isinstance(teacher, str) else None
         if entry is None:
             raise UsageError(
                 f"--paper: teacher '{teacher}' has no published sampler settings",
-                hint=f"--paper knows the official EDM teachers ({', '.join(EDM_TEACHERS)}); "
+                hint=f"--paper knows the official EDM and EDM2 teachers ({', '.join(EDM_TEACHERS)}, edm2-...); "
                 f"give {', '.join(SAMPLER_FLAGS)} instead",
             )
         p = entry.sampler

@@ -29,6 +29,7 @@ from simcli.errors import UsageError
 EDM2_ROOT_URL = "https://nvlabs-fi-cdn.nvidia.com/edm2/"
 POSTHOC_URL = EDM2_ROOT_URL + "posthoc-reconstructions/"
 SIZE_TOLERANCE = 500_000
+EDM2_SAMPLER_STEPS = 32  # EDM2's sampler: 2nd-order Heun, 32 steps, sigma 0.002..80, rho 7 (generate_images.py:77)
 STEM = re.compile(r"^edm2-(img512|img64)-(xs|s|m|l|xl|xxl)(-uncond)?-(\d{7})-(\d\.\d{3})$")
 
 # Per architecture (dataset, size, conditional): model_channels, dropout (edm2/train_edm2.py:27-37) and the emulated

@@ -237,3 +237,11 @@ def test_a_pickle_holding_only_plain_arrays_reads_as_numpy():
         back = unpickle_edm(io.BytesIO(pickle.dumps(arrays, protocol=protocol)))
         for key, value in arrays.items():
             assert np.array_equal(back[key].array, value) and back[key].array.dtype == value.dtype
+
+
+def test_paper_sampler_settings_of_edm2_teachers_are_edm2s_32_heun_steps():
+    from simcli.sampling.run import resolve_heun_settings
+
+    settings = resolve_heun_settings("edm2-img512-xxl-dino", paper=True)
+    assert (settings.num_steps, settings.s_churn, settings.nfe, settings.preset) == (32, 0.0, 63, "paper")
+    assert resolve_heun_settings("edm2-img512-xs", paper=True, steps=8).num_steps == 8
