@@ -26,15 +26,8 @@ import torch
 from simcli.errors import UsageError
 from simcli.eval.edm2_references import EDM2_REFERENCES, edm2_reference_stats, is_edm2_reference
 from simcli.eval.features import FeatureExtractor
-from simcli.eval.image_inputs import FolderImages, ImageSource, list_image_files
-from simcli.eval.stats import (
-    FeatureStats,
-    ImageProgressFn,
-    check_compatible,
-    folder_cache_key,
-    folder_stats_path,
-    load_stats,
-)
+from simcli.eval.image_inputs import FolderImages, ImageSource
+from simcli.eval.stats import FeatureStats, ImageProgressFn, cached_folder_stats, check_compatible, load_stats
 from simcli.store.download import DownloadProgressFn
 
 FD_DINOV2 = "fd_dinov2"
@@ -86,20 +79,12 @@ def accumulate(
 
 def image_stats(images: ImageSource, extractor: FeatureExtractor, batch_size: int | None = None) -> FeatureStats:
     """FD-DINOv2 statistics of every image of a source; a folder's are cached per extractor and weights."""
-    cached = None
+    def compute(source: ImageSource) -> FeatureStats:
+        return accumulate(source.batches(batch_size), extractor).stats(extractor, source.description)
+
     if isinstance(images, FolderImages):
-        root = images.root.absolute()
-        cached = folder_stats_path(folder_cache_key(root, list_image_files(root), extractor))
-        if cached.is_file():
-            try:
-                return load_stats(cached)
-            except UsageError:
-                pass  # a damaged cache entry is recomputed and replaced
-    stats = accumulate(images.batches(batch_size), extractor).stats(extractor, images.description)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        stats.save_npz(cached)
-    return stats
+        return cached_folder_stats(images.root, extractor, compute)
+    return compute(images)
 
 
 def reference_stats(

@@ -241,16 +241,27 @@ def folder_stats(
     root = Path(root).absolute()
     if not root.is_dir():
         raise UsageError(f"image folder not found: {root}")
+
+    def compute(images: FolderImages) -> FeatureStats:
+        feats, _ = compute_features(images.batches(batch_size), extractor, on_progress=on_progress)
+        return FeatureStats.from_features(feats, extractor=extractor.name, weights_sha256=extractor.weights_sha256,
+                                          source=images.description)
+
+    return cached_folder_stats(root, extractor, compute)
+
+
+def cached_folder_stats(root: Path, extractor: FeatureExtractor, compute: Callable[[FolderImages], FeatureStats]
+                        ) -> FeatureStats:
+    """compute(the folder's images), cached by the folder's files and the extractor (name and weights): read back
+    while they are unchanged, recomputed when the cache entry is damaged."""
+    root = Path(root).absolute()
     cached = folder_stats_path(folder_cache_key(root, list_image_files(root), extractor))
     if cached.is_file():
         try:
             return load_stats(cached)
         except UsageError:
             pass  # a damaged cache entry is recomputed and replaced
-    images = FolderImages(root)
-    feats, _ = compute_features(images.batches(batch_size), extractor, on_progress=on_progress)
-    stats = FeatureStats.from_features(feats, extractor=extractor.name, weights_sha256=extractor.weights_sha256,
-                                       source=images.description)
+    stats = compute(FolderImages(root))
     cached.parent.mkdir(parents=True, exist_ok=True)
     stats.save_npz(cached)
     return stats
