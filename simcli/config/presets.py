@@ -128,10 +128,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # SiD (by_method.sid): lr 5e-5 for both networks (--lr, --glr, :82-83), Adam betas (0, 0.999) and eps 1e-6 with
     # fp16 (sida_edm2_train.py:199-200), alpha 1 (--alpha 1, :68); sigma_init 2.5 and t_max 800 (--init_sigma 2.5,
     # --tmax 800, :69-70) are the method's defaults.
-    # SIM and Diff-Instruct: SiD's lr 5e-5 for the dataset, their own betas and noise (see ffhq64), eps 1e-6 (fp16).
-    # Not reproduced: SiDA's EDM2 runs weight the fake-score loss and the generator loss by the networks' learned
-    # uncertainty (--return_logvar 1, :66; sida_loss_edm2.py:197-198 and :276-277); simcli trains the online model with
-    # EDM's weighting and leaves the uncertainty output untrained.
+    # SiD also weights by the learned uncertainty u(sigma) of EDM2's networks, as SiD's and SiDA's EDM2 runs do with
+    # --return_logvar 1 (run_sid_edm2.sh for every size, :63, :99, :133, :167, :201, :235; run_sida_edm2.sh :66, :140,
+    # :176, :212, :248): the online model by EDM2's loss (lambda / e^u) ||D - x0||^2 + C*H*W*u (online.weighting
+    # uncertainty; sida_loss_edm2.py:493, and :331 with SiDA's discriminator loss divided by e^u, :341-342), the
+    # generator's loss (SiDA's GAN term too) divided by e^u of the online model (generator.uncertainty_scaling;
+    # :458-459, :276-277, :283-284). SiDA's S run differs: --return_logvar 0 (run_sida_edm2.sh:104, and
+    # --force_normalization 0, :103); to follow it with --data on edm2-img512-s, --set online.weighting=edm --set
+    # generator.uncertainty_scaling=false.
+    # SIM and Diff-Instruct: SiD's lr 5e-5 for the dataset, their own betas and noise (see ffhq64), eps 1e-6 (fp16);
+    # their own weighting (EDM's lambda for the online model, no u): no run of theirs uses the uncertainty (both
+    # settings take them, to try it).
     "edm2-img512": {
         "online": {"augment_p": 0.0, "noise": {"kind": "lognormal", "p_mean": -0.4, "p_std": 1.0}},
         "ema": {"halflife_kimg": 2000.0, "rampup_ratio": 0.05},
@@ -139,8 +146,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "logging": {"status_every_kimg": 10.0, "snapshot_every_kimg": 500.0},
         "by_method": {
             "sid": {
-                "generator": {"optimizer": {"lr": 5e-5, "beta1": 0.0, "eps": 1e-6}},
-                "online": {"optimizer": {"lr": 5e-5, "eps": 1e-6}},
+                "generator": {"optimizer": {"lr": 5e-5, "beta1": 0.0, "eps": 1e-6}, "uncertainty_scaling": True},
+                "online": {"optimizer": {"lr": 5e-5, "eps": 1e-6}, "weighting": "uncertainty"},
                 "loss": {"sid_alpha": 1.0},
             },
             "sim": {"generator": {"optimizer": {"lr": 5e-5, "eps": 1e-6}}, "online": {"optimizer": {"lr": 5e-5, "eps": 1e-6}}},
@@ -238,6 +245,6 @@ PRESETS["digits-data"] = _layered(PRESETS["digits"], {
 
 # EDM2 ImageNet-64 (pixels; edm2-img64-*): no distillation run of these networks is published. They take the
 # ImageNet-512 run's settings, with the online model's noise from EDM2's own ImageNet-64 training, ln sigma ~
-# N(-0.8, 1.6) (edm2/train_edm2.py:33-37).
+# N(-0.8, 1.6) (edm2/train_edm2.py:33-37); SiD's weighting by their learned uncertainty too.
 PRESETS["edm2-img64"] = _layered(PRESETS["edm2-img512"], {"online": {"noise": {"kind": "lognormal", "p_mean": -0.8,
                                                                                "p_std": 1.6}}})

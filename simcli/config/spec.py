@@ -225,6 +225,12 @@ class GeneratorSpec(Strict):
     step_sigmas: list[Float] | None = None
     """The K - 1 noise levels after sigma_init of a K-step generator, descending and below sigma_init; none: the first
     K points of EDM's ramp (rho 7) from sigma_init to 0.002 over K intervals (simcli.nets.few_step.step_sigmas)."""
+    uncertainty_scaling: bool = False
+    """Divide each sample's generator loss (SIM, SiD or Diff-Instruct; with SiDA's adversarial loss added) by e^u,
+    u(sigma) the online model's learned uncertainty at the sample's noisy input, read from the same pass as its
+    denoised output (SiDA's EDM2 runs with --return_logvar 1: mingyuanzhou/SiD@a5510fdf
+    sida_training_edm2/sida_loss_edm2.py:458-459 for SiD, :276-277 and :283-284 for SiDA's two terms). u is trained
+    with online.weighting 'uncertainty'; otherwise it stays the teacher's. Needs an EDM2 teacher; not for dmd2."""
     score_dropout: Literal["off", "shared-mask"] = "off"
     """Dropout of the teacher and the online model in the generator step. off: both in eval mode (SIM; SiD's
     code). shared-mask: both in train mode, the online model's call replaying the random state of the teacher's,
@@ -252,9 +258,13 @@ class OnlineSpec(Strict):
     """Noise levels of the online step (EDM lognormal, eq. B.6)."""
     optimizer: OptimizerSpec = OptimizerSpec()
     """Adam for the online model."""
-    weighting: Literal["edm", "none"] = "edm"
+    weighting: Literal["edm", "none", "uncertainty"] = "edm"
     """Per-noise weight of the DSM loss: edm, lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (eq. B.7);
-    none, 1 (the paper's text-to-image runs: 'both loss weights 1', Appendix B.3)."""
+    none, 1 (the paper's text-to-image runs: 'both loss weights 1', Appendix B.3); uncertainty, EDM2's loss
+    (lambda(sigma) / e^u) ||D_psi - x0||^2 + C*H*W*u, which also trains the online model's learned uncertainty
+    u(sigma) (Karras et al. 2024, eq. 21; SiDA's fake score with --return_logvar 1, mingyuanzhou/SiD@a5510fdf
+    sida_training_edm2/sida_loss_edm2.py:493, and :331 beside its discriminator, whose loss it divides by e^u,
+    :341-342). Needs a network with that output (EDM2 teachers)."""
     updates_per_generator_update: Int = Field(1, gt=0)
     """Online updates before each generator update (1 in Algorithm 2)."""
     sample_source: Literal["fresh", "generator-step"] = "fresh"

@@ -298,6 +298,7 @@ class Distillation(RunStops):
                 real=real, adversarial=real is not None and real.generator_adversarial(images_before),
                 frozen=real is not None and real.generator_frozen(images_before), max_grad_norm=g_opt.max_grad_norm,
                 lr_factor=warmup_factor(step, g_opt.warmup_updates),
+                uncertainty_scaling=spec.generator.uncertainty_scaling,
             )
 
         if reuse:

@@ -31,6 +31,22 @@ def online_dsm_loss(online_out: Tensor, x0: Tensor, sigma: Tensor, sigma_data: f
     return edm_weight(sigma, sigma_data) * squared if weighted else squared
 
 
+def uncertainty_dsm_loss(online_out: Tensor, x0: Tensor, sigma: Tensor, logvar: Tensor, sigma_data: float = 0.5
+                         ) -> Tensor:
+    """EDM2's uncertainty-weighted DSM loss, the sum over the C*H*W elements of (lambda(sigma) / e^u) (D_psi - x0)^2
+    + u, = (lambda / e^u) ||D_psi - x0||^2 + C*H*W*u, u = logvar [B, 1, 1, 1] or [B] (EDM2 eq. 21; SiD@a5510fdf
+    sida_training_edm2/sida_loss_edm2.py:493): [B]."""
+    u = logvar.reshape(-1)  # [B] (or [1], one noise level for the batch)
+    squared = _flat(online_out - x0).pow(2).sum(1)
+    return edm_weight(sigma, sigma_data) / u.exp() * squared + x0[0].numel() * u
+
+
+def uncertainty_scaled(per_sample: Tensor, logvar: Tensor) -> Tensor:
+    """A per-sample loss divided by e^u, u = logvar [B, 1, 1, 1] or [B] of the online model at the same noisy input
+    (SiDA's EDM2 generator loss, SiD@a5510fdf sida_training_edm2/sida_loss_edm2.py:458-459): [B]."""
+    return per_sample / logvar.reshape(-1).exp()
+
+
 def sim_generator_loss(
     x0: Tensor,
     online_out: Tensor,

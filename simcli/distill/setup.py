@@ -16,7 +16,6 @@ from simcli.config.resolve import spec_differences
 from simcli.config.spec import RESUMABLE_CHANGES, RunSpec
 from simcli.distill.dmd2 import attach_head
 from simcli.distill.events import EventHandler
-from simcli.distill.guidance import teacher_network
 from simcli.distill.memory_estimate import check_memory
 from simcli.distill.stop import StopRequest
 from simcli.distill.teacher_fit import fitted_teacher_network
@@ -35,6 +34,7 @@ from simcli.rundir.layout import (
     list_states,
 )
 from simcli.rundir.snapshots import load_latest_state, load_state_file, move_aside
+from simcli.teachers.guidance import teacher_network
 from simcli.teachers.registry import Teacher
 from simcli.world import World
 
@@ -179,12 +179,29 @@ def check_network_settings(spec: RunSpec, teacher: Teacher) -> None:
     if fitted and (spec.generator.lora_rank is not None or spec.online.lora_rank is not None):
         raise UsageError(f"LoRA adapts a teacher's network, and {what} is small enough to train whole",
                          hint="drop --lora-rank (generator.lora_rank, online.lora_rank)")
+    check_uncertainty_settings(spec, teacher)
     conditioning = teacher.denoiser.conditioning
     if conditioning.takes_text and conditioning.guidance == "none" and spec.text.guidance_scale != 1.0:
         raise UsageError(f"teacher '{teacher.display_name}' takes no guidance (a timestep-distilled FLUX), but "
                          f"text.guidance_scale is {spec.text.guidance_scale:g}",
                          hint="--set text.guidance_scale=1 (the flux-schnell preset's)")
     check_memory(spec, teacher)
+
+
+def check_uncertainty_settings(spec: RunSpec, teacher: Teacher) -> None:
+    """Refuse online.weighting 'uncertainty' and generator.uncertainty_scaling for networks without EDM2's learned
+    uncertainty u(sigma) (Denoiser.supports_uncertainty; a guided teacher's own network counts), and the scaling for
+    DMD2 (its GAN term is computed in passes of its own, at other noise levels, without u; no DMD2 run scales by it)."""
+    asked = [name for name, on in (("online.weighting 'uncertainty'", spec.online.weighting == "uncertainty"),
+                                   ("generator.uncertainty_scaling", spec.generator.uncertainty_scaling)) if on]
+    if not asked:
+        return
+    if teacher.architecture is None or not teacher_network(teacher.denoiser).supports_uncertainty:
+        raise UsageError(f"{asked[0]} needs a network with EDM2's learned uncertainty u(sigma), not teacher "
+                         f"'{teacher.display_name}'", hint="use an EDM2 teacher (edm2-img512-xs, ...), or unset it")
+    if spec.generator.uncertainty_scaling and spec.loss.method == "dmd2":
+        raise UsageError("generator.uncertainty_scaling is SiDA's scaling of the SiD, SIM or Diff-Instruct loss, not "
+                         "DMD2's", hint="unset it (online.weighting 'uncertainty' is fine with dmd2)")
 
 
 def build_networks(spec: RunSpec, loaded: Teacher, run_dir: Path, device: torch.device, on_event: EventHandler,

@@ -32,6 +32,7 @@ from torch import nn
 
 from simcli.config.spec import RunSpec
 from simcli.errors import UsageError
+from simcli.nets.edm2_layers import force_in_forward, normalize_weights_
 from simcli.world import World
 
 SHARDING_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -89,8 +90,9 @@ def sharding_mesh(device: torch.device) -> Any:
 
 
 def shard_network(net: nn.Module, precision: str, mesh: Any, offload: bool = False) -> None:
-    """fully_shard net's blocks, then net itself, in place, over `mesh` (sharding_mesh); gradients summed. A network
-    without parameters (an analytic teacher) is left as it is."""
+    """fully_shard net's blocks, then net itself, in place, over `mesh` (sharding_mesh); gradients summed. 0-d
+    parameters are left whole (scalar_parameters). A network without parameters (an analytic teacher) is left as it
+    is."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     if not any(True for _ in net.parameters()):
@@ -101,11 +103,32 @@ def shard_network(net: nn.Module, precision: str, mesh: Any, offload: bool = Fal
               if dtype is not None else MixedPrecisionPolicy())
     where = CPUOffloadPolicy(pin_memory=True) if offload else OffloadPolicy()
     for unit in shard_units(net):
-        fully_shard(unit, mesh=mesh, mp_policy=policy, offload_policy=where)
-    fully_shard(net, mesh=mesh, mp_policy=policy, offload_policy=where)
+        fully_shard(unit, mesh=mesh, mp_policy=policy, offload_policy=where, ignored_params=scalar_parameters(unit))
+    fully_shard(net, mesh=mesh, mp_policy=policy, offload_policy=where, ignored_params=scalar_parameters(net))
     for module in fsdp_modules(net):
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)
+    force_in_forward(net, False)  # EDM2's forced weight normalisation acts on the shards (steps: normalize_weights_)
+
+
+def force_weight_normalization(net: nn.Module, uncertainty: bool = False) -> None:
+    """EDM2's forced weight normalisation of a sharded trained network before its update (simcli.nets.edm2_layers;
+    uncertainty: the update computes u(sigma)). An unsharded network forces its weights in its train-mode forward
+    passes, exactly as upstream: nothing to do here. A sharded one's forward sees gathered copies, so its shards are
+    forced here; the root's parameters may still be gathered after a forward without a backward, and forcing a
+    gathered copy would be lost, so every FSDP module is resharded first."""
+    modules = fsdp_modules(net)
+    if not modules:
+        return
+    for module in modules:
+        module.reshard()
+    normalize_weights_(net, uncertainty)
+
+
+def scalar_parameters(net: nn.Module) -> set[nn.Parameter]:
+    """net's 0-d parameters (EDM2's gains), which FSDP2 cannot shard: they stay whole on every process, and their
+    gradients are summed over the processes with the unsharded ones' (simcli.distill.steps.finish_update)."""
+    return {p for p in net.parameters() if p.ndim == 0}
 
 
 ROLES = ("teacher", "trained", "ema")

@@ -43,10 +43,12 @@ from simcli.distill.losses import (
     sid_generator_loss,
     sid_normaliser,
     sim_generator_loss,
+    uncertainty_dsm_loss,
+    uncertainty_scaled,
 )
 from simcli.distill.noise import draw_sigma
 from simcli.distill.precision import LossScaler
-from simcli.distill.sharding import is_dtensor, local
+from simcli.distill.sharding import force_weight_normalization, is_dtensor, local
 from simcli.distill.streams import GENERATOR_PHASE, IterationStreams
 from simcli.nets.lora import set_trainable, trainable_parameters
 from simcli.world import World
@@ -166,8 +168,9 @@ def finish_update(
     (adversarial.generator_freeze_kimg); lr_factor: the step is taken at this fraction of the learning rate (a
     warm-up), which the optimiser keeps as it was for its state."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not any(is_dtensor(g) for g in grads):  # sharded gradients were summed by FSDP's reduce-scatter
-        world.all_reduce_sum_(grads)
+    whole = [g for g in grads if not is_dtensor(g)]  # sharded gradients were summed by FSDP's reduce-scatter; whole
+    if whole:  # ones (every gradient of an unsharded run, 0-d parameters FSDP leaves whole) are summed here
+        world.all_reduce_sum_(whole)
     grads = [local(g) for g in grads]
     (loss,) = world.sum_floats([float(loss)], grads[0].device if grads else torch.device("cpu"))
     loss_finite = math.isfinite(loss)
@@ -202,11 +205,14 @@ def scaled_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> Ite
 
 
 def total_grad_norm(grads: list[torch.Tensor], params: list[nn.Parameter], world: World) -> float:
-    """The gradient's total norm: of the local gradients, or of every process's shards when they are sharded."""
-    squares = float(grad_sq_norm(grads))
-    if any(is_dtensor(p.grad) for p in params if p.grad is not None):
-        (squares,) = world.sum_floats([squares], grads[0].device)
-    return math.sqrt(squares)
+    """The gradient's total norm: of the local gradients, or, when some are sharded, of every process's shards plus
+    the whole gradients (the same on every process) once."""
+    present = [p.grad for p in params if p.grad is not None]
+    if not any(is_dtensor(g) for g in present):
+        return math.sqrt(float(grad_sq_norm(grads)))
+    shards = [local(g) for g in present if is_dtensor(g)]
+    (squares,) = world.sum_floats([float(grad_sq_norm(shards))], shards[0].device)
+    return math.sqrt(squares + float(grad_sq_norm([g for g in present if not is_dtensor(g)])))
 
 
 def online_update(
@@ -231,13 +237,19 @@ def online_update(
     encoder as DMD2's (real.style 'dmd2': simcli.distill.dmd2). per_pixel: the DSM loss is averaged over the pixels
     instead of summed (DMD2's, edm_guidance.py:152-161). max_grad_norm, lr_factor: finish_update's.
 
+    weighting 'uncertainty': EDM2's loss (lambda / e^u) ||D - x0||^2 + C*H*W*u with the online model's u(sigma) from the
+    same pass (losses.uncertainty_dsm_loss), and SiDA's discriminator loss divided by e^u (sida_loss_edm2.py:341-342);
+    DMD2's classifier loss, from passes at noise levels of its own, is left as it is.
+
     The samples are fresh (G in eval mode) unless `samples` hands over the generator update's, one per micro-batch
     of this process. With augment (EDM's pipeline, as SiD and Diff-Instruct's fake-score step), the augmented
     samples are the target and their augment labels are fed to the online model.
     """
     scaler = scaler if scaler is not None else LossScaler()
+    uncertain = weighting == "uncertainty"
     generator.eval()
     set_trainable(online.train(), True)
+    force_weight_normalization(online, uncertain)  # sharded EDM2 networks (sharding.py)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for k, index in enumerate(ctx.plan.mine):
@@ -249,21 +261,34 @@ def online_update(
             b = add_noise(samples[k].x0, samples[k].labels, noise, rng, augment)
         extra = {} if b.augment_labels is None else {"augment_labels": b.augment_labels}
         sida = real is not None and real.style == "sida"
+        logvar = None
         with ctx.autocast():
             if not sida:
-                denoised = online(b.x, b.sigma, b.labels, **extra)
+                if uncertain:
+                    denoised, logvar = online(b.x, b.sigma, b.labels, return_logvar=True, **extra)
+                else:
+                    denoised = online(b.x, b.sigma, b.labels, **extra)
             else:  # the real images noised with the fake batch's noise (sida_loss.py:87-96)
-                denoised, logits_fake = online(b.x, b.sigma, b.labels, return_logits=True, **extra)
+                if uncertain:
+                    denoised, logits_fake, logvar = online(b.x, b.sigma, b.labels, return_logits=True,
+                                                           return_logvar=True, **extra)
+                else:
+                    denoised, logits_fake = online(b.x, b.sigma, b.labels, return_logits=True, **extra)
                 real_x0, real_labels, real_extra = real.draw(ctx.streams, phase, index, b.x0.shape[0], b.x0.device,
                                                              augment)
                 logits_real = online(real_x0 + (b.x - b.x0), b.sigma, real_labels, return_logits=True, decode=False,
                                      **real_extra)
-        loss = online_dsm_loss(denoised.float(), b.x0, b.sigma, sigma_data, weighted=weighting == "edm").mean()
+        if logvar is None:
+            loss = online_dsm_loss(denoised.float(), b.x0, b.sigma, sigma_data, weighted=weighting == "edm").mean()
+        else:
+            loss = uncertainty_dsm_loss(denoised.float(), b.x0, b.sigma, logvar.float(), sigma_data).mean()
         if per_pixel:
             loss = loss / b.x0[0].numel()
         if sida:
-            adversarial = discriminator_loss(logits_real.float(), logits_fake.float(), b.sigma, sigma_data).mean()
-            loss = loss + real.settings.online_weight * adversarial
+            adversarial = discriminator_loss(logits_real.float(), logits_fake.float(), b.sigma, sigma_data)
+            if logvar is not None:
+                adversarial = uncertainty_scaled(adversarial, logvar.float())
+            loss = loss + real.settings.online_weight * adversarial.mean()
         elif real is not None:
             adversarial = discriminator_loss_of(online, b.x0, b.labels, real, ctx.streams, phase, index, noise, rng,
                                                 ctx.autocast)
@@ -289,6 +314,48 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
         torch.cuda.set_rng_state(state[1], device)
 
 
+class ScorePasses(NamedTuple):
+    """What the generator step reads of the online model and the teacher at its noisy input: their denoised x, and
+    the online model's discriminator logits and its learned uncertainty u(sigma) [B, 1, 1, 1] when asked."""
+
+    online: torch.Tensor
+    teacher: torch.Tensor
+    logits: torch.Tensor | None = None
+    logvar: torch.Tensor | None = None
+
+
+def score_passes(
+    online: nn.Module,
+    teacher: nn.Module,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    labels: torch.Tensor | None,
+    shared_mask: bool = False,
+    logits: bool = False,
+    logvar: bool = False,
+) -> ScorePasses:
+    """The online model's and the teacher's denoised x, with the online model's discriminator logits and u(sigma) when
+    asked, all from one pass of each network. With shared_mask the online model's call starts from the random state
+    the teacher's call started from, so networks of one architecture in train mode drop the same units
+    (Diff-Instruct's DI_EDMLoss.gloss: teacher first, then the RNG state restored, then the online model)."""
+    flags = {**({"return_logits": True} if logits else {}), **({"return_logvar": True} if logvar else {})}
+
+    def run_online() -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if not flags:
+            return online(x, sigma, labels), None, None
+        out = online(x, sigma, labels, **flags)  # (D, logits), (D, logvar) or (D, logits, logvar)
+        return out[0], out[1] if logits else None, out[-1] if logvar else None
+
+    if not shared_mask:
+        online_out, found, u = run_online()
+        return ScorePasses(online_out, teacher(x, sigma, labels), found, u)
+    state = _rng_state(x.device)
+    teacher_out = teacher(x, sigma, labels)
+    _set_rng_state(state, x.device)
+    online_out, found, u = run_online()
+    return ScorePasses(online_out, teacher_out, found, u)
+
+
 def score_outputs(
     online: nn.Module,
     teacher: nn.Module,
@@ -298,22 +365,10 @@ def score_outputs(
     shared_mask: bool = False,
     logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(online model's, teacher's) denoised x, and the online model's discriminator logits when asked (one pass).
-    With shared_mask the online model's call starts from the random state the teacher's call started from, so
-    networks of one architecture in train mode drop the same units (Diff-Instruct's DI_EDMLoss.gloss: teacher
-    first, then the RNG state restored, then the online model)."""
-
-    def run_online() -> tuple[torch.Tensor, torch.Tensor | None]:
-        return online(x, sigma, labels, return_logits=True) if logits else (online(x, sigma, labels), None)
-
-    if not shared_mask:
-        online_out, found = run_online()
-        return online_out, teacher(x, sigma, labels), found
-    state = _rng_state(x.device)
-    teacher_out = teacher(x, sigma, labels)
-    _set_rng_state(state, x.device)
-    online_out, found = run_online()
-    return online_out, teacher_out, found
+    """(online model's, teacher's) denoised x, and the online model's discriminator logits when asked (one pass):
+    score_passes without the uncertainty."""
+    passes = score_passes(online, teacher, x, sigma, labels, shared_mask, logits)
+    return passes.online, passes.teacher, passes.logits
 
 
 def generator_update(
@@ -333,13 +388,16 @@ def generator_update(
     frozen: bool = False,
     max_grad_norm: float | None = None,
     lr_factor: float = 1.0,
+    uncertainty_scaling: bool = False,
 ) -> tuple[float, bool]:
     """One generator update; the online model and teacher keep frozen parameters but live inputs.
 
     adversarial: add SiDA's adversarial loss of the samples, from the online model's discriminator logits (`real`
     gives its weight; simcli.distill.adversarial), taken with a gradient to x also for Diff-Instruct; or DMD2's GAN
     loss (real.style 'dmd2', on the samples noised afresh: simcli.distill.dmd2). frozen: the loss is computed and
-    reported, but the generator does not step. max_grad_norm, lr_factor: finish_update's.
+    reported, but the generator does not step. max_grad_norm, lr_factor: finish_update's. uncertainty_scaling: each
+    sample's loss (SiDA's adversarial loss included) is divided by e^u, u(sigma) the online model's learned uncertainty
+    from its score pass (losses.uncertainty_scaled; generator.uncertainty_scaling, not for DMD2's GAN loss).
 
     score_dropout 'off' runs both in eval mode (SIM, SiD); 'shared-mask' runs both in train mode with one dropout
     mask (Diff-Instruct) and puts them back in eval mode afterwards. The generator's own dropout is on.
@@ -350,6 +408,7 @@ def generator_update(
     set_trainable(online.train(shared_mask), False)
     teacher.train(shared_mask).requires_grad_(False)
     set_trainable(generator.train(), True)
+    force_weight_normalization(generator)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for index in ctx.plan.mine:
@@ -360,8 +419,9 @@ def generator_update(
         # SIM, SiD: theta's gradient flows into both networks' inputs; Diff-Instruct: both networks are constants.
         x = b.x if grad_through_networks else b.x.detach()
         with contextlib.nullcontext() if grad_through_networks else torch.no_grad(), ctx.autocast():
-            online_out, teacher_out, logits = score_outputs(online, teacher, x, b.sigma, b.labels, shared_mask,
-                                                            logits=adversarial and grad_through_networks)
+            passes = score_passes(online, teacher, x, b.sigma, b.labels, shared_mask,
+                                  logits=adversarial and grad_through_networks, logvar=uncertainty_scaling)
+        online_out, teacher_out, logits = passes.online, passes.teacher, passes.logits
         per_sample = loss_fn(b.x0, online_out.float(), teacher_out.float(), b.sigma)
         if adversarial and real is not None and real.style == "dmd2":
             gan = generator_gan_loss_of(online, b.x0, b.labels, real.gan_noise, rng, ctx.autocast)
@@ -374,6 +434,8 @@ def generator_update(
             pixels = b.x0[0].numel()
             per_sample = per_sample + real.settings.generator_weight * generator_adversarial_loss(
                 logits.float(), normaliser, pixels)
+        if passes.logvar is not None:  # SiD's loss and SiDA's GAN term alike (sida_loss_edm2.py:276-277, :283-284)
+            per_sample = uncertainty_scaled(per_sample, passes.logvar.float())
         loss = per_sample.mean() / ctx.plan.micro_batches
         (loss * scaler.factor).backward()
         total = total + loss.detach()

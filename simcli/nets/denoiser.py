@@ -67,6 +67,8 @@ class Denoiser(nn.Module):
         supports_dropout: whether `set_dropout` is available.
         supports_discriminator: whether the forward takes return_logits (and decode) and then also returns the
             logits of SiDA's discriminator, the channel mean of its encoder's last feature map (EDM's UNets).
+        supports_uncertainty: whether the forward takes return_logvar and then also returns the learned uncertainty
+            u(sigma) [N, 1, 1, 1], the log-variance EDM2's loss weights by (Karras et al. 2024, eq. 21; EDM2 networks).
     """
 
     sample_shape: tuple[int, ...] = ()
@@ -78,6 +80,7 @@ class Denoiser(nn.Module):
     supports_activation_checkpointing: bool = False
     supports_dropout: bool = False
     supports_discriminator: bool = False
+    supports_uncertainty: bool = False
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Any = None) -> torch.Tensor:
         raise NotImplementedError

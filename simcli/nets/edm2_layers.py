@@ -119,6 +119,27 @@ def forced_normalization_suspended() -> Iterator[None]:
         _FORCING_SUSPENDED.reset(token)
 
 
+UNCERTAINTY_LAYER = "logvar_linear"  # EDM2Precond's u(sigma) layer: used by a forward only with return_logvar
+
+
+def normalize_weights_(net: nn.Module, uncertainty: bool) -> None:
+    """Forced weight normalisation of every MPConv of net that uses it, now, for a sharded network before its update
+    (where upstream's first train-mode forward does it). Upstream forces only the layers a forward runs: the
+    uncertainty layer only when the update computes u (uncertainty). A no-op for networks without MPConv layers."""
+    for name, module in net.named_modules():
+        if isinstance(module, MPConv) and module.force_normalization:
+            if uncertainty or name.rsplit(".", 1)[-1] != UNCERTAINTY_LAYER:
+                module.force_now()
+
+
+def force_in_forward(net: nn.Module, enabled: bool) -> None:
+    """Whether net's MPConv layers force their weights in the forward pass (off for sharded networks, whose forward
+    sees gathered copies of the weights: normalize_weights_ forces their shards before each update instead)."""
+    for module in net.modules():
+        if isinstance(module, MPConv):
+            module.forced_in_forward = enabled
+
+
 class MPConv(nn.Module):
     """Magnitude-preserving convolution (kernel [k, k]) or fully-connected layer (kernel []), no bias (EDM2 eq. 47).
 
@@ -126,21 +147,37 @@ class MPConv(nn.Module):
     default, as upstream), the stored weight is first overwritten in place by normalize(w) under no_grad: forced
     weight normalisation (EDM2 eq. 66, section 3.2), so the weights keep unit magnitude under the optimizer. As
     upstream, a float32 weight is normalised again after being overwritten. SiDA's EDM2 branch switches the
-    overwrite off for some networks; set `force_normalization = False` for that."""
+    overwrite off for some networks; set `force_normalization = False` for that.
+
+    The overwrite happens once per change of the weight (its version counter): a network run twice before one
+    backward pass (SiDA's discriminator pass on real images beside the fake ones) does not overwrite the weight
+    autograd saved from the first pass; upstream, which trains with one pass per backward, is matched exactly."""
 
     force_normalization: bool = True
+    forced_in_forward: bool = True
+    """False for a sharded weight: the forward sees a gathered copy, so `normalize_weights_` forces the shards."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: Sequence[int]):
         super().__init__()
         self.out_channels = out_channels
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
+        self._normalized_version: int | None = None  # the weight's version counter after the last overwrite
+
+    def force_now(self) -> None:
+        """Overwrite the weight by normalize(w) (forced weight normalisation, eq. 66), row by row: on the rows this
+        process holds when the weight is sharded (FSDP2 shards dimension 0, so every row is whole somewhere)."""
+        with torch.no_grad():
+            weight = self.weight.to_local() if hasattr(self.weight, "to_local") else self.weight  # a DTensor's shard
+            if weight.numel():  # a shard may hold no rows (a 1-row weight over 2 processes)
+                weight.copy_(normalize(weight.to(torch.float32)))
+        self._normalized_version = self.weight._version
 
     def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1) -> torch.Tensor:
         """x [N, in] (fully connected) or [N, in, H, W] (convolution, 'same' padding); gain scales the weight."""
+        if (self.training and self.force_normalization and self.forced_in_forward and not _FORCING_SUSPENDED.get()
+                and self.weight._version != self._normalized_version):
+            self.force_now()
         w = self.weight.to(torch.float32)  # the parameter itself when it is float32
-        if self.training and self.force_normalization and not _FORCING_SUSPENDED.get():
-            with torch.no_grad():
-                self.weight.copy_(normalize(w))  # forced weight normalisation (eq. 66)
         w = normalize(w)
         w = w * (gain / math.sqrt(w[0].numel()))  # magnitude-preserving fan-in scaling (eq. 47)
         w = w.to(x.dtype)

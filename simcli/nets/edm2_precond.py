@@ -30,6 +30,7 @@ class EDM2Precond(Denoiser):
     supports_activation_checkpointing = True
     supports_dropout = True
     supports_discriminator = True
+    supports_uncertainty = True
 
     def __init__(
         self,
@@ -74,8 +75,10 @@ class EDM2Precond(Denoiser):
         return head
 
     def logvar(self, c_noise: torch.Tensor) -> torch.Tensor:
-        """u(sigma) [N, 1, 1, 1] from c_noise = ln(sigma) / 4 [N] (EDM2 eq. 21)."""
-        return self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1, 1, 1, 1)
+        """u(sigma) [N, 1, 1, 1] from c_noise = ln(sigma) / 4 [N] (EDM2 eq. 21), in float32 also under autocast (simcli's
+        bf16 and fp16 precisions), as upstream computes it outside its float16 trunk."""
+        with torch.autocast(c_noise.device.type, enabled=False):
+            return self.logvar_linear(self.logvar_fourier(c_noise.to(torch.float32))).reshape(-1, 1, 1, 1)
 
     def forward(
         self,

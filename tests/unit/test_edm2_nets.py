@@ -406,3 +406,22 @@ def test_fp16_trunk_on_cuda_is_close_to_float32():
     assert half.dtype == torch.float32
     torch.testing.assert_close(full.cpu(), expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(half.cpu(), expected, atol=5e-2, rtol=5e-2)
+
+
+def test_two_train_mode_passes_before_one_backward_normalise_the_weights_once():
+    """SiDA's online step runs the network on fake and real images before one backward: the forced normalisation
+    must not overwrite weights autograd saved from the first pass (it did: 'modified by an inplace operation')."""
+    from simcli.nets.edm2_layers import MPConv, normalize
+
+    torch.manual_seed(0)
+    conv = MPConv(4, 3, kernel=[3, 3]).train()
+    x = torch.randn(2, 4, 5, 5)
+    once = normalize(conv.weight.detach().clone())
+    out = conv(x).square().sum() + conv(x).square().sum()
+    assert torch.equal(conv.weight.detach(), once)  # overwritten by the first pass only
+    out.backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+    with torch.no_grad():
+        conv.weight.add_(0.5)  # an optimizer step changes the weight: the next pass normalises it again
+    conv(x)
+    assert torch.allclose(conv.weight.detach().flatten(1).norm(dim=1), torch.full((3,), 6.0), atol=1e-3)

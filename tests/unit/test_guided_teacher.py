@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from simcli.config.spec import RunSpec
-from simcli.distill.guidance import check_guide, guided_teacher, teacher_network
+from simcli.distill.guidance import guided_teacher
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
 from simcli.nets.guided import GuidedDenoiser, guided_denoised
+from simcli.teachers.guidance import check_guide, teacher_network
 from simcli.teachers.registry import Teacher
 from tests.helpers.edm2_pickle_writer import tiny_edm2
 
