@@ -69,7 +69,7 @@ GuidanceOpt = Annotated[
                  help="Text-to-image --teacher: the guidance scale of its pipeline (default: its family's: "
                       f"{', '.join(f'{f.key} {f.guidance_scale:g}' for f in FAMILIES.values())}; classifier-free "
                       "guidance above 1 evaluates the network twice per step, FLUX's embedded guidance once; "
-                      "FLUX-schnell takes none)."),
+                      "FLUX-schnell takes none). With --guide: the weight w of the guide network."),
 ]
 ResolutionOpt = Annotated[
     int | None,
@@ -107,6 +107,7 @@ def sample(
     prompt: Annotated[list[str] | None, typer.Option("--prompt", metavar="TEXT", help="Text-to-image: a prompt (repeatable); sample i gets prompt i mod the number given.")] = None,
     prompts: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="Text-to-image: prompts, one per line (.txt) or JSON lines with a 'prompt' field (.jsonl); with --prompt too, these come after.")] = None,
     guidance: GuidanceOpt = None,
+    guide: Annotated[str | None, typer.Option("--guide", metavar="NAME", help="EDM/EDM2 --teacher: guide its sampler with a second network, D_guide + w (D - D_guide), w from --guidance (an unconditional EDM2 network for classifier-free guidance, a smaller conditional one for autoguidance).")] = None,
     resolution: ResolutionOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -121,6 +122,13 @@ def sample(
         set_cpu_threads(threads)
         if resolution is not None and not (prompt or prompts is not None):
             raise UsageError("--resolution applies to text-to-image teachers (with --prompt or --prompts)")
+        if guide is not None and (teacher is None or prompt or prompts is not None):
+            raise UsageError("--guide applies to an EDM or EDM2 --teacher's sampler",
+                             hint="a generator was distilled with its run's guide; text-to-image teachers take --guidance alone")
+        if guide is not None and guidance is None:
+            raise UsageError("--guide needs the guidance weight", hint="add --guidance W (EDM2's presets use 1.2 to 2.9)")
+        if guidance is not None and guide is None and not (prompt or prompts is not None):
+            raise UsageError("--guidance applies to text-to-image samples (with --prompt) or with --guide NAME")
         if prompt or prompts is not None:
             _text_to_image(out, generator, teacher, prompt, prompts, n, seed, batch_size, device, steps, guidance,
                            resolution, force, grid, json_out,
@@ -139,6 +147,7 @@ def sample(
         summary = sample_to_file(
             out, generator=generator, teacher=teacher, sampler=sampler, n=n, seed=seed,
             batch_size=batch_size, device=device, overwrite=force, class_label=class_label, grid=grid, plot=plot,
+            guide=(guide, guidance) if guide is not None else None,
         )
         if json_out:
             print_json(summary)

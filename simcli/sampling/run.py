@@ -30,6 +30,7 @@ from simcli.sampling.plots import MAX_POINTS, TEACHER_COLOUR, PlotSource, write_
 from simcli.sampling.seeds import SeedRNG, seed_noise
 from simcli.teachers.edm2_catalog import EDM2_SAMPLER_STEPS, is_edm2_name
 from simcli.teachers.edm_catalog import EDM_TEACHERS
+from simcli.teachers.guidance import guide_teacher
 from simcli.teachers.registry import Teacher, load_teacher, teacher_kind
 
 
@@ -135,12 +136,14 @@ def resolve_heun_settings(
 def teacher_samples(
     teacher: str | Denoiser, n: int, seed: int = 0, heun_steps: int = 18, batch_size: int = 4096,
     device: str = "auto", class_label: int | None = None, sampler: HeunSettings | None = None,
+    guide: tuple[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """n samples of the teacher's EDM Heun sampler (2*steps - 1 evaluations each), with their classes.
 
     The samples are the sampler's float64 output, as EDM's generate.py hands it to its uint8 conversion.
     sampler gives all the sampler settings (then heun_steps is ignored); without it, EDM's deterministic
-    sampler with heun_steps steps. Per seed: latent, class label, churn noise (generate.py's draw order).
+    sampler with heun_steps steps. Per seed: latent, class label, churn noise (generate.py's draw order). guide:
+    (network, weight) guiding a named EDM or EDM2 teacher (simcli.teachers.guidance).
     """
     settings = sampler if sampler is not None else HeunSettings(num_steps=heun_steps)
     if isinstance(teacher, str) and teacher_kind(teacher).pipeline is not None:
@@ -148,6 +151,8 @@ def teacher_samples(
                          hint="pass --prompt TEXT or --prompts FILE (its pipeline samples with DPM-Solver)")
     dev = resolve_device(device)
     loaded = load_teacher(teacher) if isinstance(teacher, str) else None
+    if guide is not None and loaded is not None:
+        loaded = guide_teacher(loaded, *guide)
     net = (loaded.denoiser if loaded is not None else teacher).to(dev).eval()
     _refuse_text_to_image(net)
     xs, labels = [], []
@@ -160,6 +165,8 @@ def teacher_samples(
     name = teacher if isinstance(teacher, str) else type(teacher).__name__
     x = torch.cat(xs)
     check_finite(x, range(seed, seed + n), f"teacher {name}", "nothing was written", TEACHER_HINT)
+    if guide is not None:
+        name = loaded.display_name if loaded is not None else name
     info = {"source": "teacher", "teacher": name, "heun_steps": settings.num_steps, "nfe": settings.nfe,
             "sampler": settings.summary(), **(_latents_info(loaded.architecture, name) if loaded is not None else {})}
     return x, (torch.cat(labels) if labels[0] is not None else None), info
@@ -231,6 +238,7 @@ def sample_to_file(
     out: Path, *, generator: Path | None, teacher: str | None, n: int, seed: int, batch_size: int, device: str,
     heun_steps: int = 18, sampler: HeunSettings | None = None, overwrite: bool = False,
     class_label: int | None = None, grid: Path | None = None, plot: Path | None = None,
+    guide: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write samples and return a summary (with the teacher sampler's settings and NFE).
 
@@ -249,7 +257,7 @@ def sample_to_file(
     if generator is not None:
         x, labels, info = generator_samples(generator, n, seed, batch_size, device, class_label)
     else:
-        x, labels, info = teacher_samples(teacher, n, seed, heun_steps, batch_size, device, class_label, sampler)
+        x, labels, info = teacher_samples(teacher, n, seed, heun_steps, batch_size, device, class_label, sampler, guide)
     is_image = x.ndim == 4
     if not is_image and out.suffix != ".npz":
         raise UsageError(f"vector samples are written to an .npz file, got {out.name}")

@@ -22,7 +22,7 @@ def recorded(monkeypatch) -> list[dict]:
         calls.append(kwargs)
         return latents.double()
 
-    monkeypatch.setattr(sampling_run, "load_teacher", lambda name: types.SimpleNamespace(denoiser=ring()))
+    monkeypatch.setattr(sampling_run, "load_teacher", lambda name: types.SimpleNamespace(denoiser=ring(), architecture=None))
     monkeypatch.setattr(sampling_run, "edm_heun_sample", fake_sampler)
     return calls
 

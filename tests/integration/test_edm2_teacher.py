@@ -132,3 +132,36 @@ def test_official_names_offline_name_the_url_and_the_cache(tmp_path, monkeypatch
     assert "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img512-xs-2147483-0.135.pkl" in line
     assert str(tmp_path / "cache" / "edm2" / "posthoc-reconstructions") in line
     assert len(line.splitlines()) == 1 and not out.exists()
+
+
+def test_sample_a_guided_teacher(files, tmp_path):
+    teacher, _, guide, _ = files
+    plain, guided = tmp_path / "plain.npz", tmp_path / "guided.npz"
+    cli("sample", "--teacher", teacher, "--steps", 3, "--n", 2, "--out", plain)
+    summary = json.loads(cli("sample", "--teacher", teacher, "--guide", guide, "--guidance", 2, "--steps", 3, "--n", 2,
+                             "--out", guided, "--json").stdout)
+    assert summary["teacher"] == "teacher.pkl guided by guide.pkl (w=2)"
+    with np.load(plain) as a, np.load(guided) as b:
+        assert a["images"].shape == b["images"].shape and not np.array_equal(a["images"], b["images"])
+    for args, message in ((["--guide", guide], "--guide needs the guidance weight"),
+                          (["--guidance", 2], "--guidance applies to text-to-image samples")):
+        out = tmp_path / "bad.npz"
+        result = cli("sample", "--teacher", teacher, "--n", 2, "--out", out, *args, code=2)
+        assert message in result.output and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["sid", "dmd2"])
+def test_real_data_terms_with_an_edm2_pixel_teacher(files, tmp_path, method):
+    """SiDA's discriminator runs the online model on fake and real images before one backward, DMD2's head too:
+    EDM2's forced weight normalisation must not overwrite the weights the first pass saved (it did, and the
+    backward failed)."""
+    _, _, _, pixels = files
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", images=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8),
+             labels=rng.integers(0, 10, 16))
+    out = tmp_path / "run"
+    cli("distill", "--teacher", pixels, "--method", method, "--data", tmp_path / "data.npz", *FAST, "--steps", 2,
+        "--set", "adversarial.generator_freeze_kimg=0", "--set", "adversarial.generator_start_kimg=0", "--out", out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r.get("kind") == "status"]
+    assert steps and all(np.isfinite(r["loss_online"]) and np.isfinite(r["loss_generator"]) for r in steps)
