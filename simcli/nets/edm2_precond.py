@@ -18,7 +18,7 @@ from torch import nn
 from simcli.nets.denoiser import Denoiser
 from simcli.nets.edm2_layers import MPConv, MPFourier
 from simcli.nets.edm2_unet import EDM2Block, EDM2UNet
-from simcli.nets.precond import edm_coefficients
+from simcli.nets.precond import edm_coefficients, precond_inputs
 
 
 class EDM2Precond(Denoiser):
@@ -96,16 +96,7 @@ class EDM2Precond(Denoiser):
         return_logvar adds u(sigma) [N or 1, 1, 1, 1] (upstream: (D, logvar)). return_logits adds the discriminator's
         logits in float32 (simcli's SiDA and DMD2 terms: (D, logits), or (D, logits, logvar)); with decode=False only
         the logits (or (logits, logvar)) are returned and the decoder is skipped, as SiDA's 'encoder' flag."""
-        x = x.to(torch.float32)  # [N, C, R, R]
-        sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)  # [N or 1, 1, 1, 1]
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)  # the "no label" zero label
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
-        use_half = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
-        dtype = torch.float16 if use_half else torch.float32
+        x, sigma, class_labels, dtype = precond_inputs(x, sigma, class_labels, self.label_dim, self.use_fp16, force_fp32)
 
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         c_noise = c_noise.flatten()  # [N or 1]

@@ -19,7 +19,7 @@ from torch import nn
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Conditioning, Denoiser
 from simcli.nets.dhariwal_unet import DhariwalUNet
-from simcli.nets.precond import edm_coefficients
+from simcli.nets.precond import edm_coefficients, precond_inputs
 from simcli.nets.song_unet import SongUNet
 from simcli.nets.unet_block import UNetBlock
 
@@ -107,16 +107,7 @@ class ImagePrecond(Denoiser):
         force_fp32: bool = False,
         **model_kwargs: Any,
     ) -> torch.Tensor:
-        x = x.to(torch.float32)  # [N, C, R, R]
-        sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)  # [N or 1, 1, 1, 1]
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)  # the "no label" zero label
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
-        use_half = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
-        dtype = torch.float16 if use_half else torch.float32
+        x, sigma, class_labels, dtype = precond_inputs(x, sigma, class_labels, self.label_dim, self.use_fp16, force_fp32)
 
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)

@@ -207,7 +207,7 @@ def test_edm_precond_with_real_tiny_unets(cls, model):
 
 
 def test_edm_registry_builds_and_rejects():
-    assert set(EDM_CLASSES) == {"EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond"}
+    assert set(EDM_CLASSES) == {"EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond", "Precond"}  # Precond: EDM2's
     kwargs = dict(img_resolution=8, img_channels=3, label_dim=0, use_fp16=False, **TINY_SONG)
     net = build_edm_network("VEPrecond", kwargs)
     assert type(net) is VEPrecond and net.sample_shape == (3, 8, 8)
