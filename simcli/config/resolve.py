@@ -232,7 +232,12 @@ def _name_guide(merged: dict[str, Any], describe_teacher: TeacherNames) -> None:
     are refused by describe_teacher."""
     guide = merged.get("guide")
     if isinstance(guide, dict) and isinstance(guide.get("network"), str):
-        guide["network"] = describe_teacher(guide["network"])[0]
+        try:
+            guide["network"] = describe_teacher(guide["network"])[0]
+        except UsageError as exc:
+            raise UsageError(f"guide network (--guide): {exc.message.replace('unknown teacher', 'unknown network')}",
+                             hint="a guide is named as an EDM or EDM2 teacher is: an official name or file stem "
+                                  "(edm2-img512-xs-uncond-2147483-0.045), or a .pkl") from None
 
 
 RECORDED = "run"

@@ -112,6 +112,7 @@ def test_teacher_samples_are_decoded_and_guidance_changes_them(files, tmp_path):
     (["--guide", "PIXELS", "--guidance", "2"], "cannot guide teacher"),
     (["--guide", "GUIDE"], "guidance weight 1, which is the teacher alone"),
     (["--guide", "nope.pkl", "--guidance", "2"], "EDM pickle not found"),
+    (["--guide", "foo", "--guidance", "2"], "guide network (--guide): unknown network 'foo'"),
     (["--guide", "GUIDE", "--guidance", "0.5"], "--guidance: Input should be greater than or equal to 1"),
 ])
 def test_bad_guidance_is_refused_before_the_run_directory_exists(files, tmp_path, args, message):
