@@ -99,9 +99,17 @@ TINY_DDPMPP = {
 }
 """The tests' tiny DDPM++ (8x8, 16 channels; tests/helpers/tiny_edm.py)."""
 
+EDM2_IMG512_XS = {"img_resolution": 64, "img_channels": 4, "label_dim": 1000, "model_channels": 128, "dropout": 0.0}
+"""EDM2-XS of ImageNet-512 (124.7 M parameters) on its 4 x 64 x 64 SD VAE latents, as its pickles record it."""
+
+EDM2_TINY = {**EDM2_IMG512_XS, "img_resolution": 8, "label_dim": 10, "model_channels": 16, "channel_mult": [1, 2],
+             "num_blocks": 1, "attn_resolutions": [4], "channels_per_head": 8}
+"""The tests' tiny EDM2 network (tests/helpers/edm2_pickle_writer.py)."""
+
 ARCHITECTURES = {"tiny": TINY_DDPMPP, "ddpmpp": CIFAR10_DDPMPP}
-ARCH_CHOICES = ("tiny", "ddpmpp", "digits")
-"""digits: simcli's shipped 8x8 class-conditional teacher (its real weights)."""
+EDM2_ARCHITECTURES = {"edm2-xs": EDM2_IMG512_XS, "edm2-tiny": EDM2_TINY}
+ARCH_CHOICES = ("tiny", "ddpmpp", "digits", *EDM2_ARCHITECTURES)
+"""digits: simcli's shipped 8x8 class-conditional teacher (its real weights); edm2-*: EDM2's Precond (random weights)."""
 
 SIGMA_INIT = 2.5
 ONLINE_NOISE = LognormalNoise(p_mean=-1.2, p_std=1.2)
@@ -119,9 +127,11 @@ def build_teacher(arch: str) -> nn.Module:
         from simcli.teachers.registry import load_teacher
 
         return load_teacher("digits").denoiser
+    torch.manual_seed(0)
+    if arch in EDM2_ARCHITECTURES:
+        return build_edm_network("Precond", EDM2_ARCHITECTURES[arch])
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; one of {', '.join(ARCH_CHOICES)}")
-    torch.manual_seed(0)
     return build_edm_network("EDMPrecond", ARCHITECTURES[arch])
 
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The GPU checks of a session that is lent a device machine (one H100 or H200; 15 minutes of device time in all,
 # the machine's start included), as one prepared script of about 9 minutes. Results go to $OUT, which the device
-# tool brings back (at most 8 files: this script writes 7); copy the .md/.json into benchmarks/results/.
+# tool brings back (at most 8 files: this script packs its result files into results.tgz beside session.log); copy the .md/.json into benchmarks/results/.
 #
 # Prepare here first. The device machine cannot reach PyPI; its python3 (3.12) has torch, numpy, typer, rich,
 # safetensors, pyyaml, pillow, matplotlib, pytest, huggingface-hub, but not pydantic or diffusers. Download the
@@ -15,6 +15,9 @@
 #
 # What it measures (each step bounded by `timeout` and by the time left, so one failure does not spend the budget;
 # $OUT/session.log has every step's output, exit code and wall time):
+#   0. EDM2-XS of ImageNet-512 (issue 20; random weights on 4 x 64 x 64 latents, 1000 classes) in bf16, batch 64 in
+#      micro-batches of 32, activation checkpointing off and on: sec/kimg and peak memory of a SIM iteration
+#      (benchmarks/bench_distill.py) -> bench_distill-edm2-xs-<gpu>.{md,json};
 #   1. simcli's memory plan against the CUDA peak (issue 18): PixArt-XL-2-512's transformer (0.61B parameters, its
 #      shipped config, random weights, no download) in bf16, micro-batch 1 and 4, activation checkpointing on and
 #      off, the teacher guided at 4.5 (as a run) and unguided (as the plan traces it): the plan part by part, the
@@ -59,6 +62,9 @@ step pip-install 90 python3 -m pip install -q --no-index --find-links wheels pyd
 step versions 30 python3 -c "import torch, pydantic, diffusers; print('torch', torch.__version__, 'cuda', \
 torch.version.cuda, torch.cuda.get_device_name(0), '| pydantic', pydantic.__version__, '| diffusers', diffusers.__version__)"
 
+step bench-edm2-xs 150 python3 benchmarks/bench_distill.py --arch edm2-xs --batch 64 --batch-gpu 32 --device cuda \
+    --precision bf16 --compile off --checkpointing off on --iterations 5 --warmup 2 --out "$OUT/bench_distill-edm2-xs-$GPU"
+
 step plan-vs-cuda 170 python3 benchmarks/plan_vs_cuda.py --device cuda --batch 1 4 --checkpointing on off \
     --guidance-scale 4.5 1 --precision bf16 --warmup 2 --iterations 3 --out "$OUT/plan_vs_cuda-$GPU"
 
@@ -77,4 +83,6 @@ echo "== total ${SECONDS}s" | tee -a "$LOG"
 for f in "$OUT"/plan_vs_cuda-*.md "$OUT"/bench_distill-*.md; do
     [ -f "$f" ] && { echo; cat "$f"; }
 done
+# The device tool brings back at most 8 files: the results travel as one archive (unpack it into benchmarks/results/).
+(cd "$OUT" && tar czf results.tgz -- *.md *.json 2>/dev/null && rm -f -- *.md *.json)
 ls -la "$OUT"
