@@ -356,21 +356,6 @@ def score_passes(
     return ScorePasses(online_out, teacher_out, found, u)
 
 
-def score_outputs(
-    online: nn.Module,
-    teacher: nn.Module,
-    x: torch.Tensor,
-    sigma: torch.Tensor,
-    labels: torch.Tensor | None,
-    shared_mask: bool = False,
-    logits: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(online model's, teacher's) denoised x, and the online model's discriminator logits when asked (one pass):
-    score_passes without the uncertainty."""
-    passes = score_passes(online, teacher, x, sigma, labels, shared_mask, logits)
-    return passes.online, passes.teacher, passes.logits
-
-
 def generator_update(
     generator: nn.Module,
     online: nn.Module,

@@ -129,16 +129,16 @@ def test_shared_mask_gives_teacher_and_online_model_one_dropout_mask(method):
 
 def test_without_the_restore_the_masks_differ():
     """The control: the same two calls in train mode without restoring the RNG state drop different units."""
-    from simcli.distill.steps import score_outputs
+    from simcli.distill.steps import score_passes
 
     teacher = DropoutNet(seed=2).train()
     online = copy.deepcopy(teacher)
     x = torch.randn(8, 16)
     torch.manual_seed(3)
-    on, te, _ = score_outputs(online, teacher, x, torch.ones(8), None, shared_mask=False)
+    on, te, _, _ = score_passes(online, teacher, x, torch.ones(8), None, shared_mask=False)
     assert not torch.equal(on, te)
     torch.manual_seed(3)
-    on_shared, te_shared, _ = score_outputs(online, teacher, x, torch.ones(8), None, shared_mask=True)
+    on_shared, te_shared, _, _ = score_passes(online, teacher, x, torch.ones(8), None, shared_mask=True)
     assert torch.equal(on_shared, te_shared)
 
 
@@ -181,11 +181,11 @@ def tiny_edm(augment_dim: int = 9, dropout: float = 0.13) -> EDMPrecond:
 def test_shared_mask_on_an_edm_network():
     teacher = tiny_edm().train()
     online = copy.deepcopy(teacher)
-    from simcli.distill.steps import score_outputs
+    from simcli.distill.steps import score_passes
 
     x, sigma = torch.randn(4, 3, 8, 8), torch.full((4,), 0.7)
     torch.manual_seed(0)
-    on, te, _ = score_outputs(online, teacher, x, sigma, None, shared_mask=True)
+    on, te, _, _ = score_passes(online, teacher, x, sigma, None, shared_mask=True)
     assert torch.equal(on, te)
     assert not torch.equal(on, teacher.eval()(x, sigma))
 
@@ -195,7 +195,7 @@ def test_training_dropout_reaches_the_teacher_so_shared_masks_stay_shared():
     preset, whose pickle says 0.25) the teacher must drop at the online model's rate, or the masks differ."""
     from simcli.distill.events import ignore_event
     from simcli.distill.setup import build_networks
-    from simcli.distill.steps import score_outputs
+    from simcli.distill.steps import score_passes
     from simcli.nets.unet_block import UNetBlock
     from simcli.teachers.registry import Teacher
 
@@ -212,22 +212,22 @@ def test_training_dropout_reaches_the_teacher_so_shared_masks_stay_shared():
     assert nets.architecture["init_kwargs"]["dropout"] == 0.05
     online = copy.deepcopy(nets.teacher)  # equal weights: a shared mask gives equal outputs
     x, sigma = torch.randn(4, 3, 8, 8), torch.full((4,), 0.7)
-    on, te, _ = score_outputs(online.train(), nets.teacher.train(), x, sigma, None, shared_mask=True)
+    on, te, _, _ = score_passes(online.train(), nets.teacher.train(), x, sigma, None, shared_mask=True)
     assert torch.equal(on, te)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_shared_mask_on_cuda():
-    from simcli.distill.steps import score_outputs
+    from simcli.distill.steps import score_passes
 
     teacher = tiny_edm().cuda().train()
     online = copy.deepcopy(teacher)
     x, sigma = torch.randn(4, 3, 8, 8, device="cuda"), torch.full((4,), 0.7, device="cuda")
     torch.manual_seed(0)
-    on, te, _ = score_outputs(online, teacher, x, sigma, None, shared_mask=True)
+    on, te, _, _ = score_passes(online, teacher, x, sigma, None, shared_mask=True)
     assert torch.equal(on, te)
-    on2, te2, _ = score_outputs(online, teacher, x, sigma, None, shared_mask=False)
+    on2, te2, _, _ = score_passes(online, teacher, x, sigma, None, shared_mask=False)
     assert not torch.equal(on2, te2)
 
 
