@@ -30,6 +30,7 @@ ENGINE = {
     "distill": {"nets", "data", "teachers", "sampling"},
     "eval": {"nets", "data", "teachers", "sampling"},
     "compare": set(),
+    "export": {"nets", "data", "teachers", "sampling"},
 }
 UI_LIBRARIES = ("typer", "rich", "click")
 

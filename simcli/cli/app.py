@@ -17,6 +17,8 @@ from simcli.cli.distill import distill
 from simcli.cli.errors import EXIT_INTERRUPTED, format_error
 from simcli.cli.eval import EPILOG as EVAL_EPILOG
 from simcli.cli.eval import eval_command
+from simcli.cli.export import EPILOG as EXPORT_EPILOG
+from simcli.cli.export import export_command
 from simcli.cli.options import METAVARS
 from simcli.cli.sample import EPILOG as SAMPLE_EPILOG
 from simcli.cli.sample import sample
@@ -82,6 +84,7 @@ app.command("distill", epilog=DISTILL_EPILOG, cls=ReadableHelpCommand)(distill)
 app.command("sample", epilog=SAMPLE_EPILOG, cls=ReadableHelpCommand)(sample)
 app.command("eval", epilog=EVAL_EPILOG, cls=ReadableHelpCommand)(eval_command)
 app.command("compare", epilog=COMPARE_EPILOG, cls=ReadableHelpCommand)(compare)
+app.command("export", epilog=EXPORT_EPILOG, cls=ReadableHelpCommand)(export_command)
 
 
 def _version(value: bool) -> None:

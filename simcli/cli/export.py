@@ -1,0 +1,61 @@
+"""`simcli export`: a generator as files other tools load (one safetensors file in NVIDIA's EDM/EDM2 key layout), with a
+Hugging Face model card, optionally pushed to the Hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simcli.cli.errors import reported_errors
+from simcli.cli.options import JsonOpt
+from simcli.cli.output import print_json, stderr_console
+
+EPILOG = """Examples:
+
+  simcli export runs/cifar10-sim --format safetensors --out exports/cifar10-sim
+
+  simcli export runs/cifar10-sim/generator-best.safetensors --format safetensors --out exports/cifar10-sim-best
+
+  simcli export runs/cifar10-sim --format safetensors --out exports/cifar10-sim --push-to-hub your-name/cifar10-sim
+
+The folder holds <name>.safetensors (the generator's weights under the original checkpoint's tensor names, float32;
+its metadata records the architecture, sigma_init, the noise levels, the teacher, the method and the run spec's
+sha256), README.md (a Hugging Face model card: the teacher's licence, the settings, the run's metrics as logged,
+the command, the sample grid), the run's sample grid, distill-config.json (the run spec: `simcli distill --config`
+reruns it) and simcli-export.json. It is written into a temporary folder beside --out and renamed into place at the
+end. --format safetensors takes EDM-type generators (EDM, EDM2 and the digits teacher's); a LoRA snapshot is merged
+into its teacher's weights. --push-to-hub uploads the finished folder as one commit, with the token of HF_TOKEN or
+`hf auth login`; offline (HF_HUB_OFFLINE, SIMCLI_OFFLINE) it is refused before anything is written.
+examples/edm_export/ shows NVIDIA's own EDM and EDM2 code loading the file.
+"""
+
+
+def export_command(
+    source: Annotated[Path, typer.Argument(metavar="RUN_DIR|GENERATOR",
+                                           help="Run directory (its newest snapshot) or generator-*.safetensors.")],
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="safetensors: one file in the teacher "
+                                     "family's key layout (EDM-type generators).")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR",
+                                      help="The folder to write (new, or empty; --force replaces it).")],
+    push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", metavar="REPO",
+                                                    help="Also upload the folder to this Hugging Face model repository "
+                                                         "(OWNER/NAME; created if missing) as one commit.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty --out folder.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a distilled generator as files other tools load, with a Hugging Face model card (README.md)."""
+    with reported_errors():
+        from simcli.export.run import export_generator
+
+        summary = export_generator(source, fmt, out, force=force, push_to_hub=push_to_hub)
+        if json_out:
+            print_json(summary)
+            return
+        console = stderr_console()
+        console.print(f"exported {summary['source']} ({summary['class_name']}, {summary['tensors']} tensors) to "
+                      f"{summary['out']}: {', '.join(summary['files'])}", soft_wrap=True, markup=False)
+        if summary["hub"] is not None:
+            console.print(f"pushed to {summary['hub']['repo']}: {summary['hub']['commit_url']}", soft_wrap=True,
+                          markup=False)

@@ -1,0 +1,9 @@
+"""Exporting a distilled generator for use outside simcli: files other tools load, a Hugging Face model card for the
+exported folder, and the upload of that folder to the Hub.
+
+- `edm_file`: an EDM-type generator (EDM, EDM2, the digits teacher's) as one safetensors file in NVIDIA's key layout,
+  with the architecture record and simcli's settings in its metadata;
+- `model_card`: the folder's README.md (YAML front matter, then the teacher, method, metrics, command, loading);
+- `folder`: the exported folder, written into a temporary folder beside it and renamed into place;
+- `hub`: `--push-to-hub`, one commit of the whole folder.
+"""

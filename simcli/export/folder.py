@@ -1,0 +1,132 @@
+"""The exported folder: the weights, the model card, the sample grid, the run spec and a summary, written whole or
+not at all.
+
+Everything is written into a temporary folder beside --out (`.<name>.tmp-<pid>`), each file atomically, and the folder
+is renamed into place at the end; with --force an existing --out is moved aside first and removed once the new one is
+in place. A failure removes the temporary folder and leaves --out as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from simcli.errors import UsageError, WriteFailed
+from simcli.export.edm_file import EXPORT_FORMAT, EdmExport, export_file_bytes
+from simcli.export.model_card import SPEC_FILE, eval_records, render_model_card
+from simcli.rundir.atomic import write_bytes_atomic, write_json_atomic
+from simcli.rundir.layout import grid_path, images_seen_of, list_grids
+
+CARD_FILE = "README.md"
+SUMMARY_FILE = "simcli-export.json"
+
+
+def check_out_folder(out: Path, force: bool) -> None:
+    """Refuse, before anything is written, an --out that is a file, has no parent folder, or is a non-empty folder
+    (unless force)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file", hint="--out names the folder to write the export into")
+    if not out.absolute().parent.is_dir():
+        raise UsageError(f"directory {out.absolute().parent} does not exist", hint="create it, or choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"--out {out} exists and is not empty",
+                         hint="choose another --out, or add --force to replace it")
+
+
+def check_out_apart(out: Path, source: Path) -> None:
+    """Refuse an --out that holds the generator exported (its run directory, or a folder above it): --force would
+    replace it."""
+    out, folder = Path(out).absolute().resolve(), Path(source).absolute().resolve().parent
+    if out == folder or out in folder.parents:
+        raise UsageError(f"--out {out} holds the generator being exported ({Path(source).name})",
+                         hint="choose a new folder for the export, outside the run directory")
+
+
+def weights_file_name(out: Path) -> str:
+    """`<name>.safetensors` after the export folder's name (characters other than letters, digits, '.', '_', '-'
+    become '-')."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(out).absolute().name).strip(".-") or "generator"
+    return f"{name}.safetensors"
+
+
+def chosen_grid(export: EdmExport) -> tuple[Path | None, str]:
+    """The run's grid of the exported snapshot (same images seen), else its newest grid, and a caption; (None, '')
+    when the run wrote none."""
+    if export.run_dir is None:
+        return None, ""
+    seen = export.metadata.get("images_seen")
+    same = grid_path(export.run_dir, seen) if isinstance(seen, int) else None
+    if same is not None and same.is_file():
+        grid = same
+    else:
+        grids = list_grids(export.run_dir)
+        if not grids:
+            return None, ""
+        grid = grids[-1]
+    kimg = images_seen_of(grid) / 1000
+    which = "these weights" if grid == same else f"the EMA generator at {kimg:g} kimg (the run's newest grid)"
+    return grid, (f"Samples of {which}, drawn by simcli during the run (`{grid.name}`, seeds from 0, one image per "
+                  "seed, each from its own random stream).")
+
+
+def export_summary(export: EdmExport, out: Path, files: list[str]) -> dict[str, Any]:
+    """The simcli-export.json document (and the command's --json output, with the hub push added there)."""
+    meta = export.metadata
+    return {"format": EXPORT_FORMAT, "out": str(out), "files": files, "weights": files[0], "source": str(export.source),
+            "run_dir": str(export.run_dir) if export.run_dir is not None else None,
+            **{k: meta.get(k) for k in ("teacher", "method", "images_seen", "sigma_init", "generator_sigmas", "steps",
+                                        "spec_sha256", "nvidia_code")},
+            "class_name": meta["architecture"]["class_name"], "tensors": len(export.tensors)}
+
+
+def write_export_folder(export: EdmExport, out: Path, force: bool = False) -> dict[str, Any]:
+    """Write the export folder at `out` (checked with check_out_folder first); returns its summary."""
+    out = Path(out).absolute()
+    check_out_folder(out, force)
+    check_out_apart(out, export.source)
+    weights = weights_file_name(out)
+    grid, caption = chosen_grid(export)
+    records = eval_records(export.run_dir)
+    files = [weights, CARD_FILE, *([grid.name] if grid else []), *([SPEC_FILE] if export.spec else []), SUMMARY_FILE]
+    summary = export_summary(export, out, files)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        tmp.mkdir()
+        write_bytes_atomic(tmp / weights, export_file_bytes(export))
+        if grid is not None:
+            write_bytes_atomic(tmp / grid.name, grid.read_bytes())
+        if export.spec is not None:
+            write_json_atomic(tmp / SPEC_FILE, export.spec)
+        card = render_model_card(export, weights, records, grid.name if grid else None, caption)
+        write_bytes_atomic(tmp / CARD_FILE, card.encode())
+        write_json_atomic(tmp / SUMMARY_FILE, summary)
+        _move_into_place(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, WriteFailed):
+            raise
+        raise WriteFailed(out, exc) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temporary folder to `out`; an existing `out` is moved aside first and removed after."""
+    aside = None
+    if out.exists():
+        aside = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(aside)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if aside is not None:
+            aside.rename(out)  # put the old folder back
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
