@@ -32,7 +32,9 @@ S_min 0.05, S_max 50, S_noise 1.003); options given with it override them.
 
 GeneratorOpt = Annotated[
     Path | None,
-    typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors. Required: this or --teacher."),
+    typer.Option("--generator", help="Run directory (newest snapshot) or generator-*.safetensors; or the SIM authors' released "
+                 "generator: sim-dit-600m (from maple-research-lab/SIM on the Hugging Face Hub) or a copy of its "
+                 "checkpoint-2024-07-02.pt (text-to-image: with --prompt). Required: this or --teacher."),
 ]
 SampleTeacherOpt = Annotated[
     str | None, typer.Option("--teacher", help=f"Sample the teacher's EDM Heun sampler (a text-to-image teacher: its own pipeline and scheduler, with --prompt). Required: this or --generator. {TEACHER_HELP}")
@@ -134,6 +136,11 @@ def sample(
                            resolution, force, grid, json_out,
                            other=(churn, s_min, s_max, s_noise, class_label, plot, paper or None))
             return
+        from simcli.sampling.sim_release import is_sim_release
+
+        if generator is not None and is_sim_release(generator):  # before a 2.45 GB download
+            raise UsageError(f"{generator} is a text-to-image generator: its samples need prompts",
+                             hint="pass --prompt TEXT (repeatable) or --prompts FILE")
         from simcli.sampling.run import SAMPLER_FLAGS, resolve_heun_settings, sample_to_file
 
         sampler = None

@@ -31,6 +31,7 @@ from simcli.sampling.finite import GENERATOR_HINT, check_finite
 from simcli.sampling.generator import generator_choice, load_generator, snapshot_sigmas
 from simcli.sampling.images import to_uint8
 from simcli.sampling.run import generator_batches
+from simcli.sampling.sim_release import is_sim_release
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 NPZ_IMAGES_KEY = "images"
@@ -243,6 +244,10 @@ def open_images(
     if str(path) in SHIPPED_SETS:  # digits-train, digits-test: the digits teacher's own images
         return shipped_images(str(path), limit)
     path = Path(path)
+    if is_sim_release(path):  # before a 2.45 GB download: scored from its samples, as simcli's own text-to-image runs
+        raise UsageError(f"{path} is the SIM authors' text-to-image generator: eval scores its samples",
+                         hint=f"run simcli sample --generator {path} --prompts FILE --n N --out samples.npz, then "
+                              "simcli eval --samples samples.npz --clip-score --aesthetic (the npz holds the prompts)")
     if not path.exists():
         raise UsageError(f"not found: {path}", hint="pass a folder of images, a samples .npz or a generator")
     if is_generator_path(path):

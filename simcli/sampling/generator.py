@@ -22,7 +22,12 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tupl
 
     Refused with a one-line UsageError naming the file: metadata of the wrong type (sigma_init not a finite positive
     number, among others: simcli.rundir.network_file.check_metadata), weights holding NaN or Inf, an architecture
-    record that is hostile or disagrees with the weights (simcli.nets.registry.network_with_weights)."""
+    record that is hostile or disagrees with the weights (simcli.nets.registry.network_with_weights). The SIM
+    authors' release (`sim-dit-600m`, or its .pt checkpoint) loads through simcli.sampling.sim_release."""
+    from simcli.sampling.sim_release import is_sim_release, load_sim_release
+
+    if is_sim_release(path):
+        return load_sim_release(path, device)
     tensors, meta, file = read_generator(path)
     if "architecture" not in meta or "sigma_init" not in meta:
         raise UsageError(f"{file} lacks the architecture or sigma_init record", hint="is it a teacher-fit file?")

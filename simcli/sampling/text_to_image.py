@@ -12,6 +12,7 @@ teacher pipeline's, found from the teacher name the snapshot records.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from pathlib import Path
@@ -71,6 +72,8 @@ def generator_text_images(
         raise UsageError(f"{file} is not a text-to-image generator", hint="drop --prompt/--prompts for this generator")
     # the encoder as the run's embedding store used it: bfloat16 on GPUs (simcli.distill.text_setup)
     encode = source.encoder(device, torch.bfloat16 if device.type == "cuda" else None)
+    if meta.get("prompts_as_given"):  # the SIM release's inference tokenizes prompts unchanged (sampling.sim_release)
+        encode.family = dataclasses.replace(encode.family, lowercase=False)
     decode = source.decoder(device)
     sigmas = snapshot_sigmas(meta, file)
     images = []
