@@ -68,7 +68,7 @@ def eval_command(
     save_stats: Annotated[Path | None, typer.Option("--save-stats", help="Also write the images' feature statistics to this .npz.")] = None,
     clip_score: Annotated[bool, typer.Option("--clip-score", help="CLIP score of each image against its prompt: 100 * max(cos, 0), averaged (torchmetrics' definition). Needs the prompts.")] = False,
     aesthetic: Annotated[bool, typer.Option("--aesthetic", help="LAION aesthetic score (improved-aesthetic-predictor head on CLIP ViT-L/14).")] = False,
-    prompts: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="The samples' prompts, one per line in sample order (.txt), or JSON lines with a 'prompt' field (.jsonl). Default: the npz's 'prompts' array.")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="The samples' prompts, one per line in sample order (.txt), or JSON lines with a 'prompt' field (.jsonl). Default: the npz's 'prompts' array. With a text-to-image --generator (or sim-dit-600m): the prompts it is sampled on, image i from seed --seed + i with prompt i (cycled; --n defaults to one image per prompt).")] = None,
     clip_model: Annotated[Path | None, typer.Option("--clip-model", metavar="DIR", help="Local CLIP model folder for --clip-score (default: openai/clip-vit-large-patch14 from the Hugging Face cache).")] = None,
     aesthetic_weights: Annotated[Path | None, typer.Option("--aesthetic-weights", metavar="FILE", help="Local sac+logos+ava1-l14-linearMSE.pth for --aesthetic (default: simcli's cache, downloaded once).")] = None,
     teacher: EvalTeacherOpt = None,
@@ -113,7 +113,8 @@ def eval_command(
 
             text_report = evaluate_text_image(
                 source, metrics=text_metrics, prompts_file=prompts, clip_model=clip_model,
-                aesthetic_weights=aesthetic_weights, n=count, seed=seed, batch_size=batch_size,
+                aesthetic_weights=aesthetic_weights, n=n if prompts is not None else count, seed=seed,
+                batch_size=batch_size,
                 device=resolve_device(device),
             )
             if not metrics and save_stats is None:

@@ -207,6 +207,9 @@ class GeneratorImages(ImageSource):
         self.device = resolve_device(device)
         self.net, self.meta, self.file = load_generator(generator, self.device)
         self.sigmas = snapshot_sigmas(self.meta, self.file)
+        if self.net.conditioning.takes_text:
+            raise UsageError(f"{self.file} is a text-to-image generator: its images need prompts",
+                             hint="give --prompts FILE with --clip-score or --aesthetic (it is sampled on them)")
         latents = latent_space(self.meta["architecture"], str(self.file))
         self.decode = image_decoder(self.meta["architecture"], self.device, str(self.file))  # latents: through the VAE
         if len(self.net.sample_shape) != 3 or (latents is None and self.net.sample_shape[0] not in (1, RGB)):
@@ -245,9 +248,9 @@ def open_images(
         return shipped_images(str(path), limit)
     path = Path(path)
     if is_sim_release(path):  # before a 2.45 GB download: scored from its samples, as simcli's own text-to-image runs
-        raise UsageError(f"{path} is the SIM authors' text-to-image generator: eval scores its samples",
-                         hint=f"run simcli sample --generator {path} --prompts FILE --n N --out samples.npz, then "
-                              "simcli eval --samples samples.npz --clip-score --aesthetic (the npz holds the prompts)")
+        raise UsageError(f"{path} is the SIM authors' text-to-image generator: its images need prompts",
+                         hint=f"simcli eval --generator {path} --prompts FILE --clip-score --aesthetic samples it on "
+                              "the prompts (or score samples: simcli sample ... --out samples.npz, eval --samples)")
     if not path.exists():
         raise UsageError(f"not found: {path}", hint="pass a folder of images, a samples .npz or a generator")
     if is_generator_path(path):

@@ -35,8 +35,9 @@ import torch
 from simcli.data.prompts import token_prefix
 from simcli.errors import UsageError
 from simcli.eval.aesthetic import aesthetic_head_path, load_aesthetic_scorer
-from simcli.eval.image_inputs import GeneratorImages, open_images
+from simcli.eval.image_inputs import GeneratorImages, NpzImages, is_generator_path, open_images
 from simcli.eval.stats import ImageProgressFn
+from simcli.sampling.sim_release import is_sim_release
 from simcli.store.hub import download_command, hf_hub_cache, hub_missing_error, hub_offline, hub_unreachable
 
 Tensor = torch.Tensor
@@ -214,6 +215,27 @@ def summarize(scores: Iterable[float] | Tensor | np.ndarray) -> dict[str, float 
     return {"mean": float(values.mean()), "std": float(values.std()), "n": int(values.size)}
 
 
+MAX_TEXT_BATCH = 64  # prompts per generator batch, as `simcli sample --prompts` takes them
+
+
+def prompted_generator_images(source: str | Path, prompts_file: Path | str | None, n: int | None, seed: int,
+                              batch_size: int, device: str | torch.device) -> tuple[NpzImages, PromptSet] | None:
+    """A text-to-image generator (a run directory, a snapshot, or a SIM release: simcli.sampling.sim_release) sampled
+    in memory on the prompts of `prompts_file`, as `simcli sample --generator G --prompts FILE --seed S` samples it:
+    image i from seed S + i with prompt i mod the number of prompts, n images (default: one per prompt). None for
+    other sources or without prompts."""
+    if prompts_file is None or not (is_sim_release(source) or is_generator_path(Path(source))):
+        return None
+    from simcli.runtime import resolve_device
+    from simcli.sampling.text_to_image import generator_text_images, sample_prompts
+
+    given = resolve_prompts(source, prompts_file)
+    texts = sample_prompts(None, Path(prompts_file), n if n is not None else len(given.prompts))
+    images, info = generator_text_images(source, texts, seed, min(batch_size, MAX_TEXT_BATCH), resolve_device(str(device)))
+    name = f"generator {info['generator']} (seeds {seed}..{seed + len(texts) - 1}, prompts from {prompts_file})"
+    return NpzImages.of(images.transpose(0, 2, 3, 1), name), PromptSet(texts, given.source)
+
+
 def evaluate_text_image(
     source: str | Path,
     *,
@@ -235,12 +257,17 @@ def evaluate_text_image(
     metrics = set(metrics)
     if not metrics or metrics - set(TEXT_METRICS):
         raise UsageError(f"choose text-image metrics among {', '.join(TEXT_METRICS)}")
+    prompted = prompted_generator_images(source, prompts_file, n, seed, batch_size, device)
     source = Path(source)
-    images = open_images(source, limit=n, seed=seed, device=str(device))  # bad input fails before any download
-    prompts = resolve_prompts(source, prompts_file)
+    if prompted is not None:
+        images, prompts = prompted
+    else:
+        images = open_images(source, limit=n, seed=seed, device=str(device))  # bad input fails before any download
+        prompts = resolve_prompts(source, prompts_file)
     if isinstance(images, GeneratorImages) and ("clip_score" in metrics or prompts is not None):
-        raise UsageError("--clip-score and --prompts need the prompt each image was made from; a generator is "
-                         "sampled here without prompts", hint="score a samples npz or folder: --samples PATH")
+        raise UsageError("--clip-score needs the prompt each image was made from; this generator is not "
+                         "text-to-image, or no --prompts were given", hint="give --prompts FILE for a text-to-image "
+                         "generator, or score a samples npz or folder: --samples PATH")
     if "clip_score" in metrics and prompts is None:
         raise UsageError("--clip-score needs the samples' prompts", hint=_PROMPTS_HINT)
     if prompts is not None:

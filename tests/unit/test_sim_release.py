@@ -188,15 +188,23 @@ def test_a_folder_named_like_the_release_is_a_run_directory_not_the_release(tmp_
     assert not sim_release.is_sim_release(tmp_path / "state-0000000.320.pt")  # a simcli run's state: not a release
 
 
-def test_eval_of_the_release_points_to_scoring_its_samples_before_any_download(tmp_path, monkeypatch):
+def test_eval_of_the_release_samples_it_on_prompts_and_needs_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sim_release, "hub_checkpoint", lambda release: pytest.fail("downloaded"))
+    result = CliRunner().invoke(app, ["eval", "--generator", "sim-dit-600m", "--aesthetic"])  # no prompts: no download
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "SIM authors' text-to-image generator: its images need prompts" in result.output
+    assert "--generator sim-dit-600m --prompts FILE" in result.output
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\n")
     result = CliRunner().invoke(app, ["eval", "--generator", "sim-dit-600m", "--aesthetic", "--prompts", str(prompts)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
-    assert "SIM authors' text-to-image generator: eval scores its samples" in result.output
-    assert "simcli eval --samples samples.npz --clip-score --aesthetic" in result.output
+    assert "maple-research-lab/SIM" in result.output and "checkpoint-2024-07-02.pt" in result.output
 
 
 def _pixart_xl_2_512_original_shapes(depth: int = 28, hidden: int = 1152, caption: int = 4096) -> dict[str, list[int]]:
