@@ -18,21 +18,35 @@ timestep: VP networks take the nearest training bin, c_in and c_out use sigma_in
 generators from the same generators; a scheduler sees none of that, the pipeline class does all of it in a few
 lines. Prompts are still embedded by the family's own pipeline class (its encode_prompt), and decoded by its VAE.
 
-Nothing partial is left: the folder is built beside the target and renamed into place at the end.
+Nothing partial is left: the folder is built beside the target and renamed into place at the end
+(simcli.export.folder.build_into_place). `simcli export --format diffusers` writes the same folder with the files every
+export folder holds (write_diffusers_folder: the model card README.md, the grid, the run spec, simcli-export.json).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from simcli.errors import UsageError
+from simcli.export.edm_file import EdmExport, run_dir_of, snapshot_record
+from simcli.export.folder import (
+    SUMMARY_FILE,
+    build_into_place,
+    check_out_apart,
+    check_out_folder,
+    chosen_grid,
+    write_run_files,
+)
+from simcli.export.model_card import eval_records, render_model_card
+from simcli.nets.lora import lora_settings
 from simcli.nets.prediction import preconditioning
+from simcli.rundir.atomic import write_json_atomic
 from simcli.sampling.generator import load_generator, snapshot_sigmas
 from simcli.teachers.diffusers_teacher import is_diffusers_name
 
@@ -200,46 +214,131 @@ def _save_network(net: Any, meta: dict[str, Any], folder: Path) -> list[str]:
     return [type(network).__module__.split(".")[0], type(network).__name__]
 
 
-def export_diffusers(generator: str | Path, out: Path, *, components: Components = "reference") -> dict[str, Any]:
-    """Write the diffusers pipeline folder `out` of a generator snapshot (or a run's newest) distilled from a
-    diffusers teacher; returns a summary (module docstring). Refused in one line: another teacher, an existing
-    non-empty `out`, an unknown components mode, a family this export does not cover."""
-    from simcli.teachers.registry import teacher_pipeline
+@dataclass(frozen=True)
+class DiffusersExport:
+    """A generator snapshot of a diffusers teacher, loaded and checked, ready to be written as a pipeline folder."""
 
-    out = Path(out)
+    net: Any
+    """The generator network (simcli's wrapper of the diffusers network), on the CPU."""
+    meta: dict[str, Any]
+    """The snapshot's metadata."""
+    file: Path
+    """The generator snapshot exported."""
+    teacher: str
+    """The teacher as the run spec names it."""
+    source: Any
+    """The teacher pipeline (simcli.teachers.registry.teacher_pipeline)."""
+    components: str
+    """'reference' or 'copy'."""
+    record: dict[str, Any]
+    """The `simcli` record of model_index.json."""
+
+
+def check_components(components: str) -> None:
+    """Refuse, in one line, a components mode other than reference and copy."""
     if components not in COMPONENT_MODES:
         raise UsageError(f"components must be one of {', '.join(COMPONENT_MODES)}, got {components!r}",
                          hint="reference keeps the folder small; copy makes it self-contained")
-    _check_out(out)
-    net, meta, file = load_generator(generator, "cpu")
+
+
+def prepare_diffusers(generator: str | Path, components: Components = "reference") -> DiffusersExport:
+    """Load and check a generator snapshot (or a run's newest) for export as a diffusers pipeline; writes nothing.
+    Refused in one line: an unknown components mode, another teacher (before its weights load), a family this export
+    does not cover."""
+    from simcli.rundir.snapshots import read_generator
+    from simcli.teachers.registry import teacher_pipeline
+
+    check_components(components)
+    _, meta, file = read_generator(generator)
     teacher = _teacher_of(meta, file)
     source = teacher_pipeline(teacher)
     if source.family.key not in EXPORTED_FAMILIES:
         raise UsageError(f"generators of {source.family.pipeline_class} teachers do not export as diffusers pipelines "
                          "yet", hint=f"exported families: {', '.join(EXPORTED_FAMILIES)}")
+    net, meta, file = load_generator(file, "cpu")
     record = _record(net, meta, file, source, components)
-    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        network_entry = _save_network(net, meta, build)
-        if components == "copy":
-            _copy_components(source, record, build)
-        shutil.copyfile(TEMPLATE, build / PIPELINE_FILE)
-        from diffusers import __version__ as diffusers_version
+    return DiffusersExport(net, meta, file, teacher, source, components, record)
 
-        index: dict[str, Any] = {"_class_name": [Path(PIPELINE_FILE).stem, PIPELINE_CLASS],
-                                 "_diffusers_version": diffusers_version, net.backbone.component: network_entry}
-        if components == "copy":
-            index.update(record["components"])
-        index["simcli"] = record
-        (build / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (build / LOADING_FILE).write_text(loading_text(record))
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        build.rename(out)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    return {"out": str(out), "format": "diffusers", "generator": str(file), "teacher": teacher,
-            "family": record["family"], "components": components, "steps": len(record["steps"]),
-            "sigmas": [s["sigma"] for s in record["steps"]], "files": sorted(p.name for p in out.iterdir()),
-            "loading": loading_text(record)}
+
+def write_diffusers_files(export: DiffusersExport, folder: Path) -> list[str]:
+    """Write the pipeline's files into the existing folder `folder` (a fresh one: simcli.export.folder moves it into
+    place); returns the names written at its top level."""
+    net, record = export.net, export.record
+    network_entry = _save_network(net, export.meta, folder)
+    if export.components == "copy":
+        _copy_components(export.source, record, folder)
+    shutil.copyfile(TEMPLATE, folder / PIPELINE_FILE)
+    from diffusers import __version__ as diffusers_version
+
+    index: dict[str, Any] = {"_class_name": [Path(PIPELINE_FILE).stem, PIPELINE_CLASS],
+                             "_diffusers_version": diffusers_version, net.backbone.component: network_entry}
+    if export.components == "copy":
+        index.update(record["components"])
+    index["simcli"] = record
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (folder / LOADING_FILE).write_text(loading_text(record))
+    return sorted(p.name for p in folder.iterdir())
+
+
+def diffusers_summary(export: DiffusersExport, out: Path, files: list[str]) -> dict[str, Any]:
+    """What export_diffusers returns (the module docstring)."""
+    record = export.record
+    return {"out": str(out), "format": "diffusers", "generator": str(export.file), "teacher": export.teacher,
+            "family": record["family"], "components": export.components, "steps": len(record["steps"]),
+            "sigmas": [s["sigma"] for s in record["steps"]], "files": files, "loading": loading_text(record)}
+
+
+def export_diffusers(generator: str | Path, out: Path, *, components: Components = "reference") -> dict[str, Any]:
+    """Write the diffusers pipeline folder `out` of a generator snapshot (or a run's newest) distilled from a
+    diffusers teacher; returns a summary (module docstring). Refused in one line: another teacher, an existing
+    non-empty `out`, an unknown components mode, a family this export does not cover. (`simcli export --format
+    diffusers` writes the same folder with a model card: write_diffusers_folder.)"""
+    out = Path(out)
+    check_components(components)
+    _check_out(out)
+    export = prepare_diffusers(generator, components)
+    files = build_into_place(out, lambda folder: write_diffusers_files(export, folder))
+    return diffusers_summary(export, out, files)
+
+
+def card_facts(export: DiffusersExport) -> EdmExport:
+    """The model card's facts of a diffusers pipeline export, as an EdmExport without tensors: the snapshot record
+    an EDM export's metadata holds (edm_file.snapshot_record), with the network's architecture record."""
+    meta = export.meta
+    lora = lora_settings(meta) if "lora" in meta else None
+    sigmas = tuple(step["sigma"] for step in export.record["steps"])
+    metadata = {"architecture": meta["architecture"], **snapshot_record(meta, export.file, sigmas, lora)}
+    spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else None
+    return EdmExport({}, metadata, export.file, run_dir_of(export.file), spec)
+
+
+def write_diffusers_folder(export: DiffusersExport, out: Path, force: bool = False) -> dict[str, Any]:
+    """Write the diffusers pipeline folder at `out` (the module docstring) with the files every export
+    folder holds: README.md (the model card, its usage section the pipeline's LOADING.md), the run's grid, the run
+    spec and simcli-export.json. Checked, built and moved into place as write_export_folder does; returns the summary."""
+    out = Path(out).absolute()
+    check_out_folder(out, force)
+    check_out_apart(out, export.file)
+    facts = card_facts(export)
+    grid, caption = chosen_grid(facts)
+    card = render_model_card(facts, out.name, eval_records(facts.run_dir), grid.name if grid else None, caption,
+                             diffusers_usage=loading_text(export.record))
+    meta = facts.metadata
+    summary: dict[str, Any] = {
+        "format": FORMAT, "out": str(out), "files": [], "source": str(export.file),
+        "run_dir": str(facts.run_dir) if facts.run_dir is not None else None,
+        **{k: meta.get(k) for k in ("teacher", "method", "images_seen", "sigma_init", "generator_sigmas", "steps",
+                                    "spec_sha256")},
+        "family": export.record["family"], "pipeline_class": export.record["pipeline_class"],
+        "components": export.components,
+        "class_name": type(export.net.network).__name__,
+    }
+
+    def write(tmp: Path) -> None:
+        write_diffusers_files(export, tmp)
+        write_run_files(facts, tmp, grid, card)
+        summary["files"] = sorted([*(p.name for p in tmp.iterdir()), SUMMARY_FILE])
+        write_json_atomic(tmp / SUMMARY_FILE, summary)
+
+    build_into_place(out, write)
+    return summary

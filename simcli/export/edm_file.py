@@ -111,9 +111,18 @@ def edm_export(generator: str | Path) -> EdmExport:
     tensors = _float32(merged_state_dict(net) if is_lora(net) else net.state_dict())
     spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else None
     architecture = meta["architecture"]
+    metadata = {"architecture": architecture, "nvidia_code": nvidia_code(architecture["class_name"]),
+                **snapshot_record(meta, file, sigmas, lora)}
+    return EdmExport(tensors, metadata, file, run_dir_of(file), spec)
+
+
+def snapshot_record(meta: dict[str, Any], file: Path, sigmas: tuple[float, ...],
+                    lora: tuple[int, float] | None = None) -> dict[str, Any]:
+    """What an export records of a generator snapshot besides its architecture (the module docstring's keys from
+    sigma_init on; what the snapshot does not record is left out). Also the model card's facts of a diffusers
+    pipeline export (simcli.export.folder)."""
+    spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else None
     metadata: dict[str, Any] = {
-        "architecture": architecture,
-        "nvidia_code": nvidia_code(architecture["class_name"]),
         "sigma_init": float(meta["sigma_init"]),
         "generator_sigmas": list(sigmas),
         "steps": len(sigmas),
@@ -127,8 +136,7 @@ def edm_export(generator: str | Path) -> EdmExport:
     }
     if lora is not None:
         metadata["lora"] = {"rank": lora[0], "alpha": lora[1], "merged": True}
-    metadata = {k: v for k, v in metadata.items() if v is not None}  # what a snapshot does not record is left out
-    return EdmExport(tensors, metadata, file, run_dir_of(file), spec)
+    return {k: v for k, v in metadata.items() if v is not None}  # what a snapshot does not record is left out
 
 
 def teacher_display_name(name: str) -> str:

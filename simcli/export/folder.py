@@ -1,5 +1,5 @@
-"""The exported folder: the weights, the model card, the sample grid, the run spec and a summary, written whole or
-not at all.
+"""The exported folder: the weights (one safetensors file, or a diffusers pipeline), the model card, the sample grid,
+the run spec and a summary, written whole or not at all.
 
 Everything is written into a temporary folder beside --out (`.<name>.tmp-<pid>`), each file atomically, and the folder
 is renamed into place at the end; with --force an existing --out is moved aside first and removed once the new one is
@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from simcli.errors import UsageError, WriteFailed
 from simcli.export.edm_file import EXPORT_FORMAT, EdmExport, export_file_bytes
@@ -22,6 +23,7 @@ from simcli.rundir.layout import grid_path, images_seen_of, list_grids
 
 CARD_FILE = "README.md"
 SUMMARY_FILE = "simcli-export.json"
+T = TypeVar("T")
 
 
 def check_out_folder(out: Path, force: bool) -> None:
@@ -93,17 +95,35 @@ def write_export_folder(export: EdmExport, out: Path, force: bool = False) -> di
     records = eval_records(export.run_dir)
     files = [weights, CARD_FILE, *([grid.name] if grid else []), *([SPEC_FILE] if export.spec else []), SUMMARY_FILE]
     summary = export_summary(export, out, files)
+
+    def write(tmp: Path) -> None:
+        write_bytes_atomic(tmp / weights, export_file_bytes(export))
+        write_run_files(export, tmp, grid, render_model_card(export, weights, records, grid.name if grid else None,
+                                                              caption))
+        write_json_atomic(tmp / SUMMARY_FILE, summary)
+
+    build_into_place(out, write)
+    return summary
+
+
+def write_run_files(export: EdmExport, folder: Path, grid: Path | None, card: str) -> None:
+    """The files every export folder holds besides its weights and summary: the grid, the run spec, the card."""
+    if grid is not None:
+        write_bytes_atomic(folder / grid.name, grid.read_bytes())
+    if export.spec is not None:
+        write_json_atomic(folder / SPEC_FILE, export.spec)
+    write_bytes_atomic(folder / CARD_FILE, card.encode())
+
+
+def build_into_place(out: Path, write: Callable[[Path], T]) -> T:
+    """Make a temporary folder beside `out` (`.<name>.tmp-<pid>`), `write(folder)` into it, and rename it to `out` (an
+    existing `out` is moved aside first and removed once the new one is in place); returns what `write` returns. A
+    failure removes the temporary folder and leaves `out` as it was; an OSError is a WriteFailed naming `out`."""
+    out = Path(out).absolute()
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
         tmp.mkdir()
-        write_bytes_atomic(tmp / weights, export_file_bytes(export))
-        if grid is not None:
-            write_bytes_atomic(tmp / grid.name, grid.read_bytes())
-        if export.spec is not None:
-            write_json_atomic(tmp / SPEC_FILE, export.spec)
-        card = render_model_card(export, weights, records, grid.name if grid else None, caption)
-        write_bytes_atomic(tmp / CARD_FILE, card.encode())
-        write_json_atomic(tmp / SUMMARY_FILE, summary)
+        result = write(tmp)
         _move_into_place(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -113,7 +133,7 @@ def write_export_folder(export: EdmExport, out: Path, force: bool = False) -> di
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return summary
+    return result
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -1,11 +1,12 @@
 """The exported folder's README.md: a Hugging Face model card (YAML front matter, then Markdown).
 
-Front matter: library_name, license (the teacher's: TEACHER_LICENCES), tags (one-step, diffusion-distillation,
-simcli, the method's), pipeline_tag for unconditional networks. Sections: the teacher and its licence, the method and
-its main settings (from the run spec recorded in the snapshot), the run's metrics with their protocol (the last and
-the best evaluation record of metrics.jsonl, values exactly as logged), the command that made it (simcli records the
-resolved spec, not the command line: an equivalent command reruns that spec), how to load the file, and the sample
-grid. Pure text: no torch, nothing written here.
+Front matter: library_name (simcli; diffusers for a diffusers pipeline export), license (the teacher's:
+teacher_licence, HUB_LICENCES), base_model (a Hub teacher's repository), tags (one-step, diffusion-distillation,
+simcli, the method's), pipeline_tag (unconditional networks, text-to-image pipelines). Sections: the teacher and its
+licence, the method and its main settings (from the run spec recorded in the snapshot), the run's metrics with their
+protocol (the last and the best evaluation record of metrics.jsonl, values exactly as logged), the command that made
+it (simcli records the resolved spec, not the command line: an equivalent command reruns that spec), how to load the
+file (a diffusers pipeline export: its LOADING.md), and the sample grid. Pure text: no torch, nothing written here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from simcli.rundir.layout import METRICS_FILE
 from simcli.rundir.metrics import read_records
 from simcli.teachers.edm2_catalog import is_edm2_name
 from simcli.teachers.edm_catalog import EDM_TEACHERS
-from simcli.teachers.hub_teachers import HUB_TEACHERS
+from simcli.teachers.hub_teachers import HUB_TEACHERS, HUB_URL
 
 METHOD_TAGS = {"sim": "score-implicit-matching", "sid": "score-identity-distillation", "di": "diff-instruct",
                "dmd2": "dmd2"}
@@ -33,6 +34,21 @@ EDM_LICENCE = "cc-by-nc-sa-4.0"
 PROJECT_LICENCE = "mit"  # pyproject.toml: license = { text = "MIT" }
 SPEC_FILE = "distill-config.json"
 """The run spec as the export folder holds it: `simcli distill --config` takes it as it is."""
+
+
+HUB_LICENCES: dict[str, tuple[str, str]] = {
+    # Each from the `license:` (and `license_name:`) field of the repository's model card on the Hugging Face Hub.
+    # PixArt-alpha/PixArt-XL-2-512x512: license: openrail++
+    "pixart-alpha-512": ("openrail++", "the CreativeML Open RAIL++-M License"),
+    # black-forest-labs/FLUX.1-schnell: license: apache-2.0
+    "flux1-schnell": ("apache-2.0", "the Apache License 2.0"),
+    # black-forest-labs/FLUX.1-dev: license: other, license_name: flux-1-dev-non-commercial-license
+    "flux1-dev": ("other", "the FLUX.1 [dev] Non-Commercial License"),
+    # stabilityai/stable-diffusion-3.5-medium: license: other, license_name: stabilityai-ai-community
+    "sd35-medium": ("other", "the Stability AI Community License"),
+}
+"""The Hugging Face licence id and name of Hub teachers whose licence simcli knows; any other Hub teacher (PixArt-Sigma,
+SANA, SDXL, SD 1.5) is 'other', its repository named, and the reader sent to its page."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +91,11 @@ def teacher_licence(teacher: str | None) -> TeacherLicence:
         return TeacherLicence(PROJECT_LICENCE, "The teacher is an analytic Gaussian mixture defined by simcli (MIT).")
     hub = HUB_TEACHERS.get(teacher)
     if hub is not None:
-        return TeacherLicence("other", f"The teacher is {hub.display_name} ({hub.repo_id} on the Hugging Face Hub): "
-                                       "this network inherits its licence; read it on the base model's page.",
-                              base_model=hub.repo_id)
+        licence, name = HUB_LICENCES.get(teacher, ("other", None))
+        which = f"licensed under {name} (`{licence}`)" if name else "under its own licence"
+        return TeacherLicence(licence, f"The teacher is {hub.display_name} ({hub.repo_id} on the Hugging Face Hub), "
+                                       f"{which}: this network inherits it; read it on the base model's page "
+                                       f"({HUB_URL}/{hub.repo_id}) before sharing.", base_model=hub.repo_id)
     return TeacherLicence("other", f"The teacher ({Path(teacher).name}) is not one simcli knows the licence of: it is "
                                    "unknown here, and this network inherits it; check it before sharing.")
 
@@ -147,17 +165,23 @@ def metrics_section(records: list[dict[str, Any]], source: str = METRICS_FILE) -
 # ---------------------------------------------------------------------------------------------- the card
 
 
-def front_matter(export: EdmExport, licence: TeacherLicence) -> dict[str, Any]:
-    """The YAML front matter as a mapping."""
+def front_matter(export: EdmExport, licence: TeacherLicence, diffusers: bool = False) -> dict[str, Any]:
+    """The YAML front matter as a mapping (diffusers: of a diffusers pipeline export)."""
     method = export.metadata.get("method")
     tags = ["one-step" if export.metadata["steps"] == 1 else "few-step", "diffusion-distillation", "simcli"]
     tags += [METHOD_TAGS[method]] if method in METHOD_TAGS else []
-    class_name = export.metadata["architecture"]["class_name"]
-    tags += ["edm2" if class_name == "Precond" else "edm", "safetensors"]
-    meta: dict[str, Any] = {"library_name": "simcli", "license": licence.licence, "tags": tags}
+    if diffusers:
+        tags += ["diffusers", "text-to-image"]
+    else:
+        class_name = export.metadata["architecture"]["class_name"]
+        tags += ["edm2" if class_name == "Precond" else "edm", "safetensors"]
+    meta: dict[str, Any] = {"library_name": "diffusers" if diffusers else "simcli", "license": licence.licence,
+                            "tags": tags}
     if licence.base_model:
         meta["base_model"] = licence.base_model
-    if not export.metadata["architecture"].get("init_kwargs", {}).get("label_dim"):
+    if diffusers:
+        meta["pipeline_tag"] = "text-to-image"
+    elif not export.metadata["architecture"].get("init_kwargs", {}).get("label_dim"):
         meta["pipeline_tag"] = "unconditional-image-generation"
     return meta
 
@@ -250,15 +274,31 @@ def _grid(grid_name: str | None, grid_note: str) -> str:
     return f"## Samples\n\n![samples of the generator]({grid_name})\n\n{grid_note}\n"
 
 
+def _diffusers_usage(loading: str) -> str:
+    """The usage section of a diffusers pipeline export: its LOADING.md under '## How to use', each heading one level
+    down (lines in code blocks left alone)."""
+    lines, in_code = [], False
+    for line in loading.strip().splitlines()[1:]:  # the title line becomes the section's
+        in_code ^= line.startswith("```")
+        lines.append("#" + line if line.startswith("#") and not in_code else line)
+    return "## How to use\n" + "\n".join(lines) + "\n"
+
+
 def render_model_card(export: EdmExport, file_name: str, records: list[dict[str, Any]], grid_name: str | None = None,
-                      grid_note: str = "") -> str:
-    """The README.md of an exported folder (file_name: the exported weights; records: the run's evaluation records)."""
+                      grid_note: str = "", *, diffusers_usage: str | None = None) -> str:
+    """The README.md of an exported folder (file_name: the exported weights; records: the run's evaluation records).
+    diffusers_usage: for a diffusers pipeline export (`export` then holds no tensors, file_name is the folder's name),
+    its LOADING.md text, the card's usage section in place of the safetensors one."""
     meta = export.metadata
+    diffusers = diffusers_usage is not None
     licence = teacher_licence((export.spec or {}).get("teacher"))
     teacher = meta.get("teacher") or "an unrecorded teacher"
     method = METHOD_NAMES.get(meta.get("method"), meta.get("method") or "an unrecorded method")
     kind = "one-step" if meta["steps"] == 1 else f"{meta['steps']}-step"
-    front = yaml.safe_dump(front_matter(export, licence), sort_keys=False).strip()
+    front = yaml.safe_dump(front_matter(export, licence, diffusers), sort_keys=False).strip()
+    exported = ("a diffusers pipeline (`model_index.json`, its pipeline class in `pipeline_simcli.py`)" if diffusers
+                else f"`{file_name}`")
+    usage = _diffusers_usage(diffusers_usage) if diffusers else _usage(export, file_name)
     seen = meta.get("images_seen")
     seen_text = f" after {seen:,} generated images ({seen / 1000:g} kimg)" if isinstance(seen, int) else ""
     return f"""---
@@ -267,7 +307,7 @@ def render_model_card(export: EdmExport, file_name: str, records: list[dict[str,
 
 # {kind} generator distilled from {teacher}
 
-A {kind} image generator distilled with {method} by simcli{seen_text}, exported as `{file_name}`.
+A {kind} image generator distilled with {method} by simcli{seen_text}, exported as {exported}.
 
 ## Teacher and licence
 
@@ -279,5 +319,5 @@ Teacher: `{teacher}`. Licence of this network: `{licence.licence}`. {licence.tex
 
 {metrics_section(records)}
 {_command(export)}
-{_usage(export, file_name)}
+{usage}
 {_grid(grid_name, grid_note)}"""

@@ -34,7 +34,12 @@ def cli(*args, code: int = 0):
     ("/data/edm-ffhq-64x64-uncond-vp.pkl", "cc-by-nc-sa-4.0", None),  # an official file by its name
     ("edm2-img512-xs", "cc-by-nc-sa-4.0", None),
     ("digits", "mit", None),
-    ("pixart-alpha-512", "other", "PixArt-alpha/PixArt-XL-2-512x512"),
+    ("pixart-alpha-512", "openrail++", "PixArt-alpha/PixArt-XL-2-512x512"),
+    ("pixart-sigma-512", "other", "PixArt-alpha/PixArt-Sigma-XL-2-512-MS"),  # not known here: the repo named
+    ("flux1-schnell", "apache-2.0", "black-forest-labs/FLUX.1-schnell"),
+    ("flux1-dev", "other", "black-forest-labs/FLUX.1-dev"),
+    ("sd35-medium", "other", "stabilityai/stable-diffusion-3.5-medium"),
+    ("sana-600m-512", "other", "Efficient-Large-Model/Sana_600M_512px_diffusers"),
     ("/data/my-own.pkl", "other", None),
     (None, "other", None),
 ])
@@ -43,6 +48,31 @@ def test_teacher_licence(teacher, licence, base_model):
     assert (found.licence, found.base_model) == (licence, base_model)
     if licence == "other" and base_model is None:
         assert "unknown" in found.text
+    if base_model is not None:
+        assert base_model in found.text
+    names = {"flux1-dev": "FLUX.1 [dev] Non-Commercial License", "sd35-medium": "Stability AI Community License"}
+    if teacher in names:
+        assert names[teacher] in found.text
+
+
+def test_card_of_a_diffusers_pipeline_export():
+    """library_name diffusers, the Hub teacher as base_model with its licence, the loading text as the usage section."""
+    from pathlib import Path
+
+    from simcli.export.edm_file import EdmExport
+    from simcli.export.model_card import render_model_card
+
+    metadata = {"architecture": {"kind": "diffusers"}, "sigma_init": 2.5, "generator_sigmas": [2.5], "steps": 1,
+                "teacher": "pixart-alpha-512", "method": "sim", "source_file": "generator-0000000.008.safetensors"}
+    export = EdmExport({}, metadata, Path("/runs/x/generator-0000000.008.safetensors"), None,
+                       {"teacher": "pixart-alpha-512", "loss": {"method": "sim"}})
+    loading = "# Loading this generator with diffusers\n\nLoad it.\n\n## The same images\n\n```python\n# a comment\n```\n"
+    card = render_model_card(export, "x", [], diffusers_usage=loading)
+    front = _front_matter(card)
+    assert front["library_name"] == "diffusers" and front["license"] == "openrail++"
+    assert front["base_model"] == "PixArt-alpha/PixArt-XL-2-512x512" and front["pipeline_tag"] == "text-to-image"
+    assert "## How to use\n\nLoad it.\n\n### The same images\n\n```python\n# a comment\n```" in card
+    assert "Loading this generator" not in card and "safe_open" not in card
 
 
 def test_last_and_best_rows():
