@@ -7,7 +7,8 @@ the images `simcli sample --generator` makes for the same prompts and seeds:
                               holds; `simcli`: the family, the noise levels with their network times and EDM
                               coefficients, the latent shape, the prompt token limit, where referenced parts live
     DIR/pipeline_simcli.py    the pipeline class (simcli/export/diffusers_template.py; torch and diffusers only)
-    DIR/transformer/          the generator's network, saved by its diffusers class's save_pretrained
+    DIR/transformer/ or unet/ the generator's network (unet: SD1.5, SDXL), saved by its diffusers class's
+                              save_pretrained
     DIR/vae, text_encoder*, tokenizer*   copied from the teacher pipeline (components="copy"), or absent
                               (components="reference": the pipeline loads them from the teacher's Hub repo or folder)
     DIR/LOADING.md            how to load it and reproduce simcli's seeds
@@ -56,7 +57,7 @@ FORMAT = "simcli-diffusers-export/1"
 PIPELINE_FILE = "pipeline_simcli.py"
 PIPELINE_CLASS = "SimcliGeneratorPipeline"
 TEMPLATE = Path(__file__).with_name("diffusers_template.py")
-EXPORTED_FAMILIES = ("pixart-alpha", "pixart-sigma", "sd3", "flux", "sana")
+EXPORTED_FAMILIES = ("pixart-alpha", "pixart-sigma", "sd3", "flux", "sana", "sd15", "sdxl")
 LOADING_FILE = "LOADING.md"
 
 

@@ -16,8 +16,9 @@ What it computes (the `simcli` record of model_index.json holds the numbers), in
                                                                          generators, in order)
     image = VAE.decode(x0 / scaling_factor + shift_factor), mapped from [-1, 1] to [0, 1]
 
-F is the network's own prediction (epsilon for PixArt, the flow velocity for SD3, FLUX and SANA), its time a DDPM bin
-index or 1000 t, and the prompt embedded by the family's own diffusers pipeline (`encode_prompt`), unguided.
+F is the network's own prediction (epsilon for PixArt and SD1.5, epsilon or v for the SD UNets, the flow velocity for
+SD3, FLUX and SANA), its time a DDPM bin index or 1000 t, and the prompt embedded by the family's own diffusers
+pipeline (`encode_prompt`), unguided. The network is the folder's `transformer`, or its `unet` (SD1.5, SDXL).
 """
 
 from __future__ import annotations
@@ -55,18 +56,21 @@ def _image_ids(height, width, device, dtype):
 class SimcliGeneratorPipeline(DiffusionPipeline):
     """A simcli one-step (or few-step) generator: `pipe(prompt, seed=...)` or `pipe(prompt, generator=[...])`."""
 
-    _optional_components = ["vae", *TEXT_COMPONENTS]
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->vae"
+    _optional_components = ["transformer", "unet", "vae", *TEXT_COMPONENTS]
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->unet->vae"
 
-    def __init__(self, transformer, vae=None, tokenizer=None, text_encoder=None, tokenizer_2=None,
-                 text_encoder_2=None, tokenizer_3=None, text_encoder_3=None, simcli=None):
+    def __init__(self, transformer=None, vae=None, tokenizer=None, text_encoder=None, tokenizer_2=None,
+                 text_encoder_2=None, tokenizer_3=None, text_encoder_3=None, simcli=None, unet=None):
         super().__init__()
         if not isinstance(simcli, dict):
             raise ValueError("model_index.json has no 'simcli' record: is this a folder simcli exported?")
+        if (transformer is None) == (unet is None):
+            raise ValueError("the pipeline takes one network: a transformer or a unet")
         given = {"vae": vae, "tokenizer": tokenizer, "text_encoder": text_encoder, "tokenizer_2": tokenizer_2,
                  "text_encoder_2": text_encoder_2, "tokenizer_3": tokenizer_3, "text_encoder_3": text_encoder_3}
-        given = self._referenced(simcli, given, next(transformer.parameters()).dtype)
-        self.register_modules(transformer=transformer, **given)
+        network = unet if transformer is None else transformer
+        given = self._referenced(simcli, given, next(network.parameters()).dtype)
+        self.register_modules(transformer=transformer, unet=unet, **given)
         self.register_to_config(simcli=simcli)
         self.image_processor = VaeImageProcessor(vae_scale_factor=int(simcli["vae_scale_factor"]))
 
@@ -82,7 +86,7 @@ class SimcliGeneratorPipeline(DiffusionPipeline):
             options = {"subfolder": name}
             if source.get("revision"):
                 options["revision"] = source["revision"]
-            if not name.startswith("tokenizer"):  # as torch_dtype would have loaded them: the transformer's dtype
+            if not name.startswith("tokenizer"):  # as torch_dtype would have loaded them: the network's dtype
                 new_transformers = library == "transformers" and is_transformers_version(">=", "4.56.0")
                 options["dtype" if new_transformers else "torch_dtype"] = dtype
             given[name] = loader.from_pretrained(source["location"], **options)
@@ -91,16 +95,27 @@ class SimcliGeneratorPipeline(DiffusionPipeline):
             raise ValueError(f"the pipeline lacks {', '.join(missing)}: pass them to from_pretrained")
         return {name: given.get(name) for name in ("vae", *TEXT_COMPONENTS)}
 
+    @property
+    def denoiser(self):
+        """The generator's network: the transformer, or the unet of SD1.5 and SDXL."""
+        return self.transformer if self.transformer is not None else self.unet
+
     # ------------------------------------------------------------------ text
 
     def _family_pipeline(self):
         """The teacher family's own diffusers pipeline over these components (for its encode_prompt)."""
-        record = self.config.simcli
+        record, family = self.config.simcli, self.config.simcli["family"]
         diffusers = importlib.import_module("diffusers")
         parts = {name: getattr(self, name) for name in ("vae", *TEXT_COMPONENTS) if name in record["components"]}
-        scheduler = diffusers.FlowMatchEulerDiscreteScheduler() if record["family"] in ("sd3", "flux") else (
-            diffusers.DPMSolverMultistepScheduler())
         pipe_class = getattr(diffusers, record["pipeline_class"])
+        if family == "sd15":  # steps_offset=1: the pipeline's own check of old scheduler configs stays quiet
+            return pipe_class(unet=self.unet, scheduler=diffusers.EulerDiscreteScheduler(steps_offset=1),
+                              safety_checker=None, feature_extractor=None, requires_safety_checker=False, **parts)
+        if family == "sdxl":
+            return pipe_class(unet=self.unet, scheduler=diffusers.EulerDiscreteScheduler(steps_offset=1),
+                              add_watermarker=False, **parts)
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler() if family in ("sd3", "flux") else (
+            diffusers.DPMSolverMultistepScheduler())
         return pipe_class(transformer=self.transformer, scheduler=scheduler, **parts)
 
     @torch.no_grad()
@@ -125,13 +140,19 @@ class SimcliGeneratorPipeline(DiffusionPipeline):
                                                     clean_caption=False, max_sequence_length=length,
                                                     complex_human_instruction=pipe_default_instruction(pipe))
             return embeds, mask, None
+        if family == "sd15":
+            embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
+            return embeds, None, None
+        if family == "sdxl":
+            embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, device=device, do_classifier_free_guidance=False)
+            return embeds, None, pooled
         raise ValueError(f"unknown family {family!r} in the simcli record")
 
     # ------------------------------------------------------------------ the network
 
     def network(self, latents, time, embeds, mask, pooled):
         """The network's raw prediction F [B, C, h, w] (float32) for its input latents at its time [B]."""
-        record, net = self.config.simcli, self.transformer
+        record, net = self.config.simcli, self.denoiser
         family, dtype = record["family"], next(net.parameters()).dtype
         embeds = embeds.to(dtype)
         if family.startswith("pixart"):
@@ -164,6 +185,15 @@ class SimcliGeneratorPipeline(DiffusionPipeline):
         if family == "sana":
             return net(hidden_states=latents.to(dtype), encoder_hidden_states=embeds, encoder_attention_mask=mask,
                        timestep=time.to(dtype), return_dict=False)[0].float()
+        if family in ("sd15", "sdxl"):
+            added = None
+            if family == "sdxl":  # original size = target size = the image's, no crop (the pipeline's defaults)
+                factor = int(record["vae_scale_factor"])
+                height, width = (int(s) * factor for s in latents.shape[-2:])
+                ids = torch.tensor([height, width, 0, 0, height, width], device=latents.device, dtype=dtype)
+                added = {"text_embeds": pooled.to(dtype), "time_ids": ids.repeat(latents.shape[0], 1)}
+            return net(latents.to(dtype), time, encoder_hidden_states=embeds, added_cond_kwargs=added,
+                       return_dict=False)[0].float()
         raise ValueError(f"unknown family {family!r} in the simcli record")
 
     # ------------------------------------------------------------------ sampling

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 pytest.importorskip("diffusers")
@@ -33,14 +34,18 @@ TOLERANCE = 1
 operations in the same order on the same CPU (measured: 0 for every case below); one level leaves room for a BLAS
 that blocks a matrix product differently in another process, which can move a pixel across a rounding boundary."""
 
-# (case id, tiny pipeline family, components mode, generator steps, --set options of the run)
+# (case id, tiny pipeline family, components mode, generator steps, --set options of the run, tiny pipeline options)
 CASES = [
-    ("pixart-alpha-copy", "pixart-alpha", "copy", 1, ()),
-    ("pixart-sigma-reference-2step", "pixart-sigma", "reference", 2, ()),
-    ("flux-dev-copy", "flux", "copy", 1, ()),
-    ("sd3-lora-copy", "sd3", "copy", 1, ("generator.lora_rank=4",)),
-    ("sana-reference", "sana", "reference", 1, ()),
+    ("pixart-alpha-copy", "pixart-alpha", "copy", 1, (), {}),
+    ("pixart-sigma-reference-2step", "pixart-sigma", "reference", 2, (), {}),
+    ("flux-dev-copy", "flux", "copy", 1, (), {}),
+    ("sd3-lora-copy", "sd3", "copy", 1, ("generator.lora_rank=4",), {}),
+    ("sana-reference", "sana", "reference", 1, (), {}),
+    ("sd15-copy", "sd15", "copy", 1, (), {}),
+    ("sd15-v-reference-2step", "sd15", "reference", 2, (), {"prediction_type": "v_prediction"}),
+    ("sdxl-copy", "sdxl", "copy", 1, (), {}),
 ]
+UNET_FAMILIES = ("sd15", "sdxl")  # their network is the pipeline's `unet`, every other family's its `transformer`
 
 # Run with `python -I` (no PYTHONPATH, no user site, no cwd on sys.path); the venv has simcli installed in editable
 # mode, so its finder is blocked too: any import of simcli fails in this process.
@@ -83,15 +88,16 @@ def _invoke(*args: str) -> dict:
     return json.loads(result.stdout)
 
 
-def _teacher(family: str, path: Path) -> Path:
+def _teacher(family: str, path: Path, options: dict) -> Path:
     if family == "pixart-alpha":
         return write_tiny_pixart(path)
-    return write_tiny_pipeline(family, path)
+    return write_tiny_pipeline(family, path, **options)
 
 
-def _run(tmp: Path, family: str, steps: int, sets: tuple[str, ...] = ()) -> Path:
-    """A generator distilled from the family's tiny pipeline for 2 iterations through the CLI."""
-    pipeline = _teacher(family, tmp / "pipe")
+def _run(tmp: Path, family: str, steps: int, sets: tuple[str, ...] = (), options: dict | None = None) -> Path:
+    """A generator distilled from the family's tiny pipeline (built with `options`) for 2 iterations through the
+    CLI."""
+    pipeline = _teacher(family, tmp / "pipe", options or {})
     prompts = tmp / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     run = tmp / "run"
@@ -119,9 +125,10 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.mark.parametrize(("family", "components", "steps", "sets"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_the_exported_pipeline_makes_simclis_images(tmp_path, family, components, steps, sets):
-    run = _run(tmp_path, family, steps, sets)
+@pytest.mark.parametrize(("family", "components", "steps", "sets", "options"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_the_exported_pipeline_makes_simclis_images(tmp_path, family, components, steps, sets, options):
+    run = _run(tmp_path, family, steps, sets, options)
     folder = tmp_path / "exported"
     summary = export_diffusers(run, folder, components=components)
     assert summary["family"] == family and summary["steps"] == steps and summary["components"] == components
@@ -131,10 +138,17 @@ def test_the_exported_pipeline_makes_simclis_images(tmp_path, family, components
     assert record["sigma_init"] == summary["sigmas"][0] and len(record["steps"]) == steps
     parts = set(record["components"])
     held = {p.name for p in folder.iterdir() if p.is_dir()}
+    network = "unet" if family in UNET_FAMILIES else "transformer"
+    assert (index[network][1] == "UNet2DConditionModel") == (family in UNET_FAMILIES)
+    if family in UNET_FAMILIES:  # DDPM networks: bin times; c_skip 1 (epsilon) or 1 / (sigma^2 + 1) (v), as simcli's
+        sigma = torch.tensor([step["sigma"] for step in record["steps"]], dtype=torch.float32)
+        v = options.get("prediction_type") == "v_prediction"
+        assert [step["c_skip"] for step in record["steps"]] == (1 / (sigma**2 + 1) if v else sigma**0).tolist()
+        assert record["time_dtype"] == "int64" and all(0 <= step["network_time"] < 1000 for step in record["steps"])
     if components == "copy":
-        assert held == {"transformer", *parts} and parts <= set(index)
+        assert held == {network, *parts} and parts <= set(index)
     else:
-        assert held == {"transformer"} and not parts & set(index)
+        assert held == {network} and not parts & set(index)
         assert record["components_from"]["location"] == str((tmp_path / "pipe").resolve())
     assert (folder / "LOADING.md").read_text() == summary["loading"] and "trust_remote_code=True" in summary["loading"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exported")]  # no build folder left
