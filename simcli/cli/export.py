@@ -1,4 +1,4 @@
-"""`simcli export`: a generator as files other tools load (one safetensors file in NVIDIA's EDM/EDM2 key layout, or a
+"""`simcli export`: a generator as files other tools load (one safetensors file in the teacher family's key layout, or a
 diffusers pipeline folder), with a Hugging Face model card, optionally pushed to the Hub."""
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ EPILOG = """Examples:
   simcli export runs/pixart-sim --format diffusers --components copy --out exports/pixart-sim
 
 --format safetensors: the folder holds <name>.safetensors (the generator's weights under the original checkpoint's
-tensor names, float32; its metadata records the architecture, sigma_init, the noise levels, the teacher, the method
-and the run spec's sha256). It takes EDM-type generators (EDM, EDM2 and the digits teacher's); a LoRA snapshot is
-merged into its teacher's weights. examples/edm_export/ shows NVIDIA's own EDM and EDM2 code loading the file.
+tensor names; its metadata records the architecture, sigma_init, the noise levels, the teacher, the method and the
+run spec's sha256). It takes EDM-type generators (EDM, EDM2 and the digits teacher's: NVIDIA's layout, float32) and
+generators of PixArt, SD3, FLUX and SD 1.x/2.x/SDXL teachers (the original single-file checkpoint's layout, which
+diffusers' from_single_file reads for all but PixArt, in the snapshot's precision; flow models also record t_init);
+a LoRA snapshot is merged into its teacher's weights. examples/edm_export/ shows NVIDIA's own EDM and EDM2 code loading the file.
 
 --format diffusers: the folder is a diffusers pipeline (model_index.json, pipeline_simcli.py, the network's folder
 such as transformer/, LOADING.md) that `DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)` loads without
@@ -46,7 +48,7 @@ def export_command(
     source: Annotated[Path, typer.Argument(metavar="RUN_DIR|GENERATOR",
                                            help="Run directory (its newest snapshot) or generator-*.safetensors.")],
     fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="safetensors: one file in the teacher "
-                                     "family's key layout (EDM-type generators); diffusers: a diffusers pipeline "
+                                     "family's key layout (EDM-type generators; PixArt, SD3, FLUX, SD/SDXL); diffusers: a diffusers pipeline "
                                      "folder (generators of diffusers teachers: PixArt, SD3, FLUX, SANA).")],
     out: Annotated[Path, typer.Option("--out", metavar="DIR",
                                       help="The folder to write (new, or empty; --force replaces it).")],

@@ -86,9 +86,9 @@ def check_exportable(meta: dict[str, Any], file: Path) -> None:
                          hint="is it a simcli generator snapshot?")
     kind = architecture.get("kind")
     if kind in DIFFUSERS_KINDS:
-        raise UsageError(f"{file} is a text-to-image generator: --format safetensors exports EDM-type generators only",
-                         hint="a text-to-image generator needs its pipeline's key layout, which this export does not "
-                              "write yet; `simcli sample --generator` reads the snapshot as it is")
+        raise UsageError(f"{file} is a text-to-image generator: this writer exports EDM-type generators only",
+                         hint="simcli.export.single_file exports it in its family's original layout "
+                              "(`simcli export --format safetensors` picks the writer)")
     if kind != "edm" or architecture.get("class_name") not in EDM_CLASSES:
         raise UsageError(f"{file} holds a {short_repr(kind)} network: --format safetensors exports EDM-type generators "
                          f"({', '.join(EDM_CLASSES)})", hint="a mixture's MLP generator has no upstream layout; "
@@ -119,8 +119,8 @@ def edm_export(generator: str | Path) -> EdmExport:
 def snapshot_record(meta: dict[str, Any], file: Path, sigmas: tuple[float, ...],
                     lora: tuple[int, float] | None = None) -> dict[str, Any]:
     """What an export records of a generator snapshot besides its architecture (the module docstring's keys from
-    sigma_init on; what the snapshot does not record is left out). Also the model card's facts of a diffusers
-    pipeline export (simcli.export.folder)."""
+    sigma_init on; what the snapshot does not record is left out). Also the common part of a single-file export's
+    metadata (simcli.export.single_file) and the model card's facts of a diffusers pipeline export."""
     spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else None
     metadata: dict[str, Any] = {
         "sigma_init": float(meta["sigma_init"]),

@@ -81,12 +81,16 @@ def export_summary(export: EdmExport, out: Path, files: list[str]) -> dict[str, 
     return {"format": EXPORT_FORMAT, "out": str(out), "files": files, "weights": files[0], "source": str(export.source),
             "run_dir": str(export.run_dir) if export.run_dir is not None else None,
             **{k: meta.get(k) for k in ("teacher", "method", "images_seen", "sigma_init", "generator_sigmas", "steps",
-                                        "spec_sha256", "nvidia_code")},
-            "class_name": meta["architecture"]["class_name"], "tensors": len(export.tensors)}
+                                        "spec_sha256")},
+            "class_name": meta["architecture"].get("class_name"), "tensors": len(export.tensors),
+            **{k: meta[k] for k in ("nvidia_code", "family", "layout", "t_init") if k in meta}}
 
 
-def write_export_folder(export: EdmExport, out: Path, force: bool = False) -> dict[str, Any]:
-    """Write the export folder at `out` (checked with check_out_folder first); returns its summary."""
+def write_export_folder(export: EdmExport, out: Path, force: bool = False,
+                        usage: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Write the export folder at `out` (checked with check_out_folder first); returns its summary. usage: for a
+    text-to-image single-file export, the card's usage text given the weights file's name (render_model_card's
+    diffusers_usage)."""
     out = Path(out).absolute()
     check_out_folder(out, force)
     check_out_apart(out, export.source)
@@ -98,8 +102,9 @@ def write_export_folder(export: EdmExport, out: Path, force: bool = False) -> di
 
     def write(tmp: Path) -> None:
         write_bytes_atomic(tmp / weights, export_file_bytes(export))
-        write_run_files(export, tmp, grid, render_model_card(export, weights, records, grid.name if grid else None,
-                                                              caption))
+        card = render_model_card(export, weights, records, grid.name if grid else None, caption,
+                                 diffusers_usage=usage(weights) if usage is not None else None)
+        write_run_files(export, tmp, grid, card)
         write_json_atomic(tmp / SUMMARY_FILE, summary)
 
     build_into_place(out, write)

@@ -171,7 +171,7 @@ def front_matter(export: EdmExport, licence: TeacherLicence, diffusers: bool = F
     tags = ["one-step" if export.metadata["steps"] == 1 else "few-step", "diffusion-distillation", "simcli"]
     tags += [METHOD_TAGS[method]] if method in METHOD_TAGS else []
     if diffusers:
-        tags += ["diffusers", "text-to-image"]
+        tags += ["diffusers", "text-to-image", *(["safetensors"] if "layout" in export.metadata else [])]
     else:
         class_name = export.metadata["architecture"]["class_name"]
         tags += ["edm2" if class_name == "Precond" else "edm", "safetensors"]
@@ -287,8 +287,9 @@ def _diffusers_usage(loading: str) -> str:
 def render_model_card(export: EdmExport, file_name: str, records: list[dict[str, Any]], grid_name: str | None = None,
                       grid_note: str = "", *, diffusers_usage: str | None = None) -> str:
     """The README.md of an exported folder (file_name: the exported weights; records: the run's evaluation records).
-    diffusers_usage: for a diffusers pipeline export (`export` then holds no tensors, file_name is the folder's name),
-    its LOADING.md text, the card's usage section in place of the safetensors one."""
+    diffusers_usage: for a text-to-image export, its usage text (a title line, then '##' sections), the card's usage
+    section in place of the EDM one: a diffusers pipeline export's LOADING.md (`export` then holds no tensors,
+    file_name is the folder's name), or a single-file export's (its metadata has a `layout`: simcli.export.single_file)."""
     meta = export.metadata
     diffusers = diffusers_usage is not None
     licence = teacher_licence((export.spec or {}).get("teacher"))
@@ -296,8 +297,10 @@ def render_model_card(export: EdmExport, file_name: str, records: list[dict[str,
     method = METHOD_NAMES.get(meta.get("method"), meta.get("method") or "an unrecorded method")
     kind = "one-step" if meta["steps"] == 1 else f"{meta['steps']}-step"
     front = yaml.safe_dump(front_matter(export, licence, diffusers), sort_keys=False).strip()
-    exported = ("a diffusers pipeline (`model_index.json`, its pipeline class in `pipeline_simcli.py`)" if diffusers
-                else f"`{file_name}`")
+    exported = ("a diffusers pipeline (`model_index.json`, its pipeline class in `pipeline_simcli.py`)"
+                if diffusers and "layout" not in meta else f"`{file_name}`")
+    if "layout" in meta:
+        exported += f", one safetensors file in the teacher's original key layout (`{meta['layout']}`)"
     usage = _diffusers_usage(diffusers_usage) if diffusers else _usage(export, file_name)
     seen = meta.get("images_seen")
     seen_text = f" after {seen:,} generated images ({seen / 1000:g} kimg)" if isinstance(seen, int) else ""

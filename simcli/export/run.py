@@ -11,10 +11,13 @@ from simcli.export.diffusers_pipeline import check_components, prepare_diffusers
 from simcli.export.edm_file import edm_export
 from simcli.export.folder import check_out_apart, check_out_folder, write_export_folder
 from simcli.export.hub import check_hub_push, push_folder
+from simcli.export.single_file import holds_diffusers_network, single_file_export, usage_text
 
 EXPORT_FORMATS = ("safetensors", "diffusers")
-"""What `--format` takes: safetensors, one file in the teacher family's key layout (EDM-type generators); diffusers, a
-pipeline folder diffusers loads (generators of diffusers teachers: PixArt, SD3, FLUX, SANA)."""
+"""What `--format` takes: safetensors, one file in the teacher family's key layout (EDM-type generators: NVIDIA's;
+generators of PixArt, SD3, FLUX and SD/SDXL UNet teachers: the original single-file checkpoint's,
+simcli.export.single_file);
+diffusers, a pipeline folder diffusers loads (generators of diffusers teachers: PixArt, SD3, FLUX, SANA)."""
 
 
 def export_generator(source: str | Path, fmt: str, out: Path, *, force: bool = False,
@@ -37,9 +40,10 @@ def export_generator(source: str | Path, fmt: str, out: Path, *, force: bool = F
         summary = write_diffusers_folder(export, out, force)
         file = export.file
     else:
-        edm = edm_export(source)
+        text_to_image = holds_diffusers_network(source)
+        edm = single_file_export(source) if text_to_image else edm_export(source)
         check_out_apart(out, edm.source)
-        summary = write_export_folder(edm, out, force)
+        summary = write_export_folder(edm, out, force, usage_text(edm) if text_to_image else None)
         file = edm.source
     summary["hub"] = None
     if push_to_hub is not None:

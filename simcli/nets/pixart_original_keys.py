@@ -25,7 +25,7 @@ null caption, used only for caption dropout in training); `ORIGINAL_ONLY` names 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -52,6 +52,17 @@ _BLOCK_FUSED = {  # inside blocks.N: one original projection -> equal row slices
     "cross_attn.kv_linear": ("attn2.to_k", "attn2.to_v"),
 }
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)\.(weight|bias)")
+
+
+def original_key_names(blocks: Iterable[int]) -> list[str]:
+    """Every original key of the mapped layout (ORIGINAL_ONLY left out) for the given block numbers, in a fixed
+    order: the inverse mapping (simcli.export.single_file_pixart) walks it with diffusers_key_pieces."""
+    leaves = ("weight", "bias")
+    names = [f"{module}.{leaf}" for module in _RENAMED for leaf in leaves] + ["final_layer.scale_shift_table"]
+    for index in blocks:
+        names.append(f"blocks.{index}.scale_shift_table")
+        names += [f"blocks.{index}.{inner}.{leaf}" for inner in (*_BLOCK_RENAMED, *_BLOCK_FUSED) for leaf in leaves]
+    return names
 
 
 def diffusers_key_pieces(key: str) -> list[str] | None:
