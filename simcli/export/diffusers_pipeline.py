@@ -45,6 +45,7 @@ from simcli.export.folder import (
     write_run_files,
 )
 from simcli.export.model_card import eval_records, render_model_card
+from simcli.export.single_file import network_state
 from simcli.nets.lora import lora_settings
 from simcli.nets.prediction import preconditioning
 from simcli.rundir.atomic import write_json_atomic
@@ -75,18 +76,6 @@ def _teacher_of(meta: dict[str, Any], file: Path) -> str:
         raise UsageError(f"{file} was not distilled from a diffusers pipeline (teacher {teacher!r}): only those export "
                          "as a diffusers pipeline", hint="export it with --format safetensors instead")
     return teacher
-
-
-def _network_state(net: Any, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The diffusers network's own state dict (LoRA adapters merged into their weights)."""
-    prefix = net.backbone.component + "."
-    if "lora" in meta:
-        from simcli.nets.lora import merged_state_dict
-
-        state = merged_state_dict(net)
-    else:
-        state = net.state_dict()
-    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def _steps(net: Any, sigmas: tuple[float, ...]) -> list[dict[str, Any]]:
@@ -204,7 +193,7 @@ def _save_network(net: Any, meta: dict[str, Any], folder: Path) -> list[str]:
 
     network = net.network
     fresh = getattr(require_diffusers(), type(network).__name__).from_config(dict(network.config))
-    state = _network_state(net, meta)
+    state = network_state(net, meta)
     fresh.load_state_dict(state, strict=True)
     dtypes = {value.dtype for value in state.values() if value.is_floating_point()}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
