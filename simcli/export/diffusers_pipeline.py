@@ -190,7 +190,9 @@ def _copy_components(source: Any, record: dict[str, Any], folder: Path) -> None:
 
 def _save_network(net: Any, meta: dict[str, Any], folder: Path) -> list[str]:
     from simcli.nets.t2i_extra import require_diffusers
+    from simcli.teachers.hf_loading import quiet_libraries
 
+    quiet_libraries()  # diffusers' own progress bars stay off simcli's output
     network = net.network
     fresh = getattr(require_diffusers(), type(network).__name__).from_config(dict(network.config))
     state = network_state(net, meta)

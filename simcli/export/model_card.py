@@ -139,13 +139,16 @@ def _cell(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def metrics_section(records: list[dict[str, Any]], source: str = METRICS_FILE) -> str:
+def metrics_section(records: list[dict[str, Any]], source: str = METRICS_FILE, text_to_image: bool = False) -> str:
     """The metrics section: a table of the last and best evaluations and the protocol they were computed with."""
     rows = last_and_best(records)
     if not rows:
-        return ("## Metrics\n\nThe run logged no evaluation (it ran without `--eval-every`), so there are no metrics "
-                "to report. Score the generator with `simcli eval --generator RUN_DIR --fid --ref REF` for FID/IS under a "
-                "stated protocol.\n")
+        how = ("`simcli eval --generator RUN_DIR --prompts FILE --clip-score --aesthetic` for CLIP and aesthetic scores"
+               if text_to_image else "`simcli eval --generator RUN_DIR --fid --ref REF` for FID/IS")
+        why = ("in-training evaluation is for image teachers" if text_to_image
+               else "it ran without `--eval-every`")
+        return (f"## Metrics\n\nThe run logged no evaluation ({why}), so there are no metrics to report. Score the "
+                f"generator with {how} under a stated protocol.\n")
     columns = [(k, label) for k, label in METRIC_COLUMNS if any(r.get(k) is not None for _, r in rows)]
     header = ["evaluation", "kimg", *[label for _, label in columns], "samples", "backend", "reference"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -320,7 +323,7 @@ Teacher: `{teacher}`. Licence of this network: `{licence.licence}`. {licence.tex
 
 {_settings_table(export)}
 
-{metrics_section(records)}
+{metrics_section(records, text_to_image=diffusers)}
 {_command(export)}
 {usage}
 {_grid(grid_name, grid_note)}"""

@@ -74,6 +74,7 @@ def test_the_cli_exports_a_pipeline_folder_with_its_model_card(cli, pixart_run, 
         assert section in card
     assert "trust_remote_code=True" in card and "DiffusionPipeline.from_pretrained" in card
     assert "safe_open" not in card  # not the EDM snippet
+    assert "--prompts FILE --clip-score --aesthetic" in card and "--fid --ref" not in card  # how to score a text model
     grids = [n for n in names if n.startswith("grid-")]
     assert len(grids) == 1 and f"![samples of the generator]({grids[0]})" in card
     assert "simcli distill --config distill-config.json --out run" in card
