@@ -18,7 +18,7 @@ from torch import nn
 from simcli.nets.denoiser import Denoiser
 from simcli.nets.edm2_layers import MPConv, MPFourier
 from simcli.nets.edm2_unet import EDM2Block, EDM2UNet
-from simcli.nets.precond import edm_coefficients, precond_inputs
+from simcli.nets.precond import edm_coefficients, precond_inputs, set_block_dropout
 
 
 class EDM2Precond(Denoiser):
@@ -55,11 +55,7 @@ class EDM2Precond(Denoiser):
 
     def set_dropout(self, p: float) -> None:
         """The dropout probability of every EDM2Block (upstream: 0 for XS and S, 0.1 for M and larger)."""
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {p}")
-        for block in self.modules():
-            if isinstance(block, EDM2Block):
-                block.dropout = float(p)
+        set_block_dropout(self, EDM2Block, p)
 
     def set_activation_checkpointing(self, enabled: bool = True) -> None:
         """Checkpoint every EDM2Block of the U-Net (see EDM2UNet.run_block)."""

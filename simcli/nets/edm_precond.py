@@ -19,7 +19,7 @@ from torch import nn
 from simcli.errors import UsageError
 from simcli.nets.denoiser import Conditioning, Denoiser
 from simcli.nets.dhariwal_unet import DhariwalUNet
-from simcli.nets.precond import edm_coefficients, precond_inputs
+from simcli.nets.precond import edm_coefficients, precond_inputs, set_block_dropout
 from simcli.nets.song_unet import SongUNet
 from simcli.nets.unet_block import UNetBlock
 
@@ -76,11 +76,7 @@ class ImagePrecond(Denoiser):
 
     def set_dropout(self, p: float) -> None:
         """The dropout of every UNetBlock (the UNet's `dropout` argument; its label dropout is left as it is)."""
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {p}")
-        for block in self.modules():
-            if isinstance(block, UNetBlock):
-                block.dropout = float(p)
+        set_block_dropout(self, UNetBlock, p)
 
     def attach_discriminator_head(self, make_head: Callable[[int, int], nn.Module]) -> nn.Module:
         """Give the UNet a discriminator head (DMD2's classifier branch, simcli.nets.discriminator_head) on its encoder's

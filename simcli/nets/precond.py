@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def edm_coefficients(
@@ -34,3 +35,12 @@ def precond_inputs(
         class_labels = class_labels.to(torch.float32).reshape(-1, label_dim)
     dtype = torch.float16 if use_fp16 and not force_fp32 and x.device.type == "cuda" else torch.float32
     return x, sigma, class_labels, dtype
+
+
+def set_block_dropout(net: nn.Module, block_type: type[nn.Module], p: float) -> None:
+    """The dropout probability `dropout` of every block of `block_type` in net (active in train mode)."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    for block in net.modules():
+        if isinstance(block, block_type):
+            block.dropout = float(p)
