@@ -46,6 +46,7 @@ from simcli.store.hub import (
     hub_offline,
     hub_unreachable,
 )
+from simcli.store.torch_files import load_tensors
 
 Tensor = torch.Tensor
 ImageEmbedFn = Callable[[Tensor], Tensor]
@@ -98,11 +99,13 @@ def aesthetic_head(in_features: int = 768) -> AestheticHead:
 def load_aesthetic_head(path: Path) -> AestheticHead:
     """The head with the state dict of `path` (the published file's format; the input width is read from it)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path, hint="pass the improved-aesthetic-predictor's sac+logos+ava1-l14-linearMSE.pth")
         if not isinstance(state, dict) or "layers.0.weight" not in state:
             raise ValueError("not a state dict with the predictor's 'layers.N' keys")
         head = aesthetic_head(int(state["layers.0.weight"].shape[1]))
         head.load_state_dict(state)
+    except UsageError:  # a file that asks to run code, refused by load_tensors
+        raise
     except Exception as exc:  # unpickling, missing keys, shape mismatches: one line
         raise load_error("LAION aesthetic head", path, exc) from None
     return head.requires_grad_(False).eval()

@@ -24,6 +24,7 @@ import torch
 from simcli.errors import UsageError
 from simcli.eval.backends.common import load_error, weights_cache_path
 from simcli.eval.dinov2 import ConfigError, Dinov2ViT, config_from_state_dict, state_dict_mismatch
+from simcli.store.torch_files import load_tensors
 
 DINOV2_FILE = "dinov2_vitl14_pretrain.pth"
 DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/" + DINOV2_FILE
@@ -80,8 +81,10 @@ def load_dinov2(path: Path) -> Dinov2ViT:
     """The network whose weights `path` holds (sizes read from the file), in eval mode, on the CPU."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, truncated, or objects weights_only refuses: one line
+        state = load_tensors(path, hint=f"pass the {DINOV2_FILE} file of torch hub's dinov2_vitl14")
+    except UsageError:
+        raise
+    except Exception as exc:  # not a torch file, truncated, damaged: one line
         raise load_error(WHAT, path, exc) from None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise _refuse(path, f"it holds a {type(state).__name__}, not a state dict")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from simcli.errors import UsageError
+from simcli.store.torch_files import load_tensors, unpickler_detail
 
 EMA_KEY = "ema"
 DDP_PREFIX = "module."
@@ -30,31 +31,15 @@ def _why(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:160] or type(exc).__name__
 
 
-def _unpickler_detail(message: str) -> str:
-    """The line of a weights_only refusal that says what was refused (torch wraps it in advice about weights_only)."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    told = [line for line in lines if not line.startswith(("Weights only load failed", "Please file an issue", "Check the"))]
-    return _why(Exception(told[0] if told else message))
-
-
 def load_weights_only(path: Path) -> Any:
     """torch.load(weights_only=True) on the CPU, memory-mapped where the file's format allows; one line on failure."""
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # files in torch's legacy (non-zip) format cannot be memory-mapped
-            if "mmap" not in str(exc):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except MemoryError:
+        return load_tensors(path, CHECKPOINT_HINT, mmap=True)
+    except (MemoryError, UsageError):
         raise
     except pickle.UnpicklingError as exc:
-        detail = _unpickler_detail(str(exc))
-        if "global" in detail.lower():  # weights_only refused to import a name: the file asks to run code
-            raise UsageError(f"{path} needs more than tensors to load (refused, nothing in it was run): {detail}",
-                             hint="simcli reads checkpoints with torch.load(weights_only=True) only; " + CHECKPOINT_HINT
-                             ) from None
-        raise UsageError(f"{path} is not a readable PyTorch checkpoint ({detail})", hint=CHECKPOINT_HINT) from None
+        raise UsageError(f"{path} is not a readable PyTorch checkpoint ({unpickler_detail(str(exc))})",
+                         hint=CHECKPOINT_HINT) from None
     except Exception as exc:  # not a torch file, truncated, damaged
         raise UsageError(f"{path} is not a readable PyTorch checkpoint ({_why(exc)})", hint=CHECKPOINT_HINT) from None
 

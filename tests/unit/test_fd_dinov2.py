@@ -327,3 +327,23 @@ def test_sha256_of_the_weights_is_recorded(tiny_weights):
     extractor = get_dinov2_extractor(tiny_weights)
     assert extractor.weights_sha256 == hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
     assert extractor.features(torch.zeros(3, 3, 8, 8, dtype=torch.uint8))[0].shape == (3, 64)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_weights_file_that_asks_to_run_code_is_refused_without_torchs_advice(tmp_path, protocol, recwarn):
+    import pickle
+
+    path = tmp_path / f"evil-{protocol}.pth"
+    path.write_bytes(pickle.dumps(_RunsCode(), protocol=protocol))
+    line = _refusal(path)
+    assert "weights_only` set to `False`" not in line and "Weights only load failed" not in line
+    if protocol == 2:  # parsed as far as the global it names
+        assert "needs more than tensors to load (refused, nothing in it was run)" in line and "posix.system" in line
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]  # torch's note stays off the output

@@ -7,11 +7,13 @@ street: features -> backends -> common.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 
 import torch
 
 from simcli.errors import UsageError
+from simcli.store.torch_files import unpickler_detail
 
 Tensor = torch.Tensor
 
@@ -80,6 +82,8 @@ def locate_weights(what: str, file_name: str, url: str, library_path: Path, feat
 def load_error(what: str, path: Path, exc: BaseException) -> UsageError:
     """A one-line UsageError for a weights file that exists but cannot be loaded."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, pickle.UnpicklingError):  # torch's weights_only refusal: its one telling line, not its advice
+        first = unpickler_detail(str(exc))
     return UsageError(
         f"could not load {what} weights from {path}: {type(exc).__name__}: {first}",
         hint="the file is truncated or is not the expected weights file; download it again",
