@@ -230,7 +230,7 @@ def prompted_generator_images(source: str | Path, prompts_file: Path | str | Non
     from simcli.sampling.text_to_image import generator_text_images, sample_prompts
 
     given = resolve_prompts(source, prompts_file)
-    texts = sample_prompts(None, Path(prompts_file), n if n is not None else len(given.prompts))
+    texts = sample_prompts(given.prompts, None, n if n is not None else len(given.prompts))  # the file is read once
     images, info = generator_text_images(source, texts, seed, min(batch_size, MAX_TEXT_BATCH), resolve_device(str(device)))
     name = f"generator {info['generator']} (seeds {seed}..{seed + len(texts) - 1}, prompts from {prompts_file})"
     return NpzImages.of(images.transpose(0, 2, 3, 1), name), PromptSet(texts, given.source)

@@ -43,5 +43,10 @@ class LatentImages:
 def image_decoder(architecture: Any, device: torch.device | str = "cpu", source: str = "architecture record"
                   ) -> ImageDecode:
     """How the samples of a network with this architecture record become images (lazily, for latents)."""
-    latents = latent_space(architecture, source)
-    return to_uint8 if latents is None else LatentImages(latents, device)
+    return latents_decoder(architecture.get("latents") if isinstance(architecture, dict) else None, device, source)
+
+
+def latents_decoder(record: Any, device: torch.device | str = "cpu", source: str = "latent-space record"
+                    ) -> ImageDecode:
+    """How samples become images given their latent-space record (None: pixels, converted as generate.py does)."""
+    return to_uint8 if record is None else LatentImages(Edm2Latents.from_record(record, source), device)

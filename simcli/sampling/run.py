@@ -21,7 +21,7 @@ from simcli.errors import UsageError
 from simcli.nets.denoiser import Denoiser
 from simcli.rundir.atomic import check_png_path, write_bytes_atomic
 from simcli.runtime import resolve_device
-from simcli.sampling.decode import image_decoder, latent_space
+from simcli.sampling.decode import latent_space, latents_decoder
 from simcli.sampling.finite import GENERATOR_HINT, TEACHER_HINT, check_finite
 from simcli.sampling.generator import generator_choice, load_generator, snapshot_sigmas
 from simcli.sampling.heun import HeunSettings, edm_heun_sample, one_step_generate
@@ -271,7 +271,7 @@ def sample_to_file(
     latents = info.pop("latents", None)  # latent samples: decoded through their VAE, which the summary names
     summary = {"out": str(out), "n": n, "first_seed": seed, **info, **({"vae": latents["vae"]} if latents else {})}
     if is_image:
-        images = image_decoder({"latents": latents}, resolve_device(device))(x)
+        images = latents_decoder(latents, resolve_device(device))(x)
         label_array = labels.numpy() if labels is not None else np.full(n, -1, np.int64)
         if out.suffix == ".npz":
             write_npz(out, images=images, labels=label_array, seeds=seeds)
